@@ -1,0 +1,184 @@
+//! Configuration: every option is a flag and a `TIDINGS_*` environment
+//! variable (contract section 7); the flag wins. `tidings --help` lists them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Command-line and environment configuration of one Tidings node.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "tidings",
+    version,
+    about = "Socket.IO-compatible payment notification server",
+    long_about = "Socket.IO-compatible payment notification server.\n\n\
+        Browsers subscribe to a trackingId over Socket.IO at /ws/v1; payment backends \
+        push executions to POST /v1/payments; every subscriber of that trackingId \
+        receives a `payment` event. Every option is also an environment variable \
+        TIDINGS_<FLAG>; the flag wins."
+)]
+pub struct Config {
+    /// Address to serve HTTP, Socket.IO and ingest on (port 0 picks a free port).
+    #[arg(long, env = "TIDINGS_LISTEN", default_value = "0.0.0.0:3000")]
+    pub listen: SocketAddr,
+
+    /// Redis URL: unset runs one node with everything in memory.
+    #[arg(long, env = "TIDINGS_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Bearer token that ingest accepts; repeat (or comma-separate the variable)
+    /// to accept several. Without one, ingest refuses every request.
+    #[arg(
+        long = "ingest-token",
+        env = "TIDINGS_INGEST_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub ingest_tokens: Vec<String>,
+
+    /// Who may subscribe: `open` (anyone) or `token` (short-lived socket tokens).
+    #[arg(long, env = "TIDINGS_AUTH", value_enum, default_value_t = AuthMode::Open)]
+    pub auth: AuthMode,
+
+    /// Payments kept per trackingId for replay and backfill.
+    #[arg(long, env = "TIDINGS_HISTORY_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub history_limit: u64,
+
+    /// Seconds a payment is kept for replay and backfill.
+    #[arg(long, env = "TIDINGS_HISTORY_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_ttl: u64,
+
+    /// Seconds an idempotency key is remembered (at least --history-ttl).
+    #[arg(long, env = "TIDINGS_DEDUPE_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dedupe_ttl: u64,
+
+    /// Subscriptions one socket may hold at once.
+    #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_subscriptions: u64,
+
+    /// Payments per ingest request.
+    #[arg(long, env = "TIDINGS_MAX_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_batch: u64,
+
+    /// Bytes per ingest request body.
+    #[arg(long, env = "TIDINGS_MAX_BODY", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(64..=1_073_741_824))]
+    pub max_body: u64,
+
+    /// (token mode) A key that may mint socket tokens; repeatable.
+    #[arg(
+        long = "api-key",
+        env = "TIDINGS_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// An origin browsers may call from; repeatable; `*` allows any.
+    #[arg(
+        long = "cors-origin",
+        env = "TIDINGS_CORS_ORIGIN",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Log format: `pretty` (default on a terminal) or `json` (default otherwise).
+    #[arg(long, env = "TIDINGS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Socket events (subscribe/unsubscribe) one socket may send per second,
+    /// sustained; beyond it the server answers RATE_LIMITED.
+    #[arg(long, env = "TIDINGS_RATE_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: u32,
+
+    /// Socket events one socket may send in a burst above --rate-limit.
+    #[arg(long, env = "TIDINGS_RATE_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_burst: u32,
+
+    /// Seconds to wait for in-flight work at shutdown before exiting anyway.
+    #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    pub shutdown_timeout: u64,
+}
+
+/// How sockets are authorised to subscribe (contract section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Anyone may subscribe to any trackingId.
+    Open,
+    /// A socket presents a short-lived token naming its trackingIds.
+    Token,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration that parses but cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--dedupe-ttl ({dedupe}) must be at least --history-ttl ({history})")]
+    DedupeShorterThanHistory { dedupe: u64, history: u64 },
+    #[error("--ingest-token values must not be empty")]
+    EmptyIngestToken,
+    #[error("--auth token is not available in this version; use --auth open")]
+    TokenModeUnavailable,
+    #[error("--redis-url is not available in this version; omit it to run one node in memory")]
+    RedisUnavailable,
+    #[error(
+        "invalid --cors-origin {0:?}: expected `*` or an origin such as https://app.example.com"
+    )]
+    BadCorsOrigin(String),
+}
+
+impl Config {
+    /// Checks what clap cannot: relations between options.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.dedupe_ttl < self.history_ttl {
+            return Err(ConfigError::DedupeShorterThanHistory {
+                dedupe: self.dedupe_ttl,
+                history: self.history_ttl,
+            });
+        }
+        if self.ingest_tokens.iter().any(|t| t.trim().is_empty()) {
+            return Err(ConfigError::EmptyIngestToken);
+        }
+        if self.auth == AuthMode::Token {
+            return Err(ConfigError::TokenModeUnavailable);
+        }
+        if self.redis_url.is_some() {
+            return Err(ConfigError::RedisUnavailable);
+        }
+        for origin in &self.cors_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(ConfigError::BadCorsOrigin(origin.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// A configuration with every default, listening on `127.0.0.1:0`, for
+    /// tests and embedding.
+    pub fn for_tests(ingest_token: &str) -> Self {
+        Config::parse_from([
+            "tidings",
+            "--listen",
+            "127.0.0.1:0",
+            "--ingest-token",
+            ingest_token,
+        ])
+    }
+
+    pub fn history_ttl(&self) -> Duration {
+        Duration::from_secs(self.history_ttl)
+    }
+
+    pub fn dedupe_ttl(&self) -> Duration {
+        Duration::from_secs(self.dedupe_ttl)
+    }
+}

@@ -1,0 +1,451 @@
+//! Ingest (contract section 3): where a payment enters. `POST /v1/payments`
+//! authenticates the backend, validates every item, then stores and
+//! publishes them through [`Fanout`](crate::fanout::Fanout).
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::api::{ApiError, AppState};
+use crate::model::{
+    DedupeKey, ErrorCode, EventId, MAX_SAFE_INTEGER, NewPayment, PaymentData, PaymentStatus,
+    check_tracking_id, now_ms,
+};
+use crate::store::{Appended, StoreError};
+use crate::telemetry;
+
+/// Largest accepted `timestamp`: 9999-12-31T23:59:59Z in seconds. A value
+/// above it is almost surely milliseconds, which the contract forbids.
+pub const MAX_TIMESTAMP_SECONDS: u64 = 253_402_300_799;
+
+/// Longest `signature` or `idempotencyKey`, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// The ingest tokens, kept only as SHA-256 digests so that comparing them is
+/// constant-time and independent of their lengths.
+#[derive(Clone, Default)]
+pub struct IngestTokens(Vec<[u8; 32]>);
+
+impl IngestTokens {
+    pub fn new<S: AsRef<str>>(tokens: &[S]) -> Self {
+        IngestTokens(tokens.iter().map(|t| digest(t.as_ref())).collect())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `presented` is one of the tokens. Compares against every
+    /// token, whichever matches.
+    fn accepts(&self, presented: &str) -> bool {
+        let presented = digest(presented);
+        self.0
+            .iter()
+            .fold(subtle::Choice::from(0), |found, t| {
+                found | t.ct_eq(&presented)
+            })
+            .into()
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// One entry of a `202` answer, in request order.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted {
+    id: EventId,
+    seq: u64,
+    tracking_id: String,
+    duplicate: bool,
+}
+
+/// One bad field of one item.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Detail {
+    pub index: usize,
+    /// The field, or `null` when the item itself is wrong (not an object).
+    pub field: Option<String>,
+    pub message: String,
+}
+
+/// `POST /v1/payments`.
+pub async fn ingest(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let response = match accept(&app, &headers, body).await {
+        Ok(accepted) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "data": accepted })),
+        )
+            .into_response(),
+        Err(err) => err.into_response(),
+    };
+    metrics::counter!(telemetry::INGEST_REQUESTS, "status" => response.status().as_str().to_owned()).increment(1);
+    response
+}
+
+async fn accept(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<Accepted>, ApiError> {
+    // The token is checked before a byte of the body is read.
+    authorize(&app.ingest_tokens, headers)?;
+    if app.shutting_down() {
+        return Err(ApiError::unavailable(
+            "The server is shutting down; retry on another node",
+        ));
+    }
+    let bytes = read_body(body, app.max_body).await?;
+    let items = parse_items(&bytes, app.max_batch)?;
+    let payments = validate(&items)?;
+
+    let accepted_ms = now_ms();
+    let mut out: Vec<Option<Accepted>> = (0..payments.len()).map(|_| None).collect();
+    for (tracking_id, indices) in group_by_tracking_id(&payments) {
+        let group: Vec<NewPayment> = indices.iter().map(|&i| payments[i].clone()).collect();
+        let outcomes = app
+            .fanout
+            .store_and_publish(tracking_id, &group, accepted_ms)
+            .await
+            .map_err(|err| match err {
+                StoreError::Unavailable(_) => {
+                    tracing::warn!(tracking_id, error = %err, "ingest failed: storage unavailable");
+                    ApiError::unavailable("Storage is unavailable; retry the same request")
+                }
+                StoreError::InvalidSince => ApiError::internal(),
+            })?;
+        for (&index, outcome) in indices.iter().zip(outcomes) {
+            let id = outcome.id();
+            out[index] = Some(Accepted {
+                id,
+                seq: id.seq,
+                tracking_id: tracking_id.to_owned(),
+                duplicate: matches!(outcome, Appended::Duplicate(_)),
+            });
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+fn authorize(tokens: &IngestTokens, headers: &HeaderMap) -> Result<(), ApiError> {
+    if tokens.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "Ingest is disabled: the server has no --ingest-token",
+        ));
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    match presented {
+        Some(token) if tokens.accepts(token) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "Invalid ingest token",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "Missing Authorization: Bearer <ingest token>",
+        )),
+    }
+}
+
+async fn read_body(body: Body, max_body: usize) -> Result<axum::body::Bytes, ApiError> {
+    match Limited::new(body, max_body).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!("Request body is larger than {max_body} bytes"),
+        )),
+        Err(err) => Err(ApiError::invalid_payload(format!(
+            "Could not read the request body: {err}"
+        ))),
+    }
+}
+
+/// The body as a list of items: one object is a batch of one.
+fn parse_items(bytes: &[u8], max_batch: usize) -> Result<Vec<Value>, ApiError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|err| ApiError::invalid_payload(format!("Body is not valid JSON: {err}")))?;
+    let items = match value {
+        Value::Array(items) => items,
+        other => vec![other],
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid_payload(
+            "A batch must hold at least one payment",
+        ));
+    }
+    if items.len() > max_batch {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "A batch holds at most {max_batch} payments; got {}",
+                items.len()
+            ),
+        ));
+    }
+    Ok(items)
+}
+
+/// Validates every item; any bad field rejects the whole request.
+fn validate(items: &[Value]) -> Result<Vec<NewPayment>, ApiError> {
+    let mut details = Vec::new();
+    let payments: Vec<Option<NewPayment>> = items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| validate_item(index, item, &mut details))
+        .collect();
+    if !details.is_empty() {
+        let count = details.len();
+        return Err(ApiError::invalid_payload(format!(
+            "{count} invalid field(s); nothing was stored"
+        ))
+        .with_details(details));
+    }
+    Ok(payments.into_iter().flatten().collect())
+}
+
+const FIELDS: [&str; 6] = [
+    "trackingId",
+    "amount",
+    "timestamp",
+    "status",
+    "signature",
+    "idempotencyKey",
+];
+
+fn validate_item(index: usize, item: &Value, details: &mut Vec<Detail>) -> Option<NewPayment> {
+    let before = details.len();
+    let mut bad = |field: Option<&str>, message: String| {
+        details.push(Detail {
+            index,
+            field: field.map(str::to_owned),
+            message,
+        })
+    };
+    let Value::Object(map) = item else {
+        bad(None, "A payment must be a JSON object".to_owned());
+        return None;
+    };
+    for key in map.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
+        bad(
+            Some(key),
+            format!("Unknown field; expected only {}", FIELDS.join(", ")),
+        );
+    }
+    let tracking_id = match map.get("trackingId") {
+        Some(Value::String(s)) => match check_tracking_id(s) {
+            Ok(()) => Some(s.clone()),
+            Err(m) => {
+                bad(Some("trackingId"), m.to_owned());
+                None
+            }
+        },
+        _ => {
+            bad(
+                Some("trackingId"),
+                "Tracking ID is required and must be a string".to_owned(),
+            );
+            None
+        }
+    };
+    let amount = safe_integer(
+        map,
+        "amount",
+        MAX_SAFE_INTEGER,
+        &mut bad,
+        "a non-negative integer in the token's base units, at most 9007199254740991 (2^53 - 1) so that JavaScript clients read it exactly",
+    );
+    let timestamp = safe_integer(
+        map,
+        "timestamp",
+        MAX_TIMESTAMP_SECONDS,
+        &mut bad,
+        "the on-chain execution time in seconds since the Unix epoch: a non-negative integer at most 253402300799 (milliseconds are not accepted)",
+    );
+    let status = match map.get("status") {
+        Some(Value::String(s)) => PaymentStatus::parse(s),
+        _ => None,
+    };
+    if status.is_none() {
+        bad(
+            Some("status"),
+            "status must be one of executed, failed, pending".to_owned(),
+        );
+    }
+    let signature = optional_key(map, "signature", &mut bad);
+    let idempotency_key = optional_key(map, "idempotencyKey", &mut bad);
+    let dedupe = match (idempotency_key, signature.clone()) {
+        (Some(Some(key)), _) => Some(DedupeKey::Idempotency(key)),
+        (_, Some(Some(sig))) => Some(DedupeKey::Signature(sig)),
+        (Some(None), _) | (_, Some(None)) => None, // already reported
+        (None, None) => {
+            bad(Some("signature"), "signature (or, for a payment that never reached the chain, idempotencyKey) is required".to_owned());
+            None
+        }
+    };
+    if details.len() > before {
+        return None;
+    }
+    Some(NewPayment {
+        data: PaymentData {
+            tracking_id: tracking_id?,
+            amount: amount?,
+            timestamp: timestamp?,
+            status: status?,
+            signature: signature.flatten(),
+        },
+        dedupe: dedupe?,
+    })
+}
+
+fn safe_integer(
+    map: &Map<String, Value>,
+    field: &str,
+    max: u64,
+    bad: &mut impl FnMut(Option<&str>, String),
+    what: &str,
+) -> Option<u64> {
+    match map.get(field).and_then(Value::as_u64) {
+        Some(n) if n <= max => Some(n),
+        _ => {
+            bad(
+                Some(field),
+                format!("{field} is required and must be {what}"),
+            );
+            None
+        }
+    }
+}
+
+/// An optional string key: `None` when absent or null, `Some(None)` when
+/// present but invalid (reported), `Some(Some(s))` when valid.
+fn optional_key(
+    map: &Map<String, Value>,
+    field: &str,
+    bad: &mut impl FnMut(Option<&str>, String),
+) -> Option<Option<String>> {
+    match map.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s))
+            if !s.is_empty() && s.len() <= MAX_KEY_BYTES && !s.chars().any(char::is_control) =>
+        {
+            Some(Some(s.clone()))
+        }
+        Some(_) => {
+            bad(
+                Some(field),
+                format!(
+                    "{field} must be a non-empty string of at most {MAX_KEY_BYTES} bytes without control characters"
+                ),
+            );
+            Some(None)
+        }
+    }
+}
+
+/// Item indices per trackingId, trackingIds in order of first appearance.
+fn group_by_tracking_id(payments: &[NewPayment]) -> Vec<(&str, Vec<usize>)> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    let mut position: HashMap<&str, usize> = HashMap::new();
+    for (i, p) in payments.iter().enumerate() {
+        let tid = p.data.tracking_id.as_str();
+        let at = *position.entry(tid).or_insert_with(|| {
+            groups.push((tid, Vec::new()));
+            groups.len() - 1
+        });
+        groups[at].1.push(i);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(item: Value) -> Vec<Option<String>> {
+        let mut details = Vec::new();
+        validate_item(0, &item, &mut details);
+        details.into_iter().map(|d| d.field).collect()
+    }
+
+    fn good() -> Value {
+        json!({"trackingId": "sub-1", "amount": 1, "timestamp": 1699876543, "status": "executed", "signature": "sig"})
+    }
+
+    fn with(key: &str, v: Value) -> Value {
+        let mut item = good();
+        item[key] = v;
+        item
+    }
+
+    #[test]
+    fn each_bad_field_is_reported_once() {
+        assert!(fields(good()).is_empty());
+        let f = |s: &str| vec![Some(s.to_owned())];
+        assert_eq!(fields(with("amount", json!(-1))), f("amount"));
+        assert_eq!(fields(with("amount", json!(1.5))), f("amount"));
+        assert_eq!(fields(with("amount", json!("1"))), f("amount"));
+        assert_eq!(
+            fields(with("amount", json!(MAX_SAFE_INTEGER + 1))),
+            f("amount")
+        );
+        assert!(fields(with("amount", json!(MAX_SAFE_INTEGER))).is_empty());
+        assert_eq!(
+            fields(with("timestamp", json!(1699876543210u64))),
+            f("timestamp")
+        );
+        assert_eq!(fields(with("status", json!("done"))), f("status"));
+        assert_eq!(fields(with("signature", json!(""))), f("signature"));
+        assert_eq!(
+            fields(with("idempotencyKey", json!(5))),
+            f("idempotencyKey")
+        );
+        assert_eq!(fields(with("extra", json!(1))), f("extra"));
+        assert_eq!(fields(with("trackingId", json!("a\u{0}"))), f("trackingId"));
+        assert_eq!(fields(json!("x")), vec![None]);
+        let mut no_key = good();
+        no_key.as_object_mut().unwrap().remove("signature");
+        assert_eq!(fields(no_key.clone()), f("signature"));
+        no_key["idempotencyKey"] = json!("k1");
+        assert!(fields(no_key).is_empty());
+        assert_eq!(fields(json!({})).len(), 5); // trackingId, amount, timestamp, status, signature
+    }
+
+    #[test]
+    fn idempotency_key_wins_over_signature() {
+        let mut details = Vec::new();
+        let p = validate_item(0, &with("idempotencyKey", json!("k")), &mut details).unwrap();
+        assert_eq!(p.dedupe, DedupeKey::Idempotency("k".into()));
+        assert_eq!(p.data.signature.as_deref(), Some("sig"));
+    }
+
+    #[test]
+    fn tokens_match_exactly() {
+        let tokens = IngestTokens::new(&["alpha", "beta"]);
+        assert!(tokens.accepts("alpha") && tokens.accepts("beta"));
+        assert!(!tokens.accepts("alph") && !tokens.accepts("alphaa") && !tokens.accepts(""));
+    }
+}

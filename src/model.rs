@@ -1,0 +1,346 @@
+//! The wire types of the contract: trackingIds, event ids, payments, and the
+//! envelopes every server event is wrapped in (contract sections 1 and 3).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Longest trackingId accepted, in UTF-8 bytes.
+pub const MAX_TRACKING_ID_BYTES: usize = 256;
+
+/// Largest integer a JavaScript number holds exactly (2^53 - 1). Amounts and
+/// timestamps above it are refused at ingest rather than rounded by clients.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Socket.IO event name of a payment.
+pub const PAYMENT_EVENT: &str = "payment";
+
+/// Milliseconds since the Unix epoch, the unit of every envelope `timestamp`.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why a trackingId is refused; the message is what clients see.
+pub fn check_tracking_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() {
+        Err("Tracking ID must not be empty")
+    } else if id.len() > MAX_TRACKING_ID_BYTES {
+        Err("Tracking ID must be at most 256 bytes")
+    } else if id.chars().any(char::is_control) {
+        // `char::is_control` is exactly Unicode category Cc.
+        Err("Tracking ID must not contain control characters")
+    } else {
+        Ok(())
+    }
+}
+
+/// The Socket.IO room of a trackingId. The prefix keeps trackingIds apart
+/// from any other room (a socket id, or rooms added later).
+pub fn room_of(tracking_id: &str) -> String {
+    format!("t:{tracking_id}")
+}
+
+/// An event id: the epoch of the trackingId's history and the event's seq,
+/// written `<epoch>-<seq>`. Clients treat it as opaque; the server reads the
+/// epoch to tell a `since` from a lost history (a new epoch starts whenever a
+/// history is created afresh) from one it still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+/// A string that is not an event id this server could have written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not an event id")]
+pub struct BadEventId;
+
+impl FromStr for EventId {
+    type Err = BadEventId;
+
+    /// Accepts exactly what `Display` writes: two decimal integers without
+    /// signs or leading zeros, and a seq of at least 1.
+    fn from_str(s: &str) -> Result<Self, BadEventId> {
+        fn number(part: &str) -> Result<u64, BadEventId> {
+            let canonical = !part.is_empty()
+                && part.bytes().all(|b| b.is_ascii_digit())
+                && (part == "0" || !part.starts_with('0'));
+            if !canonical {
+                return Err(BadEventId);
+            }
+            part.parse().map_err(|_| BadEventId)
+        }
+        let (epoch, seq) = s.split_once('-').ok_or(BadEventId)?;
+        let id = EventId {
+            epoch: number(epoch)?,
+            seq: number(seq)?,
+        };
+        if id.seq == 0 {
+            return Err(BadEventId);
+        }
+        Ok(id)
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Outcome of a payment on chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentStatus {
+    Executed,
+    Failed,
+    Pending,
+}
+
+impl PaymentStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "executed" => Some(Self::Executed),
+            "failed" => Some(Self::Failed),
+            "pending" => Some(Self::Pending),
+            _ => None,
+        }
+    }
+}
+
+/// The `data` of a `payment` envelope: exactly what was ingested, less the
+/// idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentData {
+    pub tracking_id: String,
+    pub amount: u64,
+    /// On-chain execution time, in seconds.
+    pub timestamp: u64,
+    pub status: PaymentStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// What identifies a payment for idempotency within its trackingId.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DedupeKey {
+    /// The ingested `idempotencyKey`, which wins when given.
+    Idempotency(String),
+    /// The on-chain signature otherwise.
+    Signature(String),
+}
+
+impl DedupeKey {
+    /// A single string form, for stores keyed by strings.
+    pub fn as_key(&self) -> String {
+        match self {
+            DedupeKey::Idempotency(k) => format!("k:{k}"),
+            DedupeKey::Signature(s) => format!("s:{s}"),
+        }
+    }
+}
+
+/// A validated payment, ready to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPayment {
+    pub data: PaymentData,
+    pub dedupe: DedupeKey,
+}
+
+/// A stored payment event: its identity and the envelope every client gets,
+/// serialised once at acceptance and returned unchanged by replay and
+/// backfill.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub id: EventId,
+    /// When the server accepted it (ms); also the envelope's `timestamp`.
+    pub accepted_ms: u64,
+    pub envelope: Arc<RawValue>,
+}
+
+impl StoredEvent {
+    /// Builds the `payment` envelope of a newly accepted payment.
+    pub fn new(id: EventId, accepted_ms: u64, data: &PaymentData) -> Self {
+        #[derive(Serialize)]
+        struct PaymentEnvelope<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            id: EventId,
+            seq: u64,
+            data: &'a PaymentData,
+            timestamp: u64,
+        }
+        let envelope = PaymentEnvelope {
+            kind: "payment_notification",
+            id,
+            seq: id.seq,
+            data,
+            timestamp: accepted_ms,
+        };
+        // Serialising plain strings and integers into JSON cannot fail.
+        let raw = serde_json::value::to_raw_value(&envelope)
+            .unwrap_or_else(|_| unreachable!("payment envelope is always serialisable"));
+        StoredEvent {
+            id,
+            accepted_ms,
+            envelope: Arc::from(raw),
+        }
+    }
+}
+
+/// A server event envelope: `{ type, data, timestamp }`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Envelope<T> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub data: T,
+    pub timestamp: u64,
+}
+
+/// The `data` of an `error` envelope, and of every HTTP error body.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorData {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Every error code of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    InvalidTrackingId,
+    InvalidPayload,
+    InvalidSince,
+    TooManySubscriptions,
+    RateLimited,
+    Unauthorized,
+    Forbidden,
+    HistoryTruncated,
+    ConnectionError,
+    PayloadTooLarge,
+    Unavailable,
+    NotFound,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidTrackingId => "INVALID_TRACKING_ID",
+            ErrorCode::InvalidPayload => "INVALID_PAYLOAD",
+            ErrorCode::InvalidSince => "INVALID_SINCE",
+            ErrorCode::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::HistoryTruncated => "HISTORY_TRUNCATED",
+            ErrorCode::ConnectionError => "CONNECTION_ERROR",
+            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::NotFound => "NOT_FOUND",
+        }
+    }
+}
+
+impl Envelope<String> {
+    pub fn ack(text: String) -> Self {
+        Envelope {
+            kind: "ack",
+            data: text,
+            timestamp: now_ms(),
+        }
+    }
+}
+
+impl Envelope<ErrorData> {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Envelope {
+            kind: "error",
+            data: ErrorData {
+                code,
+                message: message.into(),
+            },
+            timestamp: now_ms(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_round_trip_and_reject_non_canonical_forms() {
+        let id = EventId {
+            epoch: 1699876543210,
+            seq: 42,
+        };
+        assert_eq!(id.to_string(), "1699876543210-42");
+        assert_eq!("1699876543210-42".parse::<EventId>(), Ok(id));
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1-0",
+            "01-1",
+            "1-01",
+            "+1-1",
+            "1-+1",
+            "a-1",
+            "1-1-1",
+            "1",
+            " 1-1",
+            "99999999999999999999-1",
+        ] {
+            assert_eq!(bad.parse::<EventId>(), Err(BadEventId), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tracking_ids_follow_the_contract() {
+        assert!(check_tracking_id("sub-1").is_ok());
+        assert!(check_tracking_id(&"a".repeat(256)).is_ok());
+        assert!(check_tracking_id(&"a".repeat(257)).is_err());
+        assert!(check_tracking_id(&"€".repeat(86)).is_err()); // 258 bytes
+        assert!(check_tracking_id("").is_err());
+        for c in ['\u{0}', '\u{1f}', '\u{7f}', '\u{85}', '\u{9f}'] {
+            assert!(check_tracking_id(&format!("a{c}b")).is_err(), "{c:?}");
+        }
+        assert!(check_tracking_id("a\u{a0}b").is_ok()); // no-break space is not Cc
+    }
+
+    #[test]
+    fn payment_envelope_has_the_contract_shape() {
+        let data = PaymentData {
+            tracking_id: "sub-1".into(),
+            amount: 1_000_000,
+            timestamp: 1_699_876_543,
+            status: PaymentStatus::Executed,
+            signature: None,
+        };
+        let ev = StoredEvent::new(EventId { epoch: 7, seq: 1 }, 1_699_876_543_210, &data);
+        let v: serde_json::Value = serde_json::from_str(ev.envelope.get()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "type": "payment_notification", "id": "7-1", "seq": 1,
+                "data": {"trackingId": "sub-1", "amount": 1000000, "timestamp": 1699876543, "status": "executed"},
+                "timestamp": 1699876543210u64
+            })
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! Assembly: builds the store, the Socket.IO layer, the HTTP routes and
+//! their middleware from a [`Config`], and runs them until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, Method, Request};
+use axum::routing::{get, post};
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::api::{self, App, AppState};
+use crate::config::Config;
+use crate::fanout::Fanout;
+use crate::ingest::{self, IngestTokens};
+use crate::realtime::{self, Realtime};
+use crate::store::{HistoryStore, MemoryStore, Retention};
+use crate::telemetry;
+
+/// The Socket.IO endpoint path (contract section 1).
+pub const SOCKET_PATH: &str = "/ws/v1";
+
+/// How often expired history and dedupe keys are swept from memory.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Packets a socket may have queued. A subscribe with `since` queues its
+/// whole replay at once, so this is the history limit plus room for live
+/// traffic; it is only a bound (memory is used by packets actually queued).
+const LIVE_BUFFER: usize = 1024;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound, ready-to-run server.
+pub struct Server {
+    listener: TcpListener,
+    router: Router,
+    io: SocketIo,
+    app: AppState,
+    store: Arc<MemoryStore>,
+    shutdown_timeout: Duration,
+}
+
+impl Server {
+    /// Validates `config`, builds every part and binds the listener.
+    pub async fn bind(config: &Config) -> Result<Server, StartError> {
+        config.validate()?;
+        if config.ingest_tokens.is_empty() {
+            tracing::warn!(
+                "no --ingest-token configured: ingest (POST /v1/payments) refuses every request"
+            );
+        }
+        let history_limit = config.history_limit as usize;
+        let store = Arc::new(MemoryStore::new(Retention {
+            max_events: history_limit,
+            history_ttl_ms: config.history_ttl * 1000,
+            dedupe_ttl_ms: config.dedupe_ttl * 1000,
+        }));
+
+        let (sio_layer, io) = SocketIo::builder()
+            .req_path(SOCKET_PATH)
+            .max_buffer_size(history_limit + LIVE_BUFFER)
+            .build_layer();
+        let dyn_store: Arc<dyn HistoryStore> = store.clone();
+        let fanout = Arc::new(Fanout::new(io.clone(), dyn_store));
+        realtime::register(
+            &io,
+            Arc::new(Realtime::new(
+                fanout.clone(),
+                config.max_subscriptions as usize,
+                history_limit,
+                config.rate_limit,
+                config.rate_burst,
+            )),
+        );
+        let app: AppState = Arc::new(App::new(
+            fanout,
+            IngestTokens::new(&config.ingest_tokens),
+            config.max_body as usize,
+            config.max_batch as usize,
+            telemetry::metrics_handle(),
+        ));
+
+        let router = Router::new()
+            .route("/v1/payments", post(ingest::ingest))
+            .route("/v1/events", get(api::events))
+            .route("/healthz", get(api::healthz))
+            .route("/readyz", get(api::readyz))
+            .route("/metrics", get(api::metrics))
+            .fallback(api::not_found)
+            .with_state(app.clone())
+            .layer(sio_layer)
+            .layer(cors(&config.cors_origins))
+            .layer(
+                TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                    let request_id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    // The path only: query strings may carry tokens.
+                    tracing::info_span!("http", method = %req.method(), path = req.uri().path(), request_id)
+                }),
+            )
+            .layer(PropagateRequestIdLayer::new(HeaderName::from_static("x-request-id")))
+            .layer(SetRequestIdLayer::new(HeaderName::from_static("x-request-id"), MakeRequestUuid));
+
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Server {
+            listener,
+            router,
+            io,
+            app,
+            store,
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound TCP listener always has a local address.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| unreachable!("bound listener has an address"))
+    }
+
+    /// Serves until `shutdown` resolves, then: stops accepting connections,
+    /// refuses new ingest, closes every socket (clients see a transport
+    /// close and reconnect, to another node behind a load balancer), lets
+    /// in-flight requests finish, and returns. Gives up waiting after the
+    /// shutdown timeout.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let addr = self.local_addr();
+        tracing::info!(%addr, "listening on {addr}");
+        let sweeper = tokio::spawn(sweep(self.store.clone()));
+        let signalled = Arc::new(Notify::new());
+        let on_signal = {
+            let (app, io, signalled) = (self.app.clone(), self.io.clone(), signalled.clone());
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                app.begin_shutdown();
+                signalled.notify_one();
+                io.close().await;
+            }
+        };
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(on_signal);
+        let timeout = self.shutdown_timeout;
+        let result = tokio::select! {
+            result = serve.into_future() => result,
+            () = async { signalled.notified().await; tokio::time::sleep(timeout).await } => {
+                tracing::warn!(?timeout, "shutdown timed out; exiting with work in flight");
+                Ok(())
+            }
+        };
+        sweeper.abort();
+        tracing::info!("stopped");
+        result
+    }
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(Any)
+        .max_age(Duration::from_secs(600));
+    if origins.iter().any(|o| o == "*") {
+        // Any origin, without credentials: what socket.io-client sends by
+        // default (withCredentials: false).
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<HeaderValue> = origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        layer
+            .allow_origin(AllowOrigin::list(list))
+            .allow_credentials(true)
+    }
+}
+
+async fn sweep(store: Arc<MemoryStore>) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        every.tick().await;
+        let stats = store.sweep();
+        metrics::gauge!(telemetry::STORE_HISTORIES).set(stats.histories as f64);
+        metrics::gauge!(telemetry::STORE_EVENTS).set(stats.events as f64);
+        metrics::gauge!(telemetry::STORE_DEDUPE_KEYS).set(stats.dedupe_keys as f64);
+    }
+}

@@ -1,0 +1,356 @@
+//! [`MemoryStore`]: the history store of a single node, held in this
+//! process's memory. Everything in it is lost at restart; the epochs make
+//! that visible to clients as `HISTORY_TRUNCATED`.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+
+use super::{Appended, HistoryPage, HistoryStore, Retention, StoreError};
+use crate::model::{DedupeKey, EventId, NewPayment, StoredEvent, now_ms};
+
+/// Independent locks over the trackingId space, so that appends for
+/// different trackingIds rarely contend. No lock is held across an await.
+const SHARDS: usize = 64;
+
+/// An in-memory [`HistoryStore`].
+pub struct MemoryStore {
+    retention: Retention,
+    shards: Box<[Mutex<HashMap<String, History>>]>,
+    hasher: RandomState,
+    /// Last epoch handed out; epochs are milliseconds at creation, made
+    /// strictly increasing so that two histories created in the same
+    /// millisecond still differ.
+    last_epoch: AtomicU64,
+}
+
+/// One trackingId's history and dedupe keys.
+struct History {
+    epoch: u64,
+    last_seq: u64,
+    /// Retained events, oldest first, with contiguous seqs.
+    events: VecDeque<StoredEvent>,
+    dedupe: HashMap<DedupeKey, EventId>,
+    /// Dedupe keys in order of expiry (insertion order, as the TTL is fixed).
+    dedupe_expiry: VecDeque<(u64, DedupeKey)>,
+}
+
+impl History {
+    fn prune(&mut self, now: u64, retention: &Retention) {
+        while self.events.len() > retention.max_events {
+            self.events.pop_front();
+        }
+        while self
+            .events
+            .front()
+            .is_some_and(|ev| ev.accepted_ms.saturating_add(retention.history_ttl_ms) <= now)
+        {
+            self.events.pop_front();
+        }
+        while self.dedupe_expiry.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, key)) = self.dedupe_expiry.pop_front() {
+                self.dedupe.remove(&key);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.dedupe.is_empty()
+    }
+
+    fn first_retained_seq(&self) -> u64 {
+        self.events
+            .front()
+            .map_or(self.last_seq + 1, |ev| ev.id.seq)
+    }
+
+    /// Reads after `since` as the trait documents.
+    fn read(
+        &self,
+        since: Option<EventId>,
+        limit: usize,
+        now: u64,
+    ) -> Result<HistoryPage, StoreError> {
+        let first = self.first_retained_seq();
+        let (start_seq, truncated) = match since {
+            None => (first, false),
+            Some(s) if s.epoch == self.epoch => {
+                if s.seq > self.last_seq {
+                    return Err(StoreError::InvalidSince);
+                }
+                let missing = s.seq + 1 < first && self.last_seq > s.seq;
+                (first.max(s.seq + 1), missing)
+            }
+            Some(s) if s.epoch > now => return Err(StoreError::InvalidSince),
+            // An id from another epoch: the history it came from is gone.
+            Some(_) => (first, true),
+        };
+        let skip = (start_seq - first) as usize;
+        let events: Vec<StoredEvent> = self.events.iter().skip(skip).take(limit).cloned().collect();
+        let has_more = self.events.len() > skip + events.len();
+        Ok(HistoryPage {
+            events,
+            has_more,
+            truncated,
+        })
+    }
+}
+
+impl MemoryStore {
+    pub fn new(retention: Retention) -> Self {
+        MemoryStore {
+            retention,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            last_epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, tracking_id: &str) -> std::sync::MutexGuard<'_, HashMap<String, History>> {
+        let idx = (self.hasher.hash_one(tracking_id) as usize) % SHARDS;
+        // A panic while holding a shard cannot leave a history half-written
+        // in a way later calls rely on, so a poisoned lock is still usable.
+        self.shards[idx].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_epoch(&self, now: u64) -> u64 {
+        let prev = self
+            .last_epoch
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or_else(|last| last);
+        now.max(prev + 1)
+    }
+
+    /// Drops expired events and keys everywhere, and histories left empty.
+    /// Run periodically; reads and appends also prune what they touch.
+    pub fn sweep(&self) -> SweepStats {
+        let now = now_ms();
+        let mut stats = SweepStats::default();
+        for shard in self.shards.iter() {
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, h| {
+                h.prune(now, &self.retention);
+                !h.is_empty()
+            });
+            stats.histories += map.len();
+            stats.events += map.values().map(|h| h.events.len()).sum::<usize>();
+            stats.dedupe_keys += map.values().map(|h| h.dedupe.len()).sum::<usize>();
+        }
+        stats
+    }
+}
+
+/// What a [`MemoryStore::sweep`] left in memory.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SweepStats {
+    pub histories: usize,
+    pub events: usize,
+    pub dedupe_keys: usize,
+}
+
+#[async_trait]
+impl HistoryStore for MemoryStore {
+    async fn append(
+        &self,
+        tracking_id: &str,
+        payments: &[NewPayment],
+        accepted_ms: u64,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let mut map = self.shard(tracking_id);
+        let history = match map.get_mut(tracking_id) {
+            Some(h) => h,
+            None => map.entry(tracking_id.to_owned()).or_insert(History {
+                epoch: self.next_epoch(accepted_ms),
+                last_seq: 0,
+                events: VecDeque::new(),
+                dedupe: HashMap::new(),
+                dedupe_expiry: VecDeque::new(),
+            }),
+        };
+        history.prune(accepted_ms, &self.retention);
+        let dedupe_until = accepted_ms.saturating_add(self.retention.dedupe_ttl_ms);
+        let mut out = Vec::with_capacity(payments.len());
+        for payment in payments {
+            if let Some(original) = history.dedupe.get(&payment.dedupe) {
+                out.push(Appended::Duplicate(*original));
+                continue;
+            }
+            history.last_seq += 1;
+            let id = EventId {
+                epoch: history.epoch,
+                seq: history.last_seq,
+            };
+            let event = StoredEvent::new(id, accepted_ms, &payment.data);
+            history.events.push_back(event.clone());
+            history.dedupe.insert(payment.dedupe.clone(), id);
+            history
+                .dedupe_expiry
+                .push_back((dedupe_until, payment.dedupe.clone()));
+            out.push(Appended::Stored(event));
+        }
+        history.prune(accepted_ms, &self.retention);
+        Ok(out)
+    }
+
+    async fn read(
+        &self,
+        tracking_id: &str,
+        since: Option<EventId>,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let now = now_ms();
+        let mut map = self.shard(tracking_id);
+        match map.get_mut(tracking_id) {
+            Some(history) => {
+                history.prune(now, &self.retention);
+                history.read(since, limit, now)
+            }
+            None => match since {
+                Some(s) if s.epoch > now => Err(StoreError::InvalidSince),
+                // Nothing is retained; a `since` names a history that is gone.
+                Some(_) => Ok(HistoryPage {
+                    truncated: true,
+                    ..HistoryPage::default()
+                }),
+                None => Ok(HistoryPage::default()),
+            },
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PaymentData, PaymentStatus};
+
+    fn retention(max_events: usize) -> Retention {
+        Retention {
+            max_events,
+            history_ttl_ms: 60_000,
+            dedupe_ttl_ms: 60_000,
+        }
+    }
+
+    fn payment(tid: &str, sig: &str) -> NewPayment {
+        NewPayment {
+            data: PaymentData {
+                tracking_id: tid.into(),
+                amount: 1,
+                timestamp: 1,
+                status: PaymentStatus::Executed,
+                signature: Some(sig.into()),
+            },
+            dedupe: DedupeKey::Signature(sig.into()),
+        }
+    }
+
+    fn ids(out: &[Appended]) -> Vec<(u64, bool)> {
+        out.iter()
+            .map(|a| (a.id().seq, matches!(a, Appended::Duplicate(_))))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn seqs_are_contiguous_and_duplicates_answer_the_original() {
+        let store = MemoryStore::new(retention(10));
+        let now = now_ms();
+        let out = store
+            .append(
+                "t",
+                &[payment("t", "a"), payment("t", "b"), payment("t", "a")],
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(ids(&out), vec![(1, false), (2, false), (1, true)]);
+        let out = store.append("t", &[payment("t", "c")], now).await.unwrap();
+        assert_eq!(ids(&out), vec![(3, false)]);
+        // Another trackingId has its own seqs and its own dedupe keys.
+        let out = store.append("u", &[payment("u", "a")], now).await.unwrap();
+        assert_eq!(ids(&out), vec![(1, false)]);
+    }
+
+    #[tokio::test]
+    async fn read_after_since_pages_and_reports_truncation() {
+        let store = MemoryStore::new(retention(3));
+        let now = now_ms();
+        let sigs: Vec<String> = (0..5).map(|i| i.to_string()).collect();
+        let batch: Vec<NewPayment> = sigs.iter().map(|s| payment("t", s)).collect();
+        let out = store.append("t", &batch, now).await.unwrap();
+        let first = out[0].id();
+        let third = out[2].id();
+
+        // Seqs 1 and 2 were dropped: reading after 1 misses 2.
+        let page = store.read("t", Some(first), 10).await.unwrap();
+        assert!(page.truncated);
+        assert_eq!(
+            page.events.iter().map(|e| e.id.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+
+        // Reading after 3 misses nothing.
+        let page = store.read("t", Some(third), 1).await.unwrap();
+        assert!(!page.truncated);
+        assert!(page.has_more);
+        assert_eq!(page.events[0].id.seq, 4);
+
+        // An id ahead of the history could not have been issued.
+        let ahead = EventId {
+            epoch: first.epoch,
+            seq: 6,
+        };
+        assert!(matches!(
+            store.read("t", Some(ahead), 10).await,
+            Err(StoreError::InvalidSince)
+        ));
+        // An id from an older epoch names a lost history.
+        let old = EventId {
+            epoch: first.epoch - 1,
+            seq: 1,
+        };
+        assert!(store.read("t", Some(old), 10).await.unwrap().truncated);
+        // An epoch in the future is not one this server issued.
+        let future = EventId {
+            epoch: now + 3_600_000,
+            seq: 1,
+        };
+        assert!(matches!(
+            store.read("t", Some(future), 10).await,
+            Err(StoreError::InvalidSince)
+        ));
+        // A since for a history that does not exist is truncated, not silent.
+        assert!(store.read("none", Some(first), 10).await.unwrap().truncated);
+    }
+
+    #[tokio::test]
+    async fn a_history_created_afresh_gets_a_new_epoch() {
+        let store = MemoryStore::new(Retention {
+            max_events: 10,
+            history_ttl_ms: 1,
+            dedupe_ttl_ms: 1,
+        });
+        let past = now_ms() - 10;
+        let old = store.append("t", &[payment("t", "a")], past).await.unwrap()[0].id();
+        assert_eq!(store.sweep().histories, 0);
+        let new = store
+            .append("t", &[payment("t", "a")], now_ms())
+            .await
+            .unwrap()[0]
+            .id();
+        assert!(new.epoch > old.epoch);
+        assert_eq!(new.seq, 1);
+        let page = store.read("t", Some(old), 10).await.unwrap();
+        assert!(page.truncated);
+        assert_eq!(page.events.len(), 1);
+    }
+}

@@ -1,0 +1,102 @@
+//! Telemetry: logging through `tracing` (pretty or JSON) and Prometheus
+//! metrics. Every metric name the server records is declared here, so the
+//! list of what `/metrics` exposes is in one place.
+
+use std::io::IsTerminal;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Counter: payments stored (not duplicates), by nothing.
+pub const PAYMENTS_STORED: &str = "tidings_payments_stored_total";
+/// Counter: ingested payments answered as duplicates.
+pub const PAYMENTS_DUPLICATE: &str = "tidings_payments_duplicate_total";
+/// Counter: ingest requests, labelled by `status` (HTTP status code).
+pub const INGEST_REQUESTS: &str = "tidings_ingest_requests_total";
+/// Counter: `payment` broadcasts made (one per stored payment).
+pub const BROADCASTS: &str = "tidings_broadcasts_total";
+/// Counter: deliveries that failed because a socket's buffer was full or
+/// it was closing; the client recovers them with `since`.
+pub const DELIVERIES_DROPPED: &str = "tidings_deliveries_dropped_total";
+/// Counter: events replayed to sockets subscribing with `since`.
+pub const REPLAYED: &str = "tidings_replayed_events_total";
+/// Counter: socket errors sent, labelled by `code`.
+pub const SOCKET_ERRORS: &str = "tidings_socket_errors_total";
+/// Gauge: connected sockets on this node.
+pub const SOCKETS: &str = "tidings_sockets";
+/// Gauge: subscriptions held by sockets on this node.
+pub const SUBSCRIPTIONS: &str = "tidings_subscriptions";
+/// Gauge: histories, events and dedupe keys held by the memory store.
+pub const STORE_HISTORIES: &str = "tidings_store_histories";
+pub const STORE_EVENTS: &str = "tidings_store_events";
+pub const STORE_DEDUPE_KEYS: &str = "tidings_store_dedupe_keys";
+
+/// Installs the global `tracing` subscriber. `RUST_LOG` filters (default
+/// `info`). Pretty output on a terminal, JSON otherwise, unless `format`
+/// says which.
+pub fn init_logging(format: Option<LogFormat>) {
+    let format = format.unwrap_or(if std::io::stdout().is_terminal() {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    });
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // `try_init` fails only if a subscriber is already set (tests, embedding);
+    // the existing one is kept.
+    let _ = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
+}
+
+/// Installs the global Prometheus recorder, or returns the one already
+/// installed (several servers in one test process share it).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(PAYMENTS_STORED, "Payments stored (duplicates excluded)");
+    describe_counter!(
+        PAYMENTS_DUPLICATE,
+        "Ingested payments answered as duplicates"
+    );
+    describe_counter!(INGEST_REQUESTS, "Ingest requests by HTTP status");
+    describe_counter!(BROADCASTS, "Payment broadcasts to trackingId rooms");
+    describe_counter!(
+        DELIVERIES_DROPPED,
+        "Deliveries dropped at a full or closed socket"
+    );
+    describe_counter!(
+        REPLAYED,
+        "Events replayed to sockets subscribing with since"
+    );
+    describe_counter!(SOCKET_ERRORS, "Error envelopes sent to sockets, by code");
+    describe_gauge!(SOCKETS, "Connected sockets on this node");
+    describe_gauge!(SUBSCRIPTIONS, "Subscriptions held by sockets on this node");
+    describe_gauge!(STORE_HISTORIES, "TrackingId histories in the memory store");
+    describe_gauge!(STORE_EVENTS, "Events retained in the memory store");
+    describe_gauge!(
+        STORE_DEDUPE_KEYS,
+        "Idempotency keys remembered by the memory store"
+    );
+}
