@@ -170,24 +170,22 @@ impl Client {
         self.ws.flush().await.expect("flush");
     }
 
-    /// The next event or ack, answering pings on the way; fails after
+    /// The next event or ack (pings are answered on the way); fails after
     /// [`WAIT`].
     pub async fn next(&mut self) -> Frame {
-        loop {
-            let text = next_packet(&mut self.ws).await;
-            if let Some(rest) = text.strip_prefix("42") {
-                let v: Value = serde_json::from_str(rest).expect("event payload");
-                let name = v[0].as_str().expect("event name").to_owned();
-                return Frame::Event(name, v[1].clone());
-            }
-            if let Some(rest) = text.strip_prefix("43") {
-                let split = rest.find('[').expect("ack payload");
-                let id = rest[..split].parse().expect("ack id");
-                let v: Value = serde_json::from_str(&rest[split..]).expect("ack payload");
-                return Frame::Ack(id, v[0].clone());
-            }
-            panic!("unexpected packet {text:?}");
+        let text = next_packet(&mut self.ws).await;
+        if let Some(rest) = text.strip_prefix("42") {
+            let v: Value = serde_json::from_str(rest).expect("event payload");
+            let name = v[0].as_str().expect("event name").to_owned();
+            return Frame::Event(name, v[1].clone());
         }
+        if let Some(rest) = text.strip_prefix("43") {
+            let split = rest.find('[').expect("ack payload");
+            let id = rest[..split].parse().expect("ack id");
+            let v: Value = serde_json::from_str(&rest[split..]).expect("ack payload");
+            return Frame::Ack(id, v[0].clone());
+        }
+        panic!("unexpected packet {text:?}");
     }
 
     /// The next event (acks are skipped).
