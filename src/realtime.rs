@@ -29,6 +29,11 @@ use crate::model::{Envelope, ErrorCode, EventId, PAYMENT_EVENT, check_tracking_i
 use crate::store::StoreError;
 use crate::telemetry;
 
+/// Commands one socket may have waiting; beyond it they are refused with
+/// `RATE_LIMITED`, so a socket cannot grow the server's memory by sending
+/// faster than its commands are handled.
+const MAX_QUEUED: usize = 1024;
+
 /// What the protocol handlers need, shared by every socket.
 pub struct Realtime {
     pub fanout: Arc<Fanout>,
@@ -154,8 +159,8 @@ impl Session {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a command, or refuses it when the socket is over its rate.
-    /// The rate limit also bounds the queue.
+    /// Queues a command, or refuses it when the socket is over its rate or
+    /// has too many commands waiting.
     fn receive(self: &Arc<Self>, realtime: &Arc<Realtime>, socket: SocketRef, cmd: Command) {
         if self.limiter.check().is_err() {
             reply_error(
@@ -168,6 +173,12 @@ impl Session {
         }
         let start = {
             let mut state = self.state();
+            if state.queue.len() >= MAX_QUEUED {
+                drop(state);
+                let message = "Too many events waiting; slow down";
+                reply_error(&socket, cmd.ack, ErrorCode::RateLimited, message);
+                return;
+            }
             state.queue.push_back(cmd);
             !std::mem::replace(&mut state.draining, true)
         };

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderName, HeaderValue, Method, Request};
+use axum::http::{HeaderName, HeaderValue, Method, Request, header};
 use axum::routing::{get, post};
 use socketioxide::SocketIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Notify;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -34,6 +34,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// whole replay at once, so this is the history limit plus room for live
 /// traffic; it is only a bound (memory is used by packets actually queued).
 const LIVE_BUFFER: usize = 1024;
+
+/// Largest Engine.IO payload a client may send (a polling POST or a
+/// websocket message). Subscribe payloads are a few hundred bytes.
+const MAX_SOCKET_MESSAGE: u64 = 64 * 1024;
+
+/// Pending connections the kernel may queue before we accept them.
+const ACCEPT_BACKLOG: u32 = 8192;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +83,7 @@ impl Server {
         let (sio_layer, io) = SocketIo::builder()
             .req_path(SOCKET_PATH)
             .max_buffer_size(history_limit + LIVE_BUFFER)
+            .max_payload(MAX_SOCKET_MESSAGE)
             .build_layer();
         let dyn_store: Arc<dyn HistoryStore> = store.clone();
         let fanout = Arc::new(Fanout::new(io.clone(), dyn_store));
@@ -121,13 +129,10 @@ impl Server {
             .layer(PropagateRequestIdLayer::new(HeaderName::from_static("x-request-id")))
             .layer(SetRequestIdLayer::new(HeaderName::from_static("x-request-id"), MakeRequestUuid));
 
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = listen(config.listen).map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         Ok(Server {
             listener,
             router,
@@ -183,10 +188,29 @@ impl Server {
     }
 }
 
+/// Binds with a deep accept queue: when thousands of clients reconnect at
+/// once (a node restarted behind a load balancer), a short queue drops
+/// their SYNs and each waits a whole TCP retransmission (1 s, then 3 s...).
+/// The kernel caps it at `net.core.somaxconn`.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 fn cors(origins: &[String]) -> CorsLayer {
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers(Any)
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::HeaderName::from_static("x-request-id"),
+        ])
         .max_age(Duration::from_secs(600));
     if origins.iter().any(|o| o == "*") {
         // Any origin, without credentials: what socket.io-client sends by

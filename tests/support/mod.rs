@@ -124,8 +124,14 @@ pub struct Client {
 impl Client {
     /// Connects to namespace `/` and waits for the server's connect answer.
     pub async fn connect(addr: SocketAddr) -> Client {
+        Self::connect_within(addr, WAIT).await
+    }
+
+    /// [`Client::connect`] with its own bound on the TCP and websocket
+    /// handshake (a storm of thousands queues in the kernel's accept queue).
+    pub async fn connect_within(addr: SocketAddr, wait: Duration) -> Client {
         let url = format!("ws://{addr}/ws/v1/?EIO=4&transport=websocket");
-        let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        let (mut ws, _) = tokio::time::timeout(wait, tokio_tungstenite::connect_async(url))
             .await
             .expect("websocket connects in time")
             .expect("websocket handshake");

@@ -1,0 +1,190 @@
+// A real headless Chromium on another origin: the browser bundle of
+// socket.io-client connects (polling, then upgrade), receives a payment, and
+// backfills it with a cross-origin fetch.
+
+import { describe, test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import { existsSync, readFileSync } from "node:fs";
+import path from "node:path";
+import { chromium } from "playwright-core";
+import {
+  E2E_DIR, startServer, ingestOk, payment, uid, assertPayment, withTimeout, WS_PATH,
+} from "./lib/harness.mjs";
+
+const CHROMIUM = process.env.TIDINGS_CHROMIUM ?? "/usr/bin/chromium";
+const BUNDLE = path.join(E2E_DIR, "node_modules/socket.io-client/dist/socket.io.min.js");
+
+const PAGE = `<!doctype html>
+<html><head><meta charset="utf-8"><title>tidings e2e</title>
+<script src="/socket.io.min.js"></script></head>
+<body><p>tidings e2e page</p></body></html>`;
+
+/** Serves the test page and the client bundle on its own port (its own origin). */
+function startPageServer() {
+  const bundle = readFileSync(BUNDLE);
+  const srv = http.createServer((req, res) => {
+    if (req.url === "/" || req.url.startsWith("/?")) {
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.end(PAGE);
+    } else if (req.url === "/socket.io.min.js") {
+      res.writeHead(200, { "content-type": "application/javascript" });
+      res.end(bundle);
+    } else {
+      res.writeHead(404);
+      res.end();
+    }
+  });
+  return new Promise((resolve, reject) => {
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => resolve({
+      url: `http://127.0.0.1:${srv.address().port}`,
+      close: () => new Promise((r) => { srv.closeAllConnections?.(); srv.close(() => r()); }),
+    }));
+  });
+}
+
+describe("browser (headless Chromium, cross-origin)", () => {
+  let server;
+  let pages;
+  let browser;
+
+  let setupError = null;
+
+  before(async () => {
+    // Failures here are reported by every test below (as failures, not as
+    // skips or cancellations).
+    try {
+      assert.ok(existsSync(CHROMIUM),
+        `Chromium not found at ${CHROMIUM}: install it (apt-get install chromium) or set TIDINGS_CHROMIUM`);
+      assert.ok(existsSync(BUNDLE), `socket.io-client browser bundle missing at ${BUNDLE}: run npm install`);
+      server = await startServer();
+      pages = await startPageServer();
+      browser = await withTimeout(chromium.launch({
+        executablePath: CHROMIUM,
+        args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+          "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        timeout: 30000,
+      }), 35000, "launching Chromium");
+    } catch (err) {
+      setupError = err;
+    }
+  });
+
+  function requireSetup() {
+    if (setupError) throw setupError;
+  }
+
+  after(async () => {
+    await browser?.close().catch(() => {});
+    await pages?.close();
+    await server?.stop();
+  });
+
+  /** Opens the page and connects a socket in it with `transports` (undefined: default). */
+  async function openPage(transports) {
+    requireSetup();
+    const page = await browser.newPage();
+    page.setDefaultTimeout(15000);
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(String(e)));
+    await page.goto(pages.url + "/");
+    const origin = await page.evaluate(() => location.origin);
+    assert.notEqual(origin, server.url, "the page is on another origin than the server");
+    await page.evaluate(async ({ url, path, transports }) => {
+      const opts = { path, forceNew: true, reconnection: false };
+      if (transports) opts.transports = transports;
+      const socket = window.io(url, opts);
+      window.socket = socket;
+      // The engine opens its first transport synchronously; the upgrade may
+      // complete before "connect" fires, so record both from the start.
+      window.firstTransport = socket.io.engine.transport.name;
+      window.upgradedTo = null;
+      socket.io.engine.on("upgrade", (t) => { window.upgradedTo = t.name; });
+      window.received = [];
+      window.acks = [];
+      window.errors = [];
+      socket.on("payment", (p) => window.received.push(p));
+      socket.on("ack", (a) => window.acks.push(a));
+      socket.on("error", (e) => window.errors.push(e));
+      await new Promise((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error("connect timed out")), 10000);
+        socket.once("connect", () => { clearTimeout(t); resolve(); });
+        socket.once("connect_error", (e) => { clearTimeout(t); reject(new Error("connect_error: " + e.message)); });
+      });
+    }, { url: server.url, path: WS_PATH, transports });
+    return { page, errors };
+  }
+
+  async function subscribeInPage(page, trackingId) {
+    return page.evaluate((trackingId) => new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error("ack timed out")), 5000);
+      window.socket.emit("subscribe", { trackingId }, (env) => { clearTimeout(t); resolve(env); });
+    }), trackingId);
+  }
+
+  async function receiveAndBackfill(page, trackingId) {
+    const item = payment(trackingId);
+    const [r] = await ingestOk(server.url, item);
+    await page.waitForFunction((id) => window.received.some((p) => p.data.trackingId === id), trackingId,
+      { timeout: 10000 });
+    const result = await page.evaluate(async ({ url, trackingId }) => {
+      const env = window.received.find((p) => p.data.trackingId === trackingId);
+      const res = await fetch(`${url}/v1/events?trackingId=${encodeURIComponent(trackingId)}`);
+      return {
+        env,
+        status: res.status,
+        body: await res.json(),
+        transport: window.socket.io.engine.transport.name,
+        firstTransport: window.firstTransport,
+        upgradedTo: window.upgradedTo,
+        errors: window.errors,
+      };
+    }, { url: server.url, trackingId });
+    assertPayment(result.env, item, r);
+    assert.equal(result.status, 200);
+    assert.deepEqual(result.body.data, [result.env], "backfill returns the envelope the page received");
+    assert.equal(result.body.hasMore, false);
+    assert.deepEqual(result.errors, []);
+    return result;
+  }
+
+  test("default transports: polling, upgraded to websocket; payment received; cross-origin backfill equal", async () => {
+    const { page, errors } = await openPage(undefined);
+    try {
+      const id = uid("browser");
+      const ack = await subscribeInPage(page, id);
+      assert.equal(ack.type, "ack");
+      assert.equal(ack.data, `Subscribed to trackingId: ${id}`);
+      // The upgrade happens in the background; wait for it (bounded).
+      await page.waitForFunction(() => window.socket.io.engine.transport.name === "websocket", null, { timeout: 10000 })
+        .catch(async () => {
+          const name = await page.evaluate(() => window.socket.io.engine.transport.name);
+          assert.fail(`the browser socket did not upgrade to websocket (still ${name})`);
+        });
+      const result = await receiveAndBackfill(page, id);
+      assert.equal(result.firstTransport, "polling", "the browser starts on long-polling");
+      assert.equal(result.upgradedTo, "websocket", "the engine emitted upgrade to websocket");
+      assert.equal(result.transport, "websocket", "and ends on websocket");
+      assert.deepEqual(errors, [], "no page errors");
+    } finally {
+      await page.close();
+    }
+  });
+
+  test("polling only: cross-origin long-polling carries subscribe, ack and payment", async () => {
+    const { page, errors } = await openPage(["polling"]);
+    try {
+      const id = uid("browser-poll");
+      const ack = await subscribeInPage(page, id);
+      assert.equal(ack.data, `Subscribed to trackingId: ${id}`);
+      const result = await receiveAndBackfill(page, id);
+      assert.equal(result.firstTransport, "polling");
+      assert.equal(result.upgradedTo, null, "no upgrade with transports: [polling]");
+      assert.equal(result.transport, "polling");
+      assert.deepEqual(errors, [], "no page errors");
+    } finally {
+      await page.close();
+    }
+  });
+});
