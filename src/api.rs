@@ -14,10 +14,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::fanout::Fanout;
 use crate::ingest::{Detail, IngestTokens};
 use crate::model::{ErrorCode, EventId, check_tracking_id};
-use crate::store::StoreError;
+use crate::store::{HistoryStore, StoreError};
 
 /// Default and largest page of `GET /v1/events`.
 pub const DEFAULT_PAGE: usize = 100;
@@ -28,7 +27,7 @@ const RETRY_AFTER_SECONDS: &str = "1";
 
 /// What the HTTP handlers share.
 pub struct App {
-    pub fanout: Arc<Fanout>,
+    pub store: Arc<dyn HistoryStore>,
     pub ingest_tokens: IngestTokens,
     pub max_body: usize,
     pub max_batch: usize,
@@ -40,14 +39,14 @@ pub type AppState = Arc<App>;
 
 impl App {
     pub fn new(
-        fanout: Arc<Fanout>,
+        store: Arc<dyn HistoryStore>,
         ingest_tokens: IngestTokens,
         max_body: usize,
         max_batch: usize,
         metrics: PrometheusHandle,
     ) -> Self {
         App {
-            fanout,
+            store,
             ingest_tokens,
             max_body,
             max_batch,
@@ -197,8 +196,7 @@ pub async fn events(
         },
     };
     let page = app
-        .fanout
-        .store()
+        .store
         .read(&tracking_id, since, limit)
         .await
         .map_err(|err| match err {
@@ -223,8 +221,7 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Valu
     if app.shutting_down() {
         return Err(ApiError::unavailable("Shutting down"));
     }
-    app.fanout
-        .store()
+    app.store
         .ping()
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;

@@ -2,9 +2,10 @@
 //! variable (contract section 7); the flag wins. `tidings --help` lists them.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+
+use crate::store::RedisTarget;
 
 /// Command-line and environment configuration of one Tidings node.
 #[derive(Debug, Clone, Parser)]
@@ -23,9 +24,21 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_LISTEN", default_value = "0.0.0.0:3000")]
     pub listen: SocketAddr,
 
-    /// Redis URL: unset runs one node with everything in memory.
-    #[arg(long, env = "TIDINGS_REDIS_URL")]
+    /// Redis URL: unset runs one node with everything in memory; set, any
+    /// number of nodes sharing it serve one cluster. With --redis-cluster, a
+    /// comma-separated list of seed node URLs.
+    #[arg(long, env = "TIDINGS_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// The Redis at --redis-url is a Redis Cluster (sharded pub/sub).
+    #[arg(long, env = "TIDINGS_REDIS_CLUSTER", requires = "redis_url")]
+    pub redis_cluster: bool,
+
+    /// Payments that may wait for delivery to this node's sockets; beyond it
+    /// a payment is dropped for them (logged and counted) and clients
+    /// recover it with `since`.
+    #[arg(long, env = "TIDINGS_DELIVERY_BUFFER", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub delivery_buffer: u64,
 
     /// Bearer token that ingest accepts; repeat (or comma-separate the variable)
     /// to accept several. Without one, ingest refuses every request.
@@ -128,8 +141,6 @@ pub enum ConfigError {
     EmptyIngestToken,
     #[error("--auth token is not available in this version; use --auth open")]
     TokenModeUnavailable,
-    #[error("--redis-url is not available in this version; omit it to run one node in memory")]
-    RedisUnavailable,
     #[error(
         "invalid --cors-origin {0:?}: expected `*` or an origin such as https://app.example.com"
     )]
@@ -151,9 +162,6 @@ impl Config {
         if self.auth == AuthMode::Token {
             return Err(ConfigError::TokenModeUnavailable);
         }
-        if self.redis_url.is_some() {
-            return Err(ConfigError::RedisUnavailable);
-        }
         for origin in &self.cors_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return Err(ConfigError::BadCorsOrigin(origin.clone()));
@@ -174,11 +182,18 @@ impl Config {
         ])
     }
 
-    pub fn history_ttl(&self) -> Duration {
-        Duration::from_secs(self.history_ttl)
-    }
-
-    pub fn dedupe_ttl(&self) -> Duration {
-        Duration::from_secs(self.dedupe_ttl)
+    /// Where history lives: `None` for memory.
+    pub fn redis_target(&self) -> Option<RedisTarget> {
+        let url = self.redis_url.as_ref()?;
+        Some(if self.redis_cluster {
+            RedisTarget::Cluster(
+                url.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            )
+        } else {
+            RedisTarget::Single(url.clone())
+        })
     }
 }

@@ -1,6 +1,6 @@
 //! Ingest (contract section 3): where a payment enters. `POST /v1/payments`
 //! authenticates the backend, validates every item, then stores and
-//! publishes them through [`Fanout`](crate::fanout::Fanout).
+//! publishes them through the [`HistoryStore`](crate::store::HistoryStore).
 
 use std::collections::HashMap;
 
@@ -115,8 +115,8 @@ async fn accept(
     for (tracking_id, indices) in group_by_tracking_id(&payments) {
         let group: Vec<NewPayment> = indices.iter().map(|&i| payments[i].clone()).collect();
         let outcomes = app
-            .fanout
-            .store_and_publish(tracking_id, &group, accepted_ms)
+            .store
+            .append(tracking_id, &group, accepted_ms)
             .await
             .map_err(|err| match err {
                 StoreError::Unavailable(_) => {
@@ -127,6 +127,11 @@ async fn accept(
             })?;
         for (&index, outcome) in indices.iter().zip(outcomes) {
             let id = outcome.id();
+            let counter = match outcome {
+                Appended::Stored(_) => telemetry::PAYMENTS_STORED,
+                Appended::Duplicate(_) => telemetry::PAYMENTS_DUPLICATE,
+            };
+            metrics::counter!(counter).increment(1);
             out[index] = Some(Accepted {
                 id,
                 seq: id.seq,

@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::fanout::Fanout;
 use crate::model::{Envelope, ErrorCode, EventId, PAYMENT_EVENT, check_tracking_id, room_of};
-use crate::store::StoreError;
+use crate::store::{HistoryPage, HistoryStore, StoreError};
 use crate::telemetry;
 
 /// Commands one socket may have waiting; beyond it they are refused with
@@ -37,6 +37,7 @@ const MAX_QUEUED: usize = 1024;
 /// What the protocol handlers need, shared by every socket.
 pub struct Realtime {
     pub fanout: Arc<Fanout>,
+    pub store: Arc<dyn HistoryStore>,
     pub max_subscriptions: usize,
     /// Most events replayed on one subscribe (the history limit).
     pub replay_limit: usize,
@@ -46,6 +47,7 @@ pub struct Realtime {
 impl Realtime {
     pub fn new(
         fanout: Arc<Fanout>,
+        store: Arc<dyn HistoryStore>,
         max_subscriptions: usize,
         replay_limit: usize,
         per_second: u32,
@@ -55,6 +57,7 @@ impl Realtime {
         let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         Realtime {
             fanout,
+            store,
             max_subscriptions,
             replay_limit,
             rate: Quota::per_second(per_second).allow_burst(burst),
@@ -101,9 +104,15 @@ fn attach(socket: &SocketRef, realtime: Arc<Realtime>) {
     socket.on_disconnect(move |s: SocketRef| {
         let held = session.clear();
         metrics::gauge!(telemetry::SOCKETS).decrement(1.0);
-        metrics::gauge!(telemetry::SUBSCRIPTIONS).decrement(held as f64);
+        metrics::gauge!(telemetry::SUBSCRIPTIONS).decrement(held.len() as f64);
         tracing::debug!(socket_id = %s.id, "socket disconnected");
-        std::future::ready(())
+        let realtime = realtime.clone();
+        async move {
+            for tid in held {
+                let _turn = realtime.fanout.turn(&tid).await;
+                realtime.store.unlisten(&tid).await;
+            }
+        }
     });
 }
 
@@ -143,6 +152,8 @@ struct SessionState {
     draining: bool,
     /// TrackingIds this socket is subscribed to.
     subscriptions: HashSet<String>,
+    /// The socket is gone; nothing may be added.
+    closed: bool,
 }
 
 impl Session {
@@ -206,7 +217,7 @@ impl Session {
             };
             match cmd.op {
                 Op::Subscribe => self.subscribe(&realtime, &socket, cmd).await,
-                Op::Unsubscribe => self.unsubscribe(&socket, cmd),
+                Op::Unsubscribe => self.unsubscribe(&realtime, &socket, cmd).await,
             }
         }
     }
@@ -231,39 +242,24 @@ impl Session {
             held
         };
 
-        // Join first, then read: a payment stored meanwhile is either in the
-        // history read or broadcast to the room after our turn ends.
-        let fanout = &realtime.fanout;
-        let _turn = fanout.turn(&tid).await;
-        let room = room_of(&tid);
-        socket.join(room.clone());
-        let page = match req.since {
-            None => None,
-            Some(since) => match fanout
-                .store()
-                .read(&tid, Some(since), realtime.replay_limit)
-                .await
-            {
-                Ok(page) => Some(page),
-                Err(err) => {
-                    if !held {
-                        socket.leave(room);
-                    }
-                    let (code, message) = match err {
-                        StoreError::InvalidSince => (ErrorCode::InvalidSince, err.to_string()),
-                        StoreError::Unavailable(_) => {
-                            tracing::warn!(tracking_id = %tid, error = %err, "history read failed");
-                            (
-                                ErrorCode::ConnectionError,
-                                "History is unavailable; try again".to_owned(),
-                            )
-                        }
-                    };
-                    return reply_error(socket, cmd.ack, code, message);
-                }
-            },
+        // Listen, join, then read: a payment stored meanwhile is either in
+        // the history read or delivered to the room after our turn ends.
+        let _turn = realtime.fanout.turn(&tid).await;
+        let page = match self.enter(realtime, socket, &tid, held, req.since).await {
+            Ok(page) => page,
+            Err((code, message)) => return reply_error(socket, cmd.ack, code, message),
         };
-        if !held && self.state().subscriptions.insert(tid.clone()) {
+        if !held {
+            let added = {
+                let mut state = self.state();
+                !state.closed && state.subscriptions.insert(tid.clone())
+            };
+            if !added {
+                // The socket disconnected meanwhile; its subscriptions were
+                // already released, so release this one too.
+                realtime.store.unlisten(&tid).await;
+                return;
+            }
             metrics::gauge!(telemetry::SUBSCRIPTIONS).increment(1.0);
         }
         reply(
@@ -291,14 +287,60 @@ impl Session {
         }
     }
 
-    fn unsubscribe(&self, socket: &SocketRef, cmd: Command) {
+    /// Makes this node listen to `tid` (unless the socket already held it),
+    /// joins its room, and reads the history after `since`. Undoes what it
+    /// did on failure. The caller holds the trackingId's turn.
+    async fn enter(
+        &self,
+        realtime: &Realtime,
+        socket: &SocketRef,
+        tid: &str,
+        held: bool,
+        since: Option<EventId>,
+    ) -> Result<Option<HistoryPage>, (ErrorCode, String)> {
+        let unavailable = |err: StoreError| {
+            tracing::warn!(tracking_id = %tid, error = %err, "subscribe failed: storage unavailable");
+            (
+                ErrorCode::ConnectionError,
+                "Storage is unavailable; try again".to_owned(),
+            )
+        };
+        if !held {
+            realtime.store.listen(tid).await.map_err(unavailable)?;
+        }
+        let room = room_of(tid);
+        socket.join(room.clone());
+        let Some(since) = since else { return Ok(None) };
+        match realtime
+            .store
+            .read(tid, Some(since), realtime.replay_limit)
+            .await
+        {
+            Ok(page) => Ok(Some(page)),
+            Err(err) => {
+                if !held {
+                    socket.leave(room);
+                    realtime.store.unlisten(tid).await;
+                }
+                Err(match err {
+                    StoreError::InvalidSince => (ErrorCode::InvalidSince, err.to_string()),
+                    StoreError::Unavailable(_) => unavailable(err),
+                })
+            }
+        }
+    }
+
+    async fn unsubscribe(&self, realtime: &Realtime, socket: &SocketRef, cmd: Command) {
         let req = match SubscribeRequest::parse(cmd.payload.as_ref(), false) {
             Ok(req) => req,
             Err((code, message)) => return reply_error(socket, cmd.ack, code, message),
         };
         let tid = req.tracking_id;
-        socket.leave(room_of(&tid));
-        if self.state().subscriptions.remove(&tid) {
+        if self.state().subscriptions.contains(&tid) {
+            let _turn = realtime.fanout.turn(&tid).await;
+            socket.leave(room_of(&tid));
+            self.state().subscriptions.remove(&tid);
+            realtime.store.unlisten(&tid).await;
             metrics::gauge!(telemetry::SUBSCRIPTIONS).decrement(1.0);
         }
         reply(
@@ -309,11 +351,12 @@ impl Session {
         );
     }
 
-    /// Forgets every subscription (the socket is gone); returns how many.
-    fn clear(&self) -> usize {
+    /// Forgets every subscription (the socket is gone) and returns them.
+    fn clear(&self) -> HashSet<String> {
         let mut state = self.state();
         state.queue.clear();
-        std::mem::take(&mut state.subscriptions).len()
+        state.closed = true;
+        std::mem::take(&mut state.subscriptions)
     }
 }
 

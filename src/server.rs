@@ -11,7 +11,7 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, header};
 use axum::routing::{get, post};
 use socketioxide::SocketIo;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -21,7 +21,9 @@ use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::ingest::{self, IngestTokens};
 use crate::realtime::{self, Realtime};
-use crate::store::{HistoryStore, MemoryStore, Retention};
+use crate::store::{
+    Deliveries, Delivery, HistoryStore, MemoryStore, RedisStore, Retention, StoreError,
+};
 use crate::telemetry;
 
 /// The Socket.IO endpoint path (contract section 1).
@@ -29,6 +31,9 @@ pub const SOCKET_PATH: &str = "/ws/v1";
 
 /// How often expired history and dedupe keys are swept from memory.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// How often the store is pinged in the background.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Packets a socket may have queued. A subscribe with `since` queues its
 /// whole replay at once, so this is the history limit plus room for live
@@ -47,6 +52,8 @@ const ACCEPT_BACKLOG: u32 = 8192;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("cannot set up Redis: {0}")]
+    Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -60,7 +67,11 @@ pub struct Server {
     router: Router,
     io: SocketIo,
     app: AppState,
-    store: Arc<MemoryStore>,
+    fanout: Arc<Fanout>,
+    published: mpsc::Receiver<Delivery>,
+    /// The memory store, which needs sweeping; `None` in cluster mode,
+    /// where Redis expires keys itself.
+    memory: Option<Arc<MemoryStore>>,
     shutdown_timeout: Duration,
 }
 
@@ -74,23 +85,40 @@ impl Server {
             );
         }
         let history_limit = config.history_limit as usize;
-        let store = Arc::new(MemoryStore::new(Retention {
+        let retention = Retention {
             max_events: history_limit,
             history_ttl_ms: config.history_ttl * 1000,
             dedupe_ttl_ms: config.dedupe_ttl * 1000,
-        }));
+        };
+        let (deliveries, published) = Deliveries::channel(config.delivery_buffer as usize);
+        let (store, memory): (Arc<dyn HistoryStore>, _) = match config.redis_target() {
+            None => {
+                let memory = Arc::new(MemoryStore::new(retention, deliveries));
+                (memory.clone(), Some(memory))
+            }
+            Some(target) => {
+                tracing::info!(
+                    ?target,
+                    "cluster mode: history, dedupe and publication in Redis"
+                );
+                (
+                    Arc::new(RedisStore::connect(&target, retention, deliveries).await?),
+                    None,
+                )
+            }
+        };
 
         let (sio_layer, io) = SocketIo::builder()
             .req_path(SOCKET_PATH)
             .max_buffer_size(history_limit + LIVE_BUFFER)
             .max_payload(MAX_SOCKET_MESSAGE)
             .build_layer();
-        let dyn_store: Arc<dyn HistoryStore> = store.clone();
-        let fanout = Arc::new(Fanout::new(io.clone(), dyn_store));
+        let fanout = Arc::new(Fanout::new(io.clone()));
         realtime::register(
             &io,
             Arc::new(Realtime::new(
                 fanout.clone(),
+                store.clone(),
                 config.max_subscriptions as usize,
                 history_limit,
                 config.rate_limit,
@@ -98,7 +126,7 @@ impl Server {
             )),
         );
         let app: AppState = Arc::new(App::new(
-            fanout,
+            store,
             IngestTokens::new(&config.ingest_tokens),
             config.max_body as usize,
             config.max_batch as usize,
@@ -138,7 +166,9 @@ impl Server {
             router,
             io,
             app,
-            store,
+            fanout,
+            published,
+            memory,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
         })
     }
@@ -161,7 +191,9 @@ impl Server {
     ) -> std::io::Result<()> {
         let addr = self.local_addr();
         tracing::info!(%addr, "listening on {addr}");
-        let sweeper = tokio::spawn(sweep(self.store.clone()));
+        let sweeper = self.memory.map(|store| tokio::spawn(sweep(store)));
+        let delivery = tokio::spawn(self.fanout.run(self.published));
+        let keepalive = tokio::spawn(keepalive(self.app.store.clone()));
         let signalled = Arc::new(Notify::new());
         let on_signal = {
             let (app, io, signalled) = (self.app.clone(), self.io.clone(), signalled.clone());
@@ -182,7 +214,11 @@ impl Server {
                 Ok(())
             }
         };
-        sweeper.abort();
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
+        delivery.abort();
+        keepalive.abort();
         tracing::info!("stopped");
         result
     }
@@ -224,6 +260,30 @@ fn cors(origins: &[String]) -> CorsLayer {
         layer
             .allow_origin(AllowOrigin::list(list))
             .allow_credentials(true)
+    }
+}
+
+/// Pings the store every second: a Redis connection that broke is noticed
+/// and re-established (with its pub/sub subscriptions) even when no request
+/// comes, and the store's state is logged when it changes.
+async fn keepalive(store: Arc<dyn HistoryStore>) {
+    let mut every = tokio::time::interval(KEEPALIVE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut up = true;
+    loop {
+        every.tick().await;
+        match store.ping().await {
+            Ok(()) if !up => {
+                tracing::info!("storage reachable again");
+                up = true;
+            }
+            Err(err) if up => {
+                tracing::error!(%err, "storage unreachable: ingest answers 503 until it is back");
+                up = false;
+            }
+            _ => {}
+        }
+        metrics::gauge!(telemetry::STORE_UP).set(if up { 1.0 } else { 0.0 });
     }
 }
 

@@ -28,6 +28,8 @@ pub const SOCKET_ERRORS: &str = "tidings_socket_errors_total";
 pub const SOCKETS: &str = "tidings_sockets";
 /// Gauge: subscriptions held by sockets on this node.
 pub const SUBSCRIPTIONS: &str = "tidings_subscriptions";
+/// Gauge: 1 while the store (Redis in cluster mode) answers, else 0.
+pub const STORE_UP: &str = "tidings_store_up";
 /// Gauge: histories, events and dedupe keys held by the memory store.
 pub const STORE_HISTORIES: &str = "tidings_store_histories";
 pub const STORE_EVENTS: &str = "tidings_store_events";
@@ -93,6 +95,7 @@ fn describe() {
     describe_counter!(SOCKET_ERRORS, "Error envelopes sent to sockets, by code");
     describe_gauge!(SOCKETS, "Connected sockets on this node");
     describe_gauge!(SUBSCRIPTIONS, "Subscriptions held by sockets on this node");
+    describe_gauge!(STORE_UP, "1 while the store answers pings, else 0");
     describe_gauge!(STORE_HISTORIES, "TrackingId histories in the memory store");
     describe_gauge!(STORE_EVENTS, "Events retained in the memory store");
     describe_gauge!(

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use super::{Appended, HistoryPage, HistoryStore, Retention, StoreError};
+use super::{
+    Appended, Deliveries, Delivery, HistoryPage, HistoryStore, Retention, StoreError, resolve_since,
+};
 use crate::model::{DedupeKey, EventId, NewPayment, StoredEvent, now_ms};
 
 /// Independent locks over the trackingId space, so that appends for
@@ -20,6 +22,7 @@ const SHARDS: usize = 64;
 /// An in-memory [`HistoryStore`].
 pub struct MemoryStore {
     retention: Retention,
+    deliveries: Deliveries,
     shards: Box<[Mutex<HashMap<String, History>>]>,
     hasher: RandomState,
     /// Last epoch handed out; epochs are milliseconds at creation, made
@@ -76,19 +79,8 @@ impl History {
         now: u64,
     ) -> Result<HistoryPage, StoreError> {
         let first = self.first_retained_seq();
-        let (start_seq, truncated) = match since {
-            None => (first, false),
-            Some(s) if s.epoch == self.epoch => {
-                if s.seq > self.last_seq {
-                    return Err(StoreError::InvalidSince);
-                }
-                let missing = s.seq + 1 < first && self.last_seq > s.seq;
-                (first.max(s.seq + 1), missing)
-            }
-            Some(s) if s.epoch > now => return Err(StoreError::InvalidSince),
-            // An id from another epoch: the history it came from is gone.
-            Some(_) => (first, true),
-        };
+        let (start_seq, truncated) =
+            resolve_since(since, Some((self.epoch, self.last_seq, first)), now)?;
         let skip = (start_seq - first) as usize;
         let events: Vec<StoredEvent> = self.events.iter().skip(skip).take(limit).cloned().collect();
         let has_more = self.events.len() > skip + events.len();
@@ -101,9 +93,12 @@ impl History {
 }
 
 impl MemoryStore {
-    pub fn new(retention: Retention) -> Self {
+    /// A store whose publications go to `deliveries` (this node is the
+    /// only node, so it listens to everything).
+    pub fn new(retention: Retention, deliveries: Deliveries) -> Self {
         MemoryStore {
             retention,
+            deliveries,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             last_epoch: AtomicU64::new(0),
@@ -192,6 +187,12 @@ impl HistoryStore for MemoryStore {
             history
                 .dedupe_expiry
                 .push_back((dedupe_until, payment.dedupe.clone()));
+            // Published under the shard lock: a trackingId's events enter
+            // the delivery queue in seq order.
+            self.deliveries.push(Delivery {
+                tracking_id: tracking_id.to_owned(),
+                envelope: event.envelope.clone(),
+            });
             out.push(Appended::Stored(event));
         }
         history.prune(accepted_ms, &self.retention);
@@ -211,17 +212,21 @@ impl HistoryStore for MemoryStore {
                 history.prune(now, &self.retention);
                 history.read(since, limit, now)
             }
-            None => match since {
-                Some(s) if s.epoch > now => Err(StoreError::InvalidSince),
-                // Nothing is retained; a `since` names a history that is gone.
-                Some(_) => Ok(HistoryPage {
-                    truncated: true,
+            None => {
+                let (_, truncated) = resolve_since(since, None, now)?;
+                Ok(HistoryPage {
+                    truncated,
                     ..HistoryPage::default()
-                }),
-                None => Ok(HistoryPage::default()),
-            },
+                })
+            }
         }
     }
+
+    async fn listen(&self, _tracking_id: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn unlisten(&self, _tracking_id: &str) {}
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
@@ -262,7 +267,8 @@ mod tests {
 
     #[tokio::test]
     async fn seqs_are_contiguous_and_duplicates_answer_the_original() {
-        let store = MemoryStore::new(retention(10));
+        let (deliveries, mut published) = Deliveries::channel(100);
+        let store = MemoryStore::new(retention(10), deliveries);
         let now = now_ms();
         let out = store
             .append(
@@ -278,11 +284,26 @@ mod tests {
         // Another trackingId has its own seqs and its own dedupe keys.
         let out = store.append("u", &[payment("u", "a")], now).await.unwrap();
         assert_eq!(ids(&out), vec![(1, false)]);
+        // Only new events were published, in order.
+        let mut seqs = Vec::new();
+        while let Ok(d) = published.try_recv() {
+            let v: serde_json::Value = serde_json::from_str(d.envelope.get()).unwrap();
+            seqs.push((d.tracking_id, v["seq"].as_u64().unwrap()));
+        }
+        assert_eq!(
+            seqs,
+            vec![
+                ("t".into(), 1),
+                ("t".into(), 2),
+                ("t".into(), 3),
+                ("u".into(), 1)
+            ]
+        );
     }
 
     #[tokio::test]
     async fn read_after_since_pages_and_reports_truncation() {
-        let store = MemoryStore::new(retention(3));
+        let store = MemoryStore::new(retention(3), Deliveries::channel(100).0);
         let now = now_ms();
         let sigs: Vec<String> = (0..5).map(|i| i.to_string()).collect();
         let batch: Vec<NewPayment> = sigs.iter().map(|s| payment("t", s)).collect();
@@ -334,11 +355,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_history_created_afresh_gets_a_new_epoch() {
-        let store = MemoryStore::new(Retention {
-            max_events: 10,
-            history_ttl_ms: 1,
-            dedupe_ttl_ms: 1,
-        });
+        let store = MemoryStore::new(
+            Retention {
+                max_events: 10,
+                history_ttl_ms: 1,
+                dedupe_ttl_ms: 1,
+            },
+            Deliveries::channel(100).0,
+        );
         let past = now_ms() - 10;
         let old = store.append("t", &[payment("t", "a")], past).await.unwrap()[0].id();
         assert_eq!(store.sweep().histories, 0);

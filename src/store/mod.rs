@@ -1,18 +1,63 @@
 //! The history and dedupe store: where an accepted payment is kept for
-//! replay, backfill and idempotency.
+//! replay, backfill and idempotency, and from where it is published to the
+//! nodes whose sockets watch its trackingId.
 //!
 //! One trait, [`HistoryStore`], with an in-memory implementation
-//! ([`MemoryStore`]) for a single node. A Redis implementation for clusters
-//! goes behind the same trait. Every implementation keeps the guarantees
-//! written on the trait: callers rely on them, tests check them.
+//! ([`MemoryStore`]) for a single node and a Redis implementation
+//! ([`RedisStore`]) for a cluster. Every implementation keeps the guarantees
+//! written on the trait: callers rely on them, the tests in
+//! `tests/store.rs` check them against both.
 
 mod memory;
+mod redis;
 
 pub use memory::MemoryStore;
+pub use redis::{RedisStore, RedisTarget};
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 
 use crate::model::{EventId, NewPayment, StoredEvent};
+use crate::telemetry;
+
+/// A published payment, on its way to this node's subscribed sockets.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub tracking_id: String,
+    pub envelope: Arc<RawValue>,
+}
+
+/// The queue between a store's publications and this node's delivery
+/// task ([`crate::fanout::Fanout`]). Bounded: when it is full a delivery is
+/// dropped (logged and counted); the sockets it was for see the `seq` jump
+/// and recover the payment from the history with `since`.
+#[derive(Debug, Clone)]
+pub struct Deliveries {
+    tx: mpsc::Sender<Delivery>,
+}
+
+impl Deliveries {
+    /// A queue holding up to `capacity` deliveries, and its receiving end.
+    pub fn channel(capacity: usize) -> (Deliveries, mpsc::Receiver<Delivery>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Deliveries { tx }, rx)
+    }
+
+    /// Queues a delivery without waiting.
+    pub fn push(&self, delivery: Delivery) {
+        if let Err(err) = self.tx.try_send(delivery) {
+            let (reason, d) = match err {
+                mpsc::error::TrySendError::Full(d) => ("delivery buffer full", d),
+                mpsc::error::TrySendError::Closed(d) => ("delivery task stopped", d),
+            };
+            metrics::counter!(telemetry::DELIVERIES_DROPPED).increment(1);
+            tracing::warn!(tracking_id = %d.tracking_id, "{reason}: payment dropped for this node's sockets; they recover it with since");
+        }
+    }
+}
 
 /// How long and how much history is kept per trackingId.
 #[derive(Debug, Clone, Copy)]
@@ -94,16 +139,22 @@ pub enum StoreError {
 ///   from an earlier epoch, or for a history that no longer exists, reads as
 ///   `truncated`: a reader is never left to believe it missed nothing when
 ///   it cannot be known.
-/// - **Stored before published.** Callers publish an event only after
-///   `append` returned it, so a reader that subscribes first and then reads
-///   the history misses nothing.
-///
-/// What a store does not do: publish. Ordering of publication per
-/// trackingId is the caller's job (see [`crate::fanout`]).
+/// - **Atomic store-and-publish, in order.** Each new event is published
+///   in the same atomic step that stores it. Every node that
+///   [`listen`](HistoryStore::listen)s to the trackingId receives it on its
+///   [`Deliveries`] queue, and receives a trackingId's events in `seq`
+///   order, whichever node appended them. Duplicates are not published.
+/// - **Listen before read.** Once `listen` has returned, every event stored
+///   afterwards reaches this node: a caller that listens, then reads the
+///   history, misses nothing between the two.
+/// - **Unavailable means unchanged.** Every method fails with
+///   [`StoreError::Unavailable`] rather than wait indefinitely when the
+///   backing storage is unreachable, and recovers by itself when it is back
+///   (including its listens).
 #[async_trait]
 pub trait HistoryStore: Send + Sync + 'static {
-    /// Appends `payments`, all for `tracking_id`, in order. Returns one
-    /// outcome per payment, in the same order.
+    /// Appends `payments`, all for `tracking_id`, in order, and publishes
+    /// each new one. Returns one outcome per payment, in the same order.
     async fn append(
         &self,
         tracking_id: &str,
@@ -121,6 +172,46 @@ pub trait HistoryStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<HistoryPage, StoreError>;
 
-    /// Succeeds when the store can serve reads and writes.
+    /// Starts delivering `tracking_id`'s publications to this node. Calls
+    /// are counted: a trackingId listened to twice needs two
+    /// [`unlisten`](HistoryStore::unlisten)s. Callers serialise the calls
+    /// for one trackingId.
+    async fn listen(&self, tracking_id: &str) -> Result<(), StoreError>;
+
+    /// Undoes one [`listen`](HistoryStore::listen).
+    async fn unlisten(&self, tracking_id: &str);
+
+    /// Succeeds when the store can serve reads, writes and publications.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Where reading after `since` starts, given what a history holds, shared
+/// by every implementation so that they answer alike.
+///
+/// `history` is `(epoch, last_seq, first_retained_seq)` of the trackingId's
+/// history, or `None` when it has none. Returns the first seq to read and
+/// whether something after `since` is no longer retained.
+pub fn resolve_since(
+    since: Option<EventId>,
+    history: Option<(u64, u64, u64)>,
+    now_ms: u64,
+) -> Result<(u64, bool), StoreError> {
+    let first = history.map_or(1, |(_, _, first)| first);
+    let Some(since) = since else {
+        return Ok((first, false));
+    };
+    match history {
+        Some((epoch, last, first)) if since.epoch == epoch => {
+            if since.seq > last {
+                return Err(StoreError::InvalidSince);
+            }
+            let missing = since.seq + 1 < first && last > since.seq;
+            Ok((first.max(since.seq + 1), missing))
+        }
+        // An epoch in the future was not issued by this server.
+        _ if since.epoch > now_ms => Err(StoreError::InvalidSince),
+        // An id from another epoch, or for a history that is gone: the
+        // history it came from is lost.
+        _ => Ok((first, true)),
+    }
 }
