@@ -8,7 +8,7 @@ mod redis_server;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis_server::RedisServer;
+use redis_server::{RedisCluster, RedisServer};
 use serde_json::Value;
 use tidings::model::{DedupeKey, EventId, NewPayment, PaymentData, PaymentStatus, now_ms};
 use tidings::store::{
@@ -288,4 +288,54 @@ async fn redis_store_fails_fast_while_redis_is_down_and_recovers() {
         ("r".to_owned(), 1),
         "resubscribed after reconnect"
     );
+}
+
+/// The same guarantees on a three-master Redis Cluster: one trackingId's
+/// keys share a slot, publications use sharded pub/sub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_store_keeps_the_guarantees() {
+    let cluster = RedisCluster::start();
+    let target = RedisTarget::Cluster(cluster.seeds());
+    let connect = |max_events| {
+        let target = target.clone();
+        async move {
+            let (deliveries, rx) = Deliveries::channel(10_000);
+            let store = RedisStore::connect(&target, retention(max_events), deliveries)
+                .await
+                .expect("connects");
+            (Arc::new(store), rx)
+        }
+    };
+    let (store, mut rx) = connect(3).await;
+    conformance(store.as_ref(), &mut rx).await;
+
+    // Many trackingIds (spread over the three masters), two nodes
+    // appending, a third listening.
+    let (a, _) = connect(1000).await;
+    let (b, _) = connect(1000).await;
+    let (c, mut published) = connect(1000).await;
+    let ids: Vec<String> = (0..12).map(|i| format!("spread-{i}")).collect();
+    for id in &ids {
+        c.listen(id).await.unwrap();
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let node = if i % 2 == 0 { &a } else { &b };
+        node.append(id, &[payment(id, "p1"), payment(id, "p2")], now_ms())
+            .await
+            .unwrap();
+        let dup = b.append(id, &[payment(id, "p1")], now_ms()).await.unwrap();
+        assert!(matches!(dup[0], Appended::Duplicate(_)));
+    }
+    let mut got: Vec<(String, u64)> = Vec::new();
+    for _ in 0..ids.len() * 2 {
+        got.push(next_seq(&mut published).await);
+    }
+    for id in &ids {
+        let mine: Vec<u64> = got
+            .iter()
+            .filter(|(t, _)| t == id)
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(mine, vec![1, 2], "{id}");
+    }
 }

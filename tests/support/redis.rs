@@ -28,6 +28,10 @@ impl RedisServer {
     }
 
     fn try_start(port: u16) -> Option<RedisServer> {
+        Self::try_start_with(port, &[])
+    }
+
+    fn try_start_with(port: u16, extra: &[&str]) -> Option<RedisServer> {
         let dir = TempDir::new();
         {
             let mut child = Command::new("redis-server")
@@ -41,6 +45,7 @@ impl RedisServer {
                     "--appendonly",
                     "no",
                 ])
+                .args(extra)
                 .arg("--dir")
                 .arg(&dir.0)
                 .stdout(Stdio::null())
@@ -72,6 +77,61 @@ impl RedisServer {
             .output()
             .expect("redis-cli runs");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+/// A three-master Redis Cluster of real processes.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                (0..5)
+                    .find_map(|_| Self::node(free_port()))
+                    .expect("cluster node starts")
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create runs");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !nodes
+            .iter()
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        RedisCluster { nodes }
+    }
+
+    fn node(port: u16) -> Option<RedisServer> {
+        let conf =
+            std::env::temp_dir().join(format!("tidings-nodes-{port}-{}.conf", std::process::id()));
+        let conf = conf.to_string_lossy().into_owned();
+        RedisServer::try_start_with(
+            port,
+            &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
+        )
+    }
+
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
     }
 }
 
