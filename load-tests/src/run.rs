@@ -1,0 +1,974 @@
+//! The orchestrator: starts each system (Tidings, and the Node socket.io
+//! peer) as real processes, runs every scenario against both in turn with
+//! worker processes holding the sockets, and writes the results.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::client::now_ns;
+use crate::worker::WorkerLine;
+
+/// Sockets one worker process holds (well under the 20,000 open files a
+/// process may have here).
+const PER_WORKER: usize = 5_000;
+const INGEST_TOKEN: &str = "load-token";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Multiplies every count and duration (1.0 is the full run; 0.05 a
+    /// quick smoke run).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Only the scenarios whose names contain one of these.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Only these systems.
+    #[arg(long, value_delimiter = ',', default_value = "tidings,peer")]
+    pub systems: Vec<String>,
+    /// Where results go.
+    #[arg(long, default_value = "load-tests/results")]
+    pub out: PathBuf,
+    /// A label for this run, stored with the results (e.g. the optimisation
+    /// being measured).
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// The tidings binary.
+    #[arg(long, default_value = "target/release/tidings")]
+    pub tidings_bin: PathBuf,
+    /// Extra flags for tidings nodes.
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    pub tidings_flags: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub scenario: String,
+    pub system: String,
+    pub metric: String,
+    pub unit: String,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum System {
+    Tidings,
+    Peer,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Tidings => "tidings",
+            System::Peer => "peer",
+        }
+    }
+}
+
+/// A server process.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    pid: u32,
+}
+
+impl Node {
+    async fn start(system: System, args: &RunArgs, redis: Option<&str>) -> anyhow::Result<Node> {
+        let mut cmd = match system {
+            System::Tidings => {
+                let mut c = Command::new(&args.tidings_bin);
+                c.args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--ingest-token",
+                    INGEST_TOKEN,
+                    "--log-format",
+                    "json",
+                ]);
+                c.args(["--rate-burst", "1000", "--delivery-buffer", "1000000"]);
+                if let Some(url) = redis {
+                    c.args(["--redis-url", url]);
+                }
+                c.args(args.tidings_flags.split_whitespace());
+                c.env("RUST_LOG", "info");
+                c
+            }
+            System::Peer => {
+                let mut c = Command::new("node");
+                c.arg("load-tests/peer/server.mjs")
+                    .args(["--listen", "127.0.0.1:0"]);
+                if let Some(url) = redis {
+                    c.args(["--redis-url", url]);
+                }
+                c.env("PEER_INGEST_TOKEN", INGEST_TOKEN);
+                c
+            }
+        };
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", system.name()))?;
+        let pid = child.id().context("pid")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        for stream in [
+            Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(stderr),
+        ] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let addr = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = rx.recv().await {
+                if let Some(at) = line.find("listening on ") {
+                    let rest = &line[at + "listening on ".len()..];
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+                        .unwrap_or(rest.len());
+                    if let Ok(addr) = rest[..end].parse::<SocketAddr>() {
+                        return Some(addr);
+                    }
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .with_context(|| format!("{} did not report its address", system.name()))?;
+        // Keep draining its output so that it never blocks on a full pipe.
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        Ok(Node { child, addr, pid })
+    }
+
+    fn rss_kb(&self) -> u64 {
+        rss_kb(self.pid)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// A redis-server on a free port.
+struct Redis {
+    child: Child,
+    url: String,
+}
+
+impl Redis {
+    async fn start() -> anyhow::Result<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("tidings-load-redis-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("redis-server")?;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Ok(Redis {
+                    child,
+                    url: format!("redis://127.0.0.1:{port}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("redis-server did not start")
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// The worker processes holding one scenario's sockets.
+struct Clients {
+    workers: Vec<(Child, ChildStdin, Lines<BufReader<ChildStdout>>)>,
+    acked: u64,
+    failed: u64,
+    /// When the last worker was done (all acked or failed), Unix ns.
+    done_ns: u64,
+}
+
+struct Spread<'a> {
+    targets: &'a [SocketAddr],
+    count: usize,
+    prefix: &'a str,
+    shared: bool,
+    /// Connect all at once at a common instant (a storm); otherwise each
+    /// worker starts when spawned.
+    start_at_ns: u64,
+}
+
+impl Clients {
+    async fn start(spread: Spread<'_>) -> anyhow::Result<Clients> {
+        let exe = std::env::current_exe()?;
+        let targets: Vec<String> = spread.targets.iter().map(|t| t.to_string()).collect();
+        // 127.0.0.1-4 as sources: 4 x ~28k ephemeral ports.
+        let sources: Vec<IpAddr> = (1..=4).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        let mut workers = Vec::new();
+        let mut offset = 0;
+        while offset < spread.count {
+            let n = PER_WORKER.min(spread.count - offset);
+            let mut child = Command::new(&exe)
+                .arg("worker")
+                .args([
+                    "--targets",
+                    &targets.join(","),
+                    "--sources",
+                    &sources.join(","),
+                ])
+                .args([
+                    "--count",
+                    &n.to_string(),
+                    "--offset",
+                    &offset.to_string(),
+                    "--prefix",
+                    spread.prefix,
+                ])
+                .args(["--start-at-ns", &spread.start_at_ns.to_string()])
+                .args(if spread.shared {
+                    vec!["--shared"]
+                } else {
+                    vec![]
+                })
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()?;
+            let stdin = child.stdin.take().context("stdin")?;
+            let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
+            workers.push((child, stdin, stdout));
+            offset += n;
+        }
+        let mut clients = Clients {
+            workers,
+            acked: 0,
+            failed: 0,
+            done_ns: 0,
+        };
+        for (_, _, lines) in clients.workers.iter_mut() {
+            match next_line(lines, Duration::from_secs(180)).await? {
+                WorkerLine::Ready {
+                    acked,
+                    failed,
+                    done_ns,
+                } => {
+                    clients.acked += acked;
+                    clients.failed += failed;
+                    clients.done_ns = clients.done_ns.max(done_ns);
+                }
+                other => bail!("unexpected worker line {other:?}"),
+            }
+        }
+        Ok(clients)
+    }
+
+    async fn command(&mut self, cmd: &str) -> anyhow::Result<()> {
+        for (_, stdin, _) in self.workers.iter_mut() {
+            stdin.write_all(format!("{cmd}\n").as_bytes()).await?;
+            stdin.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Deliveries since the last reset, merged across workers.
+    async fn report(&mut self) -> anyhow::Result<Delivered> {
+        self.command("report").await?;
+        let mut d = Delivered {
+            received: 0,
+            first_ns: u64::MAX,
+            last_ns: 0,
+            latency_us: Histogram::new_with_bounds(1, 120_000_000, 3)?,
+        };
+        for (_, _, lines) in self.workers.iter_mut() {
+            match next_line(lines, Duration::from_secs(30)).await? {
+                WorkerLine::Report {
+                    received,
+                    first_recv_ns,
+                    last_recv_ns,
+                    latency_us,
+                } => {
+                    d.received += received;
+                    d.first_ns = d.first_ns.min(first_recv_ns);
+                    d.last_ns = d.last_ns.max(last_recv_ns);
+                    for (v, c) in latency_us {
+                        d.latency_us.saturating_record_n(v, c);
+                    }
+                }
+                other => bail!("unexpected worker line {other:?}"),
+            }
+        }
+        Ok(d)
+    }
+
+    /// Waits until `expected` deliveries arrived (or `timeout`), polling
+    /// the workers' counts.
+    async fn wait_for(&mut self, expected: u64, timeout: Duration) -> anyhow::Result<Delivered> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let d = self.report().await?;
+            if d.received >= expected || Instant::now() >= deadline {
+                return Ok(d);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.command("quit").await;
+        for (mut child, _, _) in self.workers.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+async fn next_line(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    timeout: Duration,
+) -> anyhow::Result<WorkerLine> {
+    loop {
+        let line = tokio::time::timeout(timeout, lines.next_line())
+            .await
+            .context("worker timed out")??
+            .context("worker exited")?;
+        if let Ok(parsed) = serde_json::from_str::<WorkerLine>(&line) {
+            return Ok(parsed);
+        }
+    }
+}
+
+struct Delivered {
+    received: u64,
+    first_ns: u64,
+    last_ns: u64,
+    latency_us: Histogram<u64>,
+}
+
+/// Posts payments to a node's ingest endpoint; each signature carries the
+/// send time (`lt-<ns>-<n>`) for the clients to time the delivery.
+#[derive(Clone)]
+struct Ingester {
+    http: reqwest::Client,
+    url: String,
+    counter: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+}
+
+impl Ingester {
+    fn new(node: SocketAddr) -> Self {
+        Ingester {
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap_or_default(),
+            url: format!("http://{node}/v1/payments"),
+            counter: Arc::default(),
+            errors: Arc::default(),
+        }
+    }
+
+    async fn post(&self, tracking_ids: &[String]) {
+        let sent = now_ns();
+        let mut body = String::with_capacity(tracking_ids.len() * 140 + 2);
+        body.push('[');
+        for (i, tid) in tracking_ids.iter().enumerate() {
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!(
+                r#"{{"trackingId":"{tid}","amount":1000000,"timestamp":1699876543,"status":"executed","signature":"lt-{sent}-{n}"}}"#
+            ));
+        }
+        body.push(']');
+        let res = self
+            .http
+            .post(&self.url)
+            .bearer_auth(INGEST_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        if !res.is_ok_and(|r| r.status().as_u16() == 202) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `per_second` requests of `batch` payments each, spread evenly, for
+    /// `duration`, ids chosen round robin from `ids`.
+    async fn at_rate(
+        &self,
+        ids: &[String],
+        per_second: u64,
+        batch: usize,
+        duration: Duration,
+    ) -> u64 {
+        let total = (per_second as f64 * duration.as_secs_f64()) as u64;
+        let interval = Duration::from_secs_f64(1.0 / per_second as f64);
+        let start = tokio::time::Instant::now();
+        let limit = Arc::new(tokio::sync::Semaphore::new(256));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..total {
+            tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+            let chosen: Vec<String> = (0..batch)
+                .map(|j| ids[((i as usize) * batch + j) % ids.len()].clone())
+                .collect();
+            let (me, permit) = (self.clone(), limit.clone().acquire_owned().await);
+            tasks.spawn(async move {
+                me.post(&chosen).await;
+                drop(permit);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        total * batch as u64
+    }
+
+    /// `requests` requests of `batch` payments each, as fast as
+    /// `concurrency` connections allow.
+    async fn burst(
+        &self,
+        ids: &[String],
+        requests: usize,
+        batch: usize,
+        concurrency: usize,
+    ) -> u64 {
+        let next = Arc::new(AtomicU64::new(0));
+        let ids = Arc::new(ids.to_vec());
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..concurrency {
+            let (me, next, ids) = (self.clone(), next.clone(), ids.clone());
+            tasks.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= requests {
+                        break;
+                    }
+                    let chosen: Vec<String> = (0..batch)
+                        .map(|j| ids[(i * batch + j) % ids.len()].clone())
+                        .collect();
+                    me.post(&chosen).await;
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        (requests * batch) as u64
+    }
+}
+
+struct Recorder {
+    scenario: String,
+    system: System,
+    records: Vec<Record>,
+}
+
+impl Recorder {
+    fn add(&mut self, metric: &str, unit: &str, value: f64) {
+        println!(
+            "  {:<10} {:<28} {:>14.3} {}",
+            self.system.name(),
+            metric,
+            value,
+            unit
+        );
+        self.records.push(Record {
+            scenario: self.scenario.clone(),
+            system: self.system.name().to_owned(),
+            metric: metric.to_owned(),
+            unit: unit.to_owned(),
+            value,
+        });
+    }
+
+    fn deliveries(&mut self, d: &Delivered, expected: u64, sent_ns: u64) {
+        let span = (d.last_ns.saturating_sub(sent_ns)) as f64 / 1e9;
+        self.add("deliveries", "count", d.received as f64);
+        self.add("deliveries_expected", "count", expected as f64);
+        if span > 0.0 {
+            self.add("deliveries_per_s", "1/s", d.received as f64 / span);
+        }
+        for (metric, q) in [
+            ("latency_p50_ms", 0.5),
+            ("latency_p99_ms", 0.99),
+            ("latency_p999_ms", 0.999),
+        ] {
+            self.add(
+                metric,
+                "ms",
+                d.latency_us.value_at_quantile(q) as f64 / 1000.0,
+            );
+        }
+    }
+}
+
+fn scaled(n: usize, scale: f64) -> usize {
+    ((n as f64 * scale).round() as usize).max(1)
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Idle: N sockets each subscribed to its own trackingId, spread over
+/// `nodes` nodes; RSS delta per connection.
+async fn idle(rec: &mut Recorder, args: &RunArgs, n: usize, nodes: usize) -> anyhow::Result<()> {
+    let redis = if nodes > 1 {
+        Some(Redis::start().await?)
+    } else {
+        None
+    };
+    let mut servers = Vec::new();
+    for _ in 0..nodes {
+        servers.push(Node::start(rec.system, args, redis.as_ref().map(|r| r.url.as_str())).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before: u64 = servers.iter().map(Node::rss_kb).sum();
+    let targets: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let clients = Clients::start(Spread {
+        targets: &targets,
+        count: n,
+        prefix: "idle",
+        shared: false,
+        start_at_ns: 0,
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after: u64 = servers.iter().map(Node::rss_kb).sum();
+    rec.add("max_conns", "conns", clients.acked as f64);
+    rec.add("failed", "conns", clients.failed as f64);
+    rec.add(
+        "rss_kb_per_conn",
+        "KB",
+        after.saturating_sub(before) as f64 / clients.acked.max(1) as f64,
+    );
+    rec.add("rss_mb_total", "MB", after as f64 / 1024.0);
+    clients.stop().await;
+    for s in servers {
+        s.stop().await;
+    }
+    if let Some(r) = redis {
+        r.stop().await;
+    }
+    Ok(())
+}
+
+/// Connect storm: K clients connect and subscribe at one instant.
+async fn storm(rec: &mut Recorder, args: &RunArgs, k: usize) -> anyhow::Result<()> {
+    let node = Node::start(rec.system, args, None).await?;
+    let start = now_ns() + 2_000_000_000;
+    let clients = Clients::start(Spread {
+        targets: &[node.addr],
+        count: k,
+        prefix: "storm",
+        shared: false,
+        start_at_ns: start,
+    })
+    .await?;
+    rec.add(
+        "connect_all_acked_s",
+        "s",
+        clients.done_ns.saturating_sub(start) as f64 / 1e9,
+    );
+    rec.add("max_conns", "conns", clients.acked as f64);
+    rec.add("failed", "conns", clients.failed as f64);
+    clients.stop().await;
+    node.stop().await;
+    Ok(())
+}
+
+enum Load {
+    /// Requests per second, payments per request, seconds.
+    Rate(u64, usize, f64),
+    /// Requests, payments per request, concurrency.
+    Burst(usize, usize, usize),
+}
+
+/// Fan-out: `subscribers` sockets (one room each, or one shared room) on
+/// `nodes` nodes, ingest on the first node.
+async fn fanout(
+    rec: &mut Recorder,
+    args: &RunArgs,
+    subscribers: usize,
+    shared: bool,
+    nodes: usize,
+    load: Load,
+) -> anyhow::Result<()> {
+    let redis = if nodes > 1 {
+        Some(Redis::start().await?)
+    } else {
+        None
+    };
+    let mut servers = Vec::new();
+    for _ in 0..nodes {
+        servers.push(Node::start(rec.system, args, redis.as_ref().map(|r| r.url.as_str())).await?);
+    }
+    let targets: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let prefix = if shared { "room" } else { "fan" };
+    let mut clients = Clients::start(Spread {
+        targets: &targets,
+        count: subscribers,
+        prefix,
+        shared,
+        start_at_ns: 0,
+    })
+    .await?;
+    if clients.failed > 0 {
+        rec.add("failed", "conns", clients.failed as f64);
+    }
+    let room_ids = if shared {
+        vec![prefix.to_owned()]
+    } else {
+        ids(prefix, subscribers)
+    };
+    let ingester = Ingester::new(servers[0].addr);
+    // Warm up (connections, code paths), then measure.
+    ingester.burst(&room_ids, 20, 10, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    clients.command("reset").await?;
+    let sent_ns = now_ns();
+    let payments = match load {
+        Load::Rate(per_s, batch, secs) => {
+            ingester
+                .at_rate(&room_ids, per_s, batch, Duration::from_secs_f64(secs))
+                .await
+        }
+        Load::Burst(requests, batch, concurrency) => {
+            ingester
+                .burst(&room_ids, requests, batch, concurrency)
+                .await
+        }
+    };
+    let expected = if shared {
+        payments * subscribers as u64
+    } else {
+        payments
+    };
+    let d = clients.wait_for(expected, Duration::from_secs(60)).await?;
+    rec.deliveries(&d, expected, sent_ns);
+    rec.add(
+        "ingest_errors",
+        "requests",
+        ingester.errors.load(Ordering::Relaxed) as f64,
+    );
+    for s in &servers {
+        rec.add("rss_mb_after", "MB", s.rss_kb() as f64 / 1024.0);
+    }
+    clients.stop().await;
+    for s in servers {
+        s.stop().await;
+    }
+    if let Some(r) = redis {
+        r.stop().await;
+    }
+    Ok(())
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let s = args.scale;
+    let mut systems = Vec::new();
+    for name in &args.systems {
+        systems.push(match name.as_str() {
+            "tidings" => System::Tidings,
+            "peer" => System::Peer,
+            other => bail!("unknown system {other}"),
+        });
+    }
+    let names = [
+        "idle-1k",
+        "idle-10k",
+        "idle-19k",
+        "idle-50k-3nodes",
+        "storm-10k",
+        "fanout-rooms-10k-rate-1k",
+        "fanout-rooms-10k-batched-burst",
+        "fanout-bigroom-10k-rate-100",
+        "fanout-bigroom-10k-burst",
+        "cluster-fanout-rooms-10k-rate-1k",
+    ];
+    let mut records = Vec::new();
+    let started = std::time::SystemTime::now();
+    for (i, name) in names.iter().enumerate() {
+        if !args.only.is_empty() && !args.only.iter().any(|o| name.contains(o.as_str())) {
+            continue;
+        }
+        // Alternate which system goes first.
+        let mut order = systems.clone();
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        for system in order {
+            println!("{name} / {}", system.name());
+            let mut rec = Recorder {
+                scenario: (*name).to_owned(),
+                system,
+                records: Vec::new(),
+            };
+            let result = match *name {
+                "idle-1k" => idle(&mut rec, &args, scaled(1_000, s), 1).await,
+                "idle-10k" => idle(&mut rec, &args, scaled(10_000, s), 1).await,
+                "idle-19k" => idle(&mut rec, &args, scaled(19_000, s), 1).await,
+                "idle-50k-3nodes" => idle(&mut rec, &args, scaled(50_000, s), 3).await,
+                "storm-10k" => storm(&mut rec, &args, scaled(10_000, s)).await,
+                "fanout-rooms-10k-rate-1k" => {
+                    fanout(
+                        &mut rec,
+                        &args,
+                        scaled(10_000, s),
+                        false,
+                        1,
+                        Load::Rate(1_000, 1, 10.0 * s.min(1.0)),
+                    )
+                    .await
+                }
+                "fanout-rooms-10k-batched-burst" => {
+                    fanout(
+                        &mut rec,
+                        &args,
+                        scaled(10_000, s),
+                        false,
+                        1,
+                        Load::Burst(scaled(1_000, s), 100, 4),
+                    )
+                    .await
+                }
+                "fanout-bigroom-10k-rate-100" => {
+                    fanout(
+                        &mut rec,
+                        &args,
+                        scaled(10_000, s),
+                        true,
+                        1,
+                        Load::Rate(100, 1, 10.0 * s.min(1.0)),
+                    )
+                    .await
+                }
+                "fanout-bigroom-10k-burst" => {
+                    fanout(
+                        &mut rec,
+                        &args,
+                        scaled(10_000, s),
+                        true,
+                        1,
+                        Load::Burst(scaled(100, s), 1, 4),
+                    )
+                    .await
+                }
+                "cluster-fanout-rooms-10k-rate-1k" => {
+                    fanout(
+                        &mut rec,
+                        &args,
+                        scaled(10_000, s),
+                        false,
+                        2,
+                        Load::Rate(1_000, 1, 10.0 * s.min(1.0)),
+                    )
+                    .await
+                }
+                _ => Ok(()),
+            };
+            if let Err(err) = result {
+                println!("  {} failed: {err:#}", system.name());
+                rec.add("scenario_failed", "bool", 1.0);
+            }
+            records.extend(rec.records);
+        }
+    }
+    write_results(&args, &records, started)?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Results<'a> {
+    label: &'a str,
+    commit: String,
+    machine: Machine,
+    started_unix_s: u64,
+    scale: f64,
+    records: &'a [Record],
+}
+
+#[derive(Serialize)]
+struct Machine {
+    cpus: usize,
+    cpu_model: String,
+    memory_kb: u64,
+    kernel: String,
+    open_files_limit: String,
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    Machine {
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        cpu_model: cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .unwrap_or("")
+            .trim()
+            .to_owned(),
+        memory_kb: meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        open_files_limit: std::fs::read_to_string("/proc/self/limits")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .map(|l| l.split_whitespace().nth(3).unwrap_or("").to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn write_results(
+    args: &RunArgs,
+    records: &[Record],
+    started: std::time::SystemTime,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let results = Results {
+        label: &args.label,
+        commit: commit(),
+        machine: machine(),
+        started_unix_s: started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        scale: args.scale,
+        records,
+    };
+    let json = serde_json::to_string_pretty(&results)?;
+    std::fs::write(args.out.join("latest.json"), &json)?;
+    std::fs::write(args.out.join("RESULTS.md"), markdown(&results))?;
+    println!("wrote {}", args.out.join("RESULTS.md").display());
+    Ok(())
+}
+
+fn markdown(results: &Results<'_>) -> String {
+    // scenario -> metric -> system -> value
+    let mut table: BTreeMap<(usize, &str), BTreeMap<&str, (&str, BTreeMap<&str, f64>)>> =
+        BTreeMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for r in results.records {
+        if !order.contains(&r.scenario.as_str()) {
+            order.push(&r.scenario);
+        }
+        let pos = order.iter().position(|s| *s == r.scenario).unwrap_or(0);
+        table
+            .entry((pos, &r.scenario))
+            .or_default()
+            .entry(&r.metric)
+            .or_insert((&r.unit, BTreeMap::new()))
+            .1
+            .insert(&r.system, r.value);
+    }
+    let m = &results.machine;
+    let mut out = format!(
+        "# Load test results\n\nCommit `{}`{}, scale {}, on {} CPUs ({}), {} MB RAM, kernel {}, open-files limit {}.\n\
+         Both systems run on this machine with the load generator; loopback only. Ratio = tidings / peer.\n\n\
+         | scenario | metric | unit | tidings | peer | ratio |\n| --- | --- | --- | ---: | ---: | ---: |\n",
+        results.commit,
+        if results.label.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", results.label)
+        },
+        results.scale,
+        m.cpus,
+        m.cpu_model,
+        m.memory_kb / 1024,
+        m.kernel,
+        m.open_files_limit
+    );
+    for ((_, scenario), metrics) in &table {
+        for (metric, (unit, by_system)) in metrics {
+            let t = by_system.get("tidings");
+            let p = by_system.get("peer");
+            let fmt = |v: Option<&f64>| v.map_or("–".to_owned(), |v| format!("{v:.2}"));
+            let ratio = match (t, p) {
+                (Some(t), Some(p)) if *p != 0.0 => format!("{:.2}", t / p),
+                _ => "–".to_owned(),
+            };
+            out.push_str(&format!(
+                "| {scenario} | {metric} | {unit} | {} | {} | {ratio} |\n",
+                fmt(t),
+                fmt(p)
+            ));
+        }
+    }
+    out
+}
