@@ -918,10 +918,12 @@ fn write_results(
     Ok(())
 }
 
+/// metric -> (unit, system -> value)
+type Metrics<'a> = BTreeMap<&'a str, (&'a str, BTreeMap<&'a str, f64>)>;
+
 fn markdown(results: &Results<'_>) -> String {
-    // scenario -> metric -> system -> value
-    let mut table: BTreeMap<(usize, &str), BTreeMap<&str, (&str, BTreeMap<&str, f64>)>> =
-        BTreeMap::new();
+    // (first appearance, scenario) -> metrics
+    let mut table: BTreeMap<(usize, &str), Metrics<'_>> = BTreeMap::new();
     let mut order: Vec<&str> = Vec::new();
     for r in results.records {
         if !order.contains(&r.scenario.as_str()) {
