@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::ingest::{Detail, IngestTokens};
 use crate::model::{ErrorCode, EventId, check_tracking_id};
-use crate::store::{HistoryStore, StoreError};
+use crate::store::{Deliveries, HistoryStore, StoreError};
 
 /// Default and largest page of `GET /v1/events`.
 pub const DEFAULT_PAGE: usize = 100;
@@ -32,6 +32,9 @@ pub struct App {
     pub max_body: usize,
     pub max_batch: usize,
     pub metrics: PrometheusHandle,
+    /// On a single node, ingest waits for this queue to be delivered before
+    /// answering.
+    pub local_deliveries: Option<Deliveries>,
     shutting_down: AtomicBool,
 }
 
@@ -44,6 +47,7 @@ impl App {
         max_body: usize,
         max_batch: usize,
         metrics: PrometheusHandle,
+        local_deliveries: Option<Deliveries>,
     ) -> Self {
         App {
             store,
@@ -51,6 +55,7 @@ impl App {
             max_body,
             max_batch,
             metrics,
+            local_deliveries,
             shutting_down: AtomicBool::new(false),
         }
     }

@@ -16,7 +16,7 @@ use socketioxide::SocketIo;
 use tokio::sync::{Mutex, MutexGuard, mpsc};
 
 use crate::model::{PAYMENT_EVENT, room_of};
-use crate::store::Delivery;
+use crate::store::{Delivery, Queued};
 use crate::telemetry;
 
 /// Striped locks: two trackingIds share a turn only if they hash alike, and
@@ -50,9 +50,14 @@ impl Fanout {
     }
 
     /// Delivers everything published until the queue closes.
-    pub async fn run(self: Arc<Self>, mut published: mpsc::Receiver<Delivery>) {
-        while let Some(delivery) = published.recv().await {
-            self.deliver(delivery).await;
+    pub async fn run(self: Arc<Self>, mut published: mpsc::Receiver<Queued>) {
+        while let Some(queued) = published.recv().await {
+            match queued {
+                Queued::Delivery(delivery) => self.deliver(delivery).await,
+                Queued::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
         }
     }
 

@@ -140,6 +140,9 @@ async fn accept(
             });
         }
     }
+    if let Some(deliveries) = &app.local_deliveries {
+        deliveries.flush().await;
+    }
     Ok(out.into_iter().flatten().collect())
 }
 

@@ -22,7 +22,7 @@ use crate::fanout::Fanout;
 use crate::ingest::{self, IngestTokens};
 use crate::realtime::{self, Realtime};
 use crate::store::{
-    Deliveries, Delivery, HistoryStore, MemoryStore, RedisStore, Retention, StoreError,
+    Deliveries, HistoryStore, MemoryStore, Queued, RedisStore, Retention, StoreError,
 };
 use crate::telemetry;
 
@@ -68,7 +68,7 @@ pub struct Server {
     io: SocketIo,
     app: AppState,
     fanout: Arc<Fanout>,
-    published: mpsc::Receiver<Delivery>,
+    published: mpsc::Receiver<Queued>,
     /// The memory store, which needs sweeping; `None` in cluster mode,
     /// where Redis expires keys itself.
     memory: Option<Arc<MemoryStore>>,
@@ -93,7 +93,7 @@ impl Server {
         let (deliveries, published) = Deliveries::channel(config.delivery_buffer as usize);
         let (store, memory): (Arc<dyn HistoryStore>, _) = match config.redis_target() {
             None => {
-                let memory = Arc::new(MemoryStore::new(retention, deliveries));
+                let memory = Arc::new(MemoryStore::new(retention, deliveries.clone()));
                 (memory.clone(), Some(memory))
             }
             Some(target) => {
@@ -102,7 +102,7 @@ impl Server {
                     "cluster mode: history, dedupe and publication in Redis"
                 );
                 (
-                    Arc::new(RedisStore::connect(&target, retention, deliveries).await?),
+                    Arc::new(RedisStore::connect(&target, retention, deliveries.clone()).await?),
                     None,
                 )
             }
@@ -131,6 +131,9 @@ impl Server {
             config.max_body as usize,
             config.max_batch as usize,
             telemetry::metrics_handle(),
+            // One node: a 202 means this node's sockets have been handed the
+            // payments. A cluster node cannot promise that for other nodes.
+            config.redis_url.is_none().then_some(deliveries),
         ));
 
         let router = Router::new()

@@ -12,7 +12,7 @@ use redis_server::{RedisCluster, RedisServer};
 use serde_json::Value;
 use tidings::model::{DedupeKey, EventId, NewPayment, PaymentData, PaymentStatus, now_ms};
 use tidings::store::{
-    Appended, Deliveries, Delivery, HistoryStore, MemoryStore, RedisStore, RedisTarget, Retention,
+    Appended, Deliveries, HistoryStore, MemoryStore, Queued, RedisStore, RedisTarget, Retention,
     StoreError,
 };
 use tokio::sync::mpsc;
@@ -44,11 +44,14 @@ fn seqs(out: &[Appended]) -> Vec<(u64, bool)> {
         .collect()
 }
 
-async fn next_seq(rx: &mut mpsc::Receiver<Delivery>) -> (String, u64) {
-    let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+async fn next_seq(rx: &mut mpsc::Receiver<Queued>) -> (String, u64) {
+    let queued = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .expect("a publication arrives")
         .expect("queue open");
+    let Queued::Delivery(d) = queued else {
+        panic!("a delivery")
+    };
     let v: Value = serde_json::from_str(d.envelope.get()).unwrap();
     (d.tracking_id, v["seq"].as_u64().unwrap())
 }
@@ -56,7 +59,7 @@ async fn next_seq(rx: &mut mpsc::Receiver<Delivery>) -> (String, u64) {
 async fn redis_store(
     redis: &RedisServer,
     max_events: usize,
-) -> (Arc<RedisStore>, mpsc::Receiver<Delivery>) {
+) -> (Arc<RedisStore>, mpsc::Receiver<Queued>) {
     let (deliveries, rx) = Deliveries::channel(10_000);
     let store = RedisStore::connect(
         &RedisTarget::Single(redis.url()),
@@ -70,7 +73,7 @@ async fn redis_store(
 
 /// The behaviour both stores share: contiguous seqs, idempotency, paging,
 /// truncation, INVALID_SINCE, publication of new events only, in order.
-async fn conformance(store: &dyn HistoryStore, published: &mut mpsc::Receiver<Delivery>) {
+async fn conformance(store: &dyn HistoryStore, published: &mut mpsc::Receiver<Queued>) {
     store.listen("t").await.unwrap();
     let now = now_ms();
     let out = store

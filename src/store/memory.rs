@@ -286,7 +286,7 @@ mod tests {
         assert_eq!(ids(&out), vec![(1, false)]);
         // Only new events were published, in order.
         let mut seqs = Vec::new();
-        while let Ok(d) = published.try_recv() {
+        while let Ok(crate::store::Queued::Delivery(d)) = published.try_recv() {
             let v: serde_json::Value = serde_json::from_str(d.envelope.get()).unwrap();
             seqs.push((d.tracking_id, v["seq"].as_u64().unwrap()));
         }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{EventId, NewPayment, StoredEvent};
 use crate::telemetry;
@@ -30,29 +30,47 @@ pub struct Delivery {
     pub envelope: Arc<RawValue>,
 }
 
+/// What waits in the delivery queue.
+#[derive(Debug)]
+pub enum Queued {
+    Delivery(Delivery),
+    /// Answered once everything queued before it has been delivered.
+    Flush(oneshot::Sender<()>),
+}
+
 /// The queue between a store's publications and this node's delivery
 /// task ([`crate::fanout::Fanout`]). Bounded: when it is full a delivery is
 /// dropped (logged and counted); the sockets it was for see the `seq` jump
 /// and recover the payment from the history with `since`.
 #[derive(Debug, Clone)]
 pub struct Deliveries {
-    tx: mpsc::Sender<Delivery>,
+    tx: mpsc::Sender<Queued>,
 }
 
 impl Deliveries {
     /// A queue holding up to `capacity` deliveries, and its receiving end.
-    pub fn channel(capacity: usize) -> (Deliveries, mpsc::Receiver<Delivery>) {
+    pub fn channel(capacity: usize) -> (Deliveries, mpsc::Receiver<Queued>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (Deliveries { tx }, rx)
     }
 
+    /// Waits until everything queued so far has been delivered (or the
+    /// delivery task is gone).
+    pub async fn flush(&self) {
+        let (done, delivered) = oneshot::channel();
+        if self.tx.send(Queued::Flush(done)).await.is_ok() {
+            let _ = delivered.await;
+        }
+    }
+
     /// Queues a delivery without waiting.
     pub fn push(&self, delivery: Delivery) {
-        if let Err(err) = self.tx.try_send(delivery) {
-            let (reason, d) = match err {
-                mpsc::error::TrySendError::Full(d) => ("delivery buffer full", d),
-                mpsc::error::TrySendError::Closed(d) => ("delivery task stopped", d),
+        if let Err(err) = self.tx.try_send(Queued::Delivery(delivery)) {
+            let (reason, queued) = match err {
+                mpsc::error::TrySendError::Full(q) => ("delivery buffer full", q),
+                mpsc::error::TrySendError::Closed(q) => ("delivery task stopped", q),
             };
+            let Queued::Delivery(d) = queued else { return };
             metrics::counter!(telemetry::DELIVERIES_DROPPED).increment(1);
             tracing::warn!(tracking_id = %d.tracking_id, "{reason}: payment dropped for this node's sockets; they recover it with since");
         }
