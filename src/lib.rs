@@ -27,11 +27,14 @@
 //!   the HTTP error body.
 //! - [`config`]: flags and `TIDINGS_*` variables.
 //! - [`telemetry`]: logging and the Prometheus metric names.
+//! - [`detach`]: frees hyper's read buffer of Socket.IO requests (memory
+//!   per connection).
 //! - [`server`]: assembles the parts from a [`config::Config`] and runs them
 //!   with graceful shutdown.
 
 pub mod api;
 pub mod config;
+pub mod detach;
 pub mod fanout;
 pub mod ingest;
 pub mod model;

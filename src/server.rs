@@ -12,12 +12,14 @@ use axum::routing::{get, post};
 use socketioxide::SocketIo;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Notify, mpsc};
+use tower::util::MapRequestLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::api::{self, App, AppState};
 use crate::config::Config;
+use crate::detach::detach_head;
 use crate::fanout::Fanout;
 use crate::ingest::{self, IngestTokens};
 use crate::realtime::{self, Realtime};
@@ -46,6 +48,10 @@ const MAX_SOCKET_MESSAGE: u64 = 64 * 1024;
 
 /// Pending connections the kernel may queue before we accept them.
 const ACCEPT_BACKLOG: u32 = 8192;
+
+/// Bytes of the websocket read buffer per connection (see
+/// `shared/notes/memory-per-connection.md`).
+const WS_READ_BUFFER: usize = 256;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +118,9 @@ impl Server {
             .req_path(SOCKET_PATH)
             .max_buffer_size(history_limit + LIVE_BUFFER)
             .max_payload(MAX_SOCKET_MESSAGE)
+            // Clients send a few small events; a 4 KB websocket read buffer
+            // per connection would be most of an idle socket's memory.
+            .ws_read_buffer_size(WS_READ_BUFFER)
             .build_layer();
         let fanout = Arc::new(Fanout::new(io.clone()));
         realtime::register(
@@ -145,6 +154,7 @@ impl Server {
             .fallback(api::not_found)
             .with_state(app.clone())
             .layer(sio_layer)
+            .layer(MapRequestLayer::new(detach_head(SOCKET_PATH)))
             .layer(cors(&config.cors_origins))
             .layer(
                 TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

@@ -25,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo build --locked
-cargo test --locked
+cargo test --locked --workspace
 
 cd tests/e2e
 npm ci --no-audit --no-fund --loglevel=error

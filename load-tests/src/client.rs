@@ -123,7 +123,9 @@ pub async fn subscriber(
     stats: Arc<Stats>,
     ack_timeout: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    connecting: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let mut connecting = Some(connecting);
     let run = async {
         let mut ws = connect(target, source).await?;
         let subscribe = format!(
@@ -150,6 +152,7 @@ pub async fn subscriber(
             Err(_) => anyhow::bail!("no ack within {ack_timeout:?}"),
         }
         stats.acked.fetch_add(1, Ordering::SeqCst);
+        drop(connecting.take());
         let after_ack = |e: &dyn std::fmt::Display| anyhow::anyhow!("after-ack: {e}");
         loop {
             tokio::select! {

@@ -33,6 +33,22 @@ enum Cmd {
     Run(run::RunArgs),
     /// Hold sockets for the orchestrator (internal).
     Worker(worker::WorkerArgs),
+    /// Ingest a burst into a running server (for profiling it under load).
+    Burst {
+        #[arg(long)]
+        target: SocketAddr,
+        /// TrackingIds `<prefix>-0` .. `<prefix>-<ids - 1>`, round robin.
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        ids: usize,
+        #[arg(long)]
+        requests: usize,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
     /// Subscribe one lean client and print each event it reads as JSON.
     Probe {
         #[arg(long)]
@@ -59,6 +75,14 @@ fn main() -> anyhow::Result<()> {
                 tracking_id,
                 events,
             } => probe(target, &tracking_id, events).await,
+            Cmd::Burst {
+                target,
+                prefix,
+                ids,
+                requests,
+                batch,
+                concurrency,
+            } => run::burst(target, &prefix, ids, requests, batch, concurrency).await,
         }
     })
 }

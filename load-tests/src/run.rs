@@ -278,6 +278,10 @@ impl Clients {
                     spread.prefix,
                 ])
                 .args(["--start-at-ns", &spread.start_at_ns.to_string()])
+                .args([
+                    "--max-connecting",
+                    if spread.start_at_ns == 0 { "200" } else { "0" },
+                ])
                 .args(if spread.shared {
                     vec!["--shared"]
                 } else {
@@ -973,4 +977,27 @@ fn markdown(results: &Results<'_>) -> String {
         }
     }
     out
+}
+
+/// `tidings-load burst`: one burst of ingest, reporting its duration.
+pub async fn burst(
+    target: SocketAddr,
+    prefix: &str,
+    n_ids: usize,
+    requests: usize,
+    batch: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let ingester = Ingester::new(target);
+    let started = Instant::now();
+    let payments = ingester
+        .burst(&ids(prefix, n_ids), requests, batch, concurrency)
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{payments} payments in {secs:.2} s ({:.0}/s), {} failed requests",
+        payments as f64 / secs,
+        ingester.errors.load(Ordering::Relaxed)
+    );
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! (`reset`, `report`, `quit`) on stdin.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -37,6 +38,12 @@ pub struct WorkerArgs {
     /// storm together).
     #[arg(long, default_value_t = 0)]
     pub start_at_ns: u64,
+    /// Connections in their handshake at once (0: all at once, a storm).
+    /// Bounding it keeps tens of thousands of SYNs from overflowing the
+    /// kernel's accept queue when the point is to hold connections, not to
+    /// storm.
+    #[arg(long, default_value_t = 0)]
+    pub max_connecting: usize,
 }
 
 /// A worker's lines on stdout.
@@ -65,6 +72,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let wait = Duration::from_nanos(args.start_at_ns.saturating_sub(now_ns()));
     tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
     let mut tasks = Vec::with_capacity(args.count);
+    let connecting = Arc::new(tokio::sync::Semaphore::new(if args.max_connecting == 0 {
+        tokio::sync::Semaphore::MAX_PERMITS
+    } else {
+        args.max_connecting
+    }));
     for i in 0..args.count {
         let index = args.offset + i;
         let target = args.targets[index % args.targets.len()];
@@ -74,6 +86,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         } else {
             format!("{}-{index}", args.prefix)
         };
+        let permit = connecting.clone().acquire_owned().await?;
         tasks.push(tokio::spawn(subscriber(
             target,
             source,
@@ -81,6 +94,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             stats.clone(),
             Duration::from_secs(60),
             stop_rx.clone(),
+            permit,
         )));
     }
     let total = args.count as u64;
