@@ -637,6 +637,101 @@ async fn storm(rec: &mut Recorder, args: &RunArgs, k: usize) -> anyhow::Result<(
     Ok(())
 }
 
+/// Every scenario, in the order they run; counts are at scale 1.
+const SCENARIOS: [(&str, Scenario); 10] = [
+    (
+        "idle-1k",
+        Scenario::Idle {
+            conns: 1_000,
+            nodes: 1,
+        },
+    ),
+    (
+        "idle-10k",
+        Scenario::Idle {
+            conns: 10_000,
+            nodes: 1,
+        },
+    ),
+    (
+        "idle-19k",
+        Scenario::Idle {
+            conns: 19_000,
+            nodes: 1,
+        },
+    ),
+    (
+        "idle-50k-3nodes",
+        Scenario::Idle {
+            conns: 50_000,
+            nodes: 3,
+        },
+    ),
+    ("storm-10k", Scenario::Storm { clients: 10_000 }),
+    (
+        "fanout-rooms-10k-rate-1k",
+        Scenario::Fanout {
+            subscribers: 10_000,
+            shared: false,
+            nodes: 1,
+            load: Load::Rate(1_000, 1, 10.0),
+        },
+    ),
+    (
+        "fanout-rooms-10k-batched-burst",
+        Scenario::Fanout {
+            subscribers: 10_000,
+            shared: false,
+            nodes: 1,
+            load: Load::Burst(1_000, 100, 4),
+        },
+    ),
+    (
+        "fanout-bigroom-10k-rate-100",
+        Scenario::Fanout {
+            subscribers: 10_000,
+            shared: true,
+            nodes: 1,
+            load: Load::Rate(100, 1, 10.0),
+        },
+    ),
+    (
+        "fanout-bigroom-10k-burst",
+        Scenario::Fanout {
+            subscribers: 10_000,
+            shared: true,
+            nodes: 1,
+            load: Load::Burst(100, 1, 4),
+        },
+    ),
+    (
+        "cluster-fanout-rooms-10k-rate-1k",
+        Scenario::Fanout {
+            subscribers: 10_000,
+            shared: false,
+            nodes: 2,
+            load: Load::Rate(1_000, 1, 10.0),
+        },
+    ),
+];
+
+#[derive(Debug, Clone, Copy)]
+enum Scenario {
+    /// Connections each subscribed to its own trackingId, over `nodes`.
+    Idle { conns: usize, nodes: usize },
+    /// Clients connecting and subscribing at one instant.
+    Storm { clients: usize },
+    /// Subscribers (own rooms, or one `shared` room) on `nodes`, ingest on
+    /// the first node.
+    Fanout {
+        subscribers: usize,
+        shared: bool,
+        nodes: usize,
+        load: Load,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
 enum Load {
     /// Requests per second, payments per request, seconds.
     Rate(u64, usize, f64),
@@ -734,21 +829,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             other => bail!("unknown system {other}"),
         });
     }
-    let names = [
-        "idle-1k",
-        "idle-10k",
-        "idle-19k",
-        "idle-50k-3nodes",
-        "storm-10k",
-        "fanout-rooms-10k-rate-1k",
-        "fanout-rooms-10k-batched-burst",
-        "fanout-bigroom-10k-rate-100",
-        "fanout-bigroom-10k-burst",
-        "cluster-fanout-rooms-10k-rate-1k",
-    ];
     let mut records = Vec::new();
     let started = std::time::SystemTime::now();
-    for (i, name) in names.iter().enumerate() {
+    for (i, (name, scenario)) in SCENARIOS.iter().copied().enumerate() {
         if !args.only.is_empty() && !args.only.iter().any(|o| name.contains(o.as_str())) {
             continue;
         }
@@ -760,72 +843,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         for system in order {
             println!("{name} / {}", system.name());
             let mut rec = Recorder {
-                scenario: (*name).to_owned(),
+                scenario: name.to_owned(),
                 system,
                 records: Vec::new(),
             };
-            let result = match *name {
-                "idle-1k" => idle(&mut rec, &args, scaled(1_000, s), 1).await,
-                "idle-10k" => idle(&mut rec, &args, scaled(10_000, s), 1).await,
-                "idle-19k" => idle(&mut rec, &args, scaled(19_000, s), 1).await,
-                "idle-50k-3nodes" => idle(&mut rec, &args, scaled(50_000, s), 3).await,
-                "storm-10k" => storm(&mut rec, &args, scaled(10_000, s)).await,
-                "fanout-rooms-10k-rate-1k" => {
-                    fanout(
-                        &mut rec,
-                        &args,
-                        scaled(10_000, s),
-                        false,
-                        1,
-                        Load::Rate(1_000, 1, 10.0 * s.min(1.0)),
-                    )
-                    .await
+            let result = match scenario {
+                Scenario::Idle { conns, nodes } => {
+                    idle(&mut rec, &args, scaled(conns, s), nodes).await
                 }
-                "fanout-rooms-10k-batched-burst" => {
-                    fanout(
-                        &mut rec,
-                        &args,
-                        scaled(10_000, s),
-                        false,
-                        1,
-                        Load::Burst(scaled(1_000, s), 100, 4),
-                    )
-                    .await
+                Scenario::Storm { clients } => storm(&mut rec, &args, scaled(clients, s)).await,
+                Scenario::Fanout {
+                    subscribers,
+                    shared,
+                    nodes,
+                    load,
+                } => {
+                    let load = match load {
+                        Load::Rate(per_s, batch, secs) => {
+                            Load::Rate(per_s, batch, secs * s.min(1.0))
+                        }
+                        Load::Burst(requests, batch, c) => {
+                            Load::Burst(scaled(requests, s), batch, c)
+                        }
+                    };
+                    fanout(&mut rec, &args, scaled(subscribers, s), shared, nodes, load).await
                 }
-                "fanout-bigroom-10k-rate-100" => {
-                    fanout(
-                        &mut rec,
-                        &args,
-                        scaled(10_000, s),
-                        true,
-                        1,
-                        Load::Rate(100, 1, 10.0 * s.min(1.0)),
-                    )
-                    .await
-                }
-                "fanout-bigroom-10k-burst" => {
-                    fanout(
-                        &mut rec,
-                        &args,
-                        scaled(10_000, s),
-                        true,
-                        1,
-                        Load::Burst(scaled(100, s), 1, 4),
-                    )
-                    .await
-                }
-                "cluster-fanout-rooms-10k-rate-1k" => {
-                    fanout(
-                        &mut rec,
-                        &args,
-                        scaled(10_000, s),
-                        false,
-                        2,
-                        Load::Rate(1_000, 1, 10.0 * s.min(1.0)),
-                    )
-                    .await
-                }
-                _ => Ok(()),
             };
             if let Err(err) = result {
                 println!("  {} failed: {err:#}", system.name());

@@ -233,18 +233,12 @@ impl HistoryStore for MemoryStore {
     }
 }
 
+/// The guarantees shared with the Redis store are tested against both in
+/// `tests/store.rs`; what is particular to memory is tested here.
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{PaymentData, PaymentStatus};
-
-    fn retention(max_events: usize) -> Retention {
-        Retention {
-            max_events,
-            history_ttl_ms: 60_000,
-            dedupe_ttl_ms: 60_000,
-        }
-    }
 
     fn payment(tid: &str, sig: &str) -> NewPayment {
         NewPayment {
@@ -257,100 +251,6 @@ mod tests {
             },
             dedupe: DedupeKey::Signature(sig.into()),
         }
-    }
-
-    fn ids(out: &[Appended]) -> Vec<(u64, bool)> {
-        out.iter()
-            .map(|a| (a.id().seq, matches!(a, Appended::Duplicate(_))))
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn seqs_are_contiguous_and_duplicates_answer_the_original() {
-        let (deliveries, mut published) = Deliveries::channel(100);
-        let store = MemoryStore::new(retention(10), deliveries);
-        let now = now_ms();
-        let out = store
-            .append(
-                "t",
-                &[payment("t", "a"), payment("t", "b"), payment("t", "a")],
-                now,
-            )
-            .await
-            .unwrap();
-        assert_eq!(ids(&out), vec![(1, false), (2, false), (1, true)]);
-        let out = store.append("t", &[payment("t", "c")], now).await.unwrap();
-        assert_eq!(ids(&out), vec![(3, false)]);
-        // Another trackingId has its own seqs and its own dedupe keys.
-        let out = store.append("u", &[payment("u", "a")], now).await.unwrap();
-        assert_eq!(ids(&out), vec![(1, false)]);
-        // Only new events were published, in order.
-        let mut seqs = Vec::new();
-        while let Ok(crate::store::Queued::Delivery(d)) = published.try_recv() {
-            let v: serde_json::Value = serde_json::from_str(d.envelope.get()).unwrap();
-            seqs.push((d.tracking_id, v["seq"].as_u64().unwrap()));
-        }
-        assert_eq!(
-            seqs,
-            vec![
-                ("t".into(), 1),
-                ("t".into(), 2),
-                ("t".into(), 3),
-                ("u".into(), 1)
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn read_after_since_pages_and_reports_truncation() {
-        let store = MemoryStore::new(retention(3), Deliveries::channel(100).0);
-        let now = now_ms();
-        let sigs: Vec<String> = (0..5).map(|i| i.to_string()).collect();
-        let batch: Vec<NewPayment> = sigs.iter().map(|s| payment("t", s)).collect();
-        let out = store.append("t", &batch, now).await.unwrap();
-        let first = out[0].id();
-        let third = out[2].id();
-
-        // Seqs 1 and 2 were dropped: reading after 1 misses 2.
-        let page = store.read("t", Some(first), 10).await.unwrap();
-        assert!(page.truncated);
-        assert_eq!(
-            page.events.iter().map(|e| e.id.seq).collect::<Vec<_>>(),
-            vec![3, 4, 5]
-        );
-
-        // Reading after 3 misses nothing.
-        let page = store.read("t", Some(third), 1).await.unwrap();
-        assert!(!page.truncated);
-        assert!(page.has_more);
-        assert_eq!(page.events[0].id.seq, 4);
-
-        // An id ahead of the history could not have been issued.
-        let ahead = EventId {
-            epoch: first.epoch,
-            seq: 6,
-        };
-        assert!(matches!(
-            store.read("t", Some(ahead), 10).await,
-            Err(StoreError::InvalidSince)
-        ));
-        // An id from an older epoch names a lost history.
-        let old = EventId {
-            epoch: first.epoch - 1,
-            seq: 1,
-        };
-        assert!(store.read("t", Some(old), 10).await.unwrap().truncated);
-        // An epoch in the future is not one this server issued.
-        let future = EventId {
-            epoch: now + 3_600_000,
-            seq: 1,
-        };
-        assert!(matches!(
-            store.read("t", Some(future), 10).await,
-            Err(StoreError::InvalidSince)
-        ));
-        // A since for a history that does not exist is truncated, not silent.
-        assert!(store.read("none", Some(first), 10).await.unwrap().truncated);
     }
 
     #[tokio::test]
