@@ -258,12 +258,14 @@ mod tests {
         let store = MemoryStore::new(
             Retention {
                 max_events: 10,
-                history_ttl_ms: 1,
-                dedupe_ttl_ms: 1,
+                history_ttl_ms: 60_000,
+                dedupe_ttl_ms: 60_000,
             },
             Deliveries::channel(100).0,
         );
-        let past = now_ms() - 10;
+        // Accepted two minutes ago: expired (history and dedupe key) by now,
+        // while the one accepted now stays for a minute.
+        let past = now_ms() - 120_000;
         let old = store.append("t", &[payment("t", "a")], past).await.unwrap()[0].id();
         assert_eq!(store.sweep().histories, 0);
         let new = store
