@@ -570,18 +570,45 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
+/// One system's nodes for a scenario: one node in memory, or several
+/// sharing a Redis of their own.
+struct Deployment {
+    nodes: Vec<Node>,
+    redis: Option<Redis>,
+}
+
+impl Deployment {
+    async fn start(system: System, args: &RunArgs, nodes: usize) -> anyhow::Result<Deployment> {
+        let redis = if nodes > 1 {
+            Some(Redis::start().await?)
+        } else {
+            None
+        };
+        let mut started = Vec::new();
+        for _ in 0..nodes {
+            started.push(Node::start(system, args, redis.as_ref().map(|r| r.url.as_str())).await?);
+        }
+        Ok(Deployment {
+            nodes: started,
+            redis,
+        })
+    }
+
+    async fn stop(self) {
+        for node in self.nodes {
+            node.stop().await;
+        }
+        if let Some(redis) = self.redis {
+            redis.stop().await;
+        }
+    }
+}
+
 /// Idle: N sockets each subscribed to its own trackingId, spread over
 /// `nodes` nodes; RSS delta per connection.
 async fn idle(rec: &mut Recorder, args: &RunArgs, n: usize, nodes: usize) -> anyhow::Result<()> {
-    let redis = if nodes > 1 {
-        Some(Redis::start().await?)
-    } else {
-        None
-    };
-    let mut servers = Vec::new();
-    for _ in 0..nodes {
-        servers.push(Node::start(rec.system, args, redis.as_ref().map(|r| r.url.as_str())).await?);
-    }
+    let deployment = Deployment::start(rec.system, args, nodes).await?;
+    let servers = &deployment.nodes;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before: u64 = servers.iter().map(Node::rss_kb).sum();
     let targets: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
@@ -604,12 +631,7 @@ async fn idle(rec: &mut Recorder, args: &RunArgs, n: usize, nodes: usize) -> any
     );
     rec.add("rss_mb_total", "MB", after as f64 / 1024.0);
     clients.stop().await;
-    for s in servers {
-        s.stop().await;
-    }
-    if let Some(r) = redis {
-        r.stop().await;
-    }
+    deployment.stop().await;
     Ok(())
 }
 
@@ -749,15 +771,8 @@ async fn fanout(
     nodes: usize,
     load: Load,
 ) -> anyhow::Result<()> {
-    let redis = if nodes > 1 {
-        Some(Redis::start().await?)
-    } else {
-        None
-    };
-    let mut servers = Vec::new();
-    for _ in 0..nodes {
-        servers.push(Node::start(rec.system, args, redis.as_ref().map(|r| r.url.as_str())).await?);
-    }
+    let deployment = Deployment::start(rec.system, args, nodes).await?;
+    let servers = &deployment.nodes;
     let targets: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     let prefix = if shared { "room" } else { "fan" };
     let mut clients = Clients::start(Spread {
@@ -806,16 +821,11 @@ async fn fanout(
         "requests",
         ingester.errors.load(Ordering::Relaxed) as f64,
     );
-    for s in &servers {
+    for s in servers {
         rec.add("rss_mb_after", "MB", s.rss_kb() as f64 / 1024.0);
     }
     clients.stop().await;
-    for s in servers {
-        s.stop().await;
-    }
-    if let Some(r) = redis {
-        r.stop().await;
-    }
+    deployment.stop().await;
     Ok(())
 }
 
