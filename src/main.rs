@@ -2,6 +2,12 @@
 //! server until SIGTERM or Ctrl-C.
 
 use clap::Parser;
+
+/// mimalloc (the default feature): glibc malloc was a fifth of the CPU
+/// profile of a fan-out burst; see load-tests/results/ANALYSIS.md.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tidings::{Config, Server, telemetry};
 
 #[tokio::main]
