@@ -112,8 +112,13 @@ async fn accept(
 
     let accepted_ms = now_ms();
     let mut out: Vec<Option<Accepted>> = (0..payments.len()).map(|_| None).collect();
-    for (tracking_id, indices) in group_by_tracking_id(&payments) {
-        let group: Vec<NewPayment> = indices.iter().map(|&i| payments[i].clone()).collect();
+    for Group {
+        tracking_id,
+        indices,
+        payments: group,
+    } in group_by_tracking_id(payments)
+    {
+        let tracking_id = tracking_id.as_str();
         let outcomes = app
             .store
             .append(tracking_id, &group, accepted_ms)
@@ -374,16 +379,34 @@ fn optional_key(
 }
 
 /// Item indices per trackingId, trackingIds in order of first appearance.
-fn group_by_tracking_id(payments: &[NewPayment]) -> Vec<(&str, Vec<usize>)> {
-    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
-    let mut position: HashMap<&str, usize> = HashMap::new();
-    for (i, p) in payments.iter().enumerate() {
-        let tid = p.data.tracking_id.as_str();
-        let at = *position.entry(tid).or_insert_with(|| {
-            groups.push((tid, Vec::new()));
-            groups.len() - 1
-        });
-        groups[at].1.push(i);
+/// One trackingId's items of a request: their indices in the request and
+/// the payments themselves, in request order.
+struct Group {
+    tracking_id: String,
+    indices: Vec<usize>,
+    payments: Vec<NewPayment>,
+}
+
+/// Splits a request by trackingId (in order of first appearance), moving
+/// the payments rather than copying them.
+fn group_by_tracking_id(payments: Vec<NewPayment>) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut position: HashMap<String, usize> = HashMap::new();
+    for (i, p) in payments.into_iter().enumerate() {
+        let at = match position.get(&p.data.tracking_id) {
+            Some(&at) => at,
+            None => {
+                position.insert(p.data.tracking_id.clone(), groups.len());
+                groups.push(Group {
+                    tracking_id: p.data.tracking_id.clone(),
+                    indices: Vec::new(),
+                    payments: Vec::new(),
+                });
+                groups.len() - 1
+            }
+        };
+        groups[at].indices.push(i);
+        groups[at].payments.push(p);
     }
     groups
 }

@@ -245,6 +245,16 @@ async fn seqs_are_contiguous_and_duplicates_idempotent() {
     server.stop().await.unwrap();
 }
 
+/// The seqs of a backfill page.
+fn seqs(page: &Value) -> Vec<u64> {
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
 /// Backfill pages through the stored envelopes, reports truncation, and
 /// refuses bad input with the socket's codes.
 #[tokio::test]
@@ -260,15 +270,7 @@ async fn backfill_pages_and_reports_truncation() {
         .collect();
 
     let (_, page) = server.get("/v1/events?trackingId=bf&limit=2").await;
-    assert_eq!(
-        page["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["seq"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        vec![4, 5]
-    );
+    assert_eq!(seqs(&page), vec![4, 5]);
     assert_eq!(
         (page["hasMore"].as_bool(), page["truncated"].as_bool()),
         (Some(true), Some(false))
@@ -279,15 +281,7 @@ async fn backfill_pages_and_reports_truncation() {
             ids[4]
         ))
         .await;
-    assert_eq!(
-        page["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["seq"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        vec![6, 7, 8]
-    );
+    assert_eq!(seqs(&page), vec![6, 7, 8]);
     assert_eq!(
         (page["hasMore"].as_bool(), page["truncated"].as_bool()),
         (Some(false), Some(false))

@@ -128,30 +128,28 @@ async fn replay_hands_over_to_live_with_no_gap_under_concurrent_ingest() {
     server.stop().await.unwrap();
 }
 
+/// Sends `subscribe` with `data` asking for ack `id`; expects the event
+/// and then the ack, and returns the event's name and both envelopes.
+async fn subscribe_with_ack(client: &mut Client, data: Value, id: u64) -> (String, Value, Value) {
+    client.emit_with_ack("subscribe", data, id).await;
+    let event = client.next().await;
+    let ack = client.next().await;
+    match (event, ack) {
+        (support::Frame::Event(name, a), support::Frame::Ack(got, b)) if got == id => (name, a, b),
+        (event, ack) => panic!("expected event then ack {id}, got {event:?} {ack:?}"),
+    }
+}
+
 /// A subscribe with an acknowledgement callback gets the same envelope in
 /// the callback as in the event; errors too.
 #[tokio::test]
 async fn ack_callbacks_carry_the_same_envelope() {
     let server = TestServer::start(&[]).await;
     let mut client = Client::connect(server.addr).await;
-    client
-        .emit_with_ack("subscribe", json!({"trackingId": "cb"}), 7)
-        .await;
-    let event = client.next().await;
-    let ack = client.next().await;
-    let (support::Frame::Event(name, a), support::Frame::Ack(7, b)) = (&event, &ack) else {
-        panic!("expected event then ack, got {event:?} {ack:?}");
-    };
+    let (name, a, b) = subscribe_with_ack(&mut client, json!({"trackingId": "cb"}), 7).await;
     assert_eq!(name, "ack");
     assert_eq!(a, b);
-    client
-        .emit_with_ack("subscribe", json!({"trackingId": ""}), 8)
-        .await;
-    let event = client.next().await;
-    let ack = client.next().await;
-    let (support::Frame::Event(name, a), support::Frame::Ack(8, b)) = (&event, &ack) else {
-        panic!("expected event then ack, got {event:?} {ack:?}");
-    };
+    let (name, a, b) = subscribe_with_ack(&mut client, json!({"trackingId": ""}), 8).await;
     assert_eq!(name, "error");
     assert_eq!(a["data"]["code"], "INVALID_TRACKING_ID");
     assert_eq!(a, b);
