@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use clap::{Parser, ValueEnum};
 
 use crate::store::RedisTarget;
+use crate::telemetry::LogFormat;
 
 /// Command-line and environment configuration of one Tidings node.
 #[derive(Debug, Clone, Parser)]
@@ -121,15 +122,6 @@ pub enum AuthMode {
     Open,
     /// A socket presents a short-lived token naming its trackingIds.
     Token,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable, coloured.
-    Pretty,
-    /// One JSON object per line.
-    Json,
 }
 
 /// A configuration that parses but cannot run.

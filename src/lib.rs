@@ -9,34 +9,39 @@
 //!
 //! A payment's path, in order:
 //!
-//! - [`ingest`]: where a payment **enters**: `POST /v1/payments`,
-//!   authentication, validation of every item, idempotency outcome.
-//! - [`fanout`]: stores a trackingId's payments, then broadcasts them to its
-//!   room, one trackingId at a time so subscribers see `seq` order.
-//! - [`store`]: where it is **kept**: the [`store::HistoryStore`] trait
-//!   (bounded history, contiguous seqs, epochs, dedupe) and its in-memory
-//!   implementation.
-//! - [`realtime`]: where it **leaves**: the Socket.IO protocol handlers
-//!   (`subscribe`, `unsubscribe`, replay with `since`), per-socket ordering
-//!   and limits.
+//! - [`http::ingest`]: where a payment **enters**: `POST /v1/payments`,
+//!   authentication, validation of every item, one append per trackingId.
+//! - [`store`]: where it is **kept** and **published**: the
+//!   [`store::HistoryStore`] trait (bounded history, contiguous seqs,
+//!   epochs, dedupe, atomic store-and-publish) with its memory and Redis
+//!   implementations, and the [`store::Publications`] queue that brings
+//!   publications to this node.
+//! - [`hub`]: where it **leaves** this node: per trackingId, the sockets
+//!   subscribed here, the store listen (first subscriber in, last out), the
+//!   replay-to-live handover and the node's own catch-up.
+//! - [`realtime`]: the Socket.IO protocol handlers (`subscribe`,
+//!   `unsubscribe`), per-socket ordering and limits, on top of the hub.
 //!
 //! Around it:
 //!
-//! - [`model`]: the wire types: trackingIds, event ids, envelopes, codes.
-//! - [`api`]: backfill (`GET /v1/events`), health, readiness, metrics, and
-//!   the HTTP error body.
+//! - [`model`]: the wire types: trackingIds, event ids, positions,
+//!   envelopes, codes.
+//! - [`http`]: the router, backfill (`GET /v1/events`), health, readiness,
+//!   metrics, and the HTTP error body.
 //! - [`config`]: flags and `TIDINGS_*` variables.
 //! - [`telemetry`]: logging and the Prometheus metric names.
 //! - [`detach`]: frees hyper's read buffer of Socket.IO requests (memory
 //!   per connection).
 //! - [`server`]: assembles the parts from a [`config::Config`] and runs them
 //!   with graceful shutdown.
+//!
+//! Dependencies point one way: `server` → `http`, `realtime` → `hub` →
+//! `store` → `model`, `telemetry`.
 
-pub mod api;
 pub mod config;
 pub mod detach;
-pub mod fanout;
-pub mod ingest;
+pub mod http;
+pub mod hub;
 pub mod model;
 pub mod realtime;
 pub mod server;

@@ -1,7 +1,8 @@
-//! The `tidings` binary: parse the configuration, start logging, run the
-//! server until SIGTERM or Ctrl-C.
+//! The `tidings` binary: parse the configuration, start logging, catch
+//! SIGTERM and Ctrl-C, run the server until one arrives.
 
 use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// mimalloc (the default feature): glibc malloc was a fifth of the CPU
 /// profile of a fan-out burst; see load-tests/results/ANALYSIS.md.
@@ -14,35 +15,17 @@ use tidings::{Config, Server, telemetry};
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init_logging(config.log_format);
+    // Installed before the server binds and announces itself: a SIGTERM
+    // that follows the `listening on` line is always a graceful shutdown.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = interrupt.recv() => {},
+        }
+    };
     let server = Server::bind(&config).await?;
-    server.run(shutdown_signal()).await?;
+    server.run(shutdown).await?;
     Ok(())
-}
-
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(%err, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(%err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

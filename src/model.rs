@@ -63,6 +63,70 @@ impl fmt::Display for EventId {
     }
 }
 
+impl EventId {
+    /// Reads the `id` of a `payment` envelope (publications carry only the
+    /// envelope).
+    pub fn of_envelope(envelope: &RawValue) -> Option<EventId> {
+        #[derive(Deserialize)]
+        struct Head<'a> {
+            #[serde(borrow)]
+            id: &'a str,
+        }
+        serde_json::from_str::<Head<'_>>(envelope.get())
+            .ok()?
+            .id
+            .parse()
+            .ok()
+    }
+}
+
+/// Where a trackingId's history stands: its epoch and last seq. `seq` 0 is a
+/// history with no event yet, and epoch 0 means there is no history at all.
+/// Written on the wire as `{ "id": "<epoch>-<seq>" | null, "seq": n }`, the
+/// `position` of a subscribe's `ack` (contract section 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl Position {
+    /// No history.
+    pub const NONE: Position = Position { epoch: 0, seq: 0 };
+
+    /// The id of the event at this position, `None` before the first one.
+    pub fn id(self) -> Option<EventId> {
+        (self.seq > 0).then_some(EventId {
+            epoch: self.epoch,
+            seq: self.seq,
+        })
+    }
+}
+
+impl From<EventId> for Position {
+    fn from(id: EventId) -> Self {
+        Position {
+            epoch: id.epoch,
+            seq: id.seq,
+        }
+    }
+}
+
+impl Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire {
+            id: Option<EventId>,
+            seq: u64,
+        }
+        Wire {
+            id: self.id(),
+            seq: self.seq,
+        }
+        .serialize(s)
+    }
+}
+
 /// A string that is not an event id this server could have written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("not an event id")]
@@ -202,20 +266,27 @@ impl StoredEvent {
     }
 }
 
-/// A server event envelope: `{ type, data, timestamp }`.
+/// A server event envelope: `{ type, data, timestamp }`, and for a
+/// subscribe's `ack` the trackingId's `position`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Envelope<T> {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub data: T,
     pub timestamp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
 }
 
-/// The `data` of an `error` envelope, and of every HTTP error body.
+/// The `data` of an `error` envelope. When the error concerns one
+/// trackingId (a refused subscribe, a `HISTORY_TRUNCATED` warning) it names
+/// it, so that a socket holding several can tell which one it is about.
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorData {
     pub code: ErrorCode,
     pub message: String,
+    #[serde(rename = "trackingId", skip_serializing_if = "Option::is_none")]
+    pub tracking_id: Option<String>,
 }
 
 /// Every error code of the contract.
@@ -256,11 +327,23 @@ impl ErrorCode {
 }
 
 impl Envelope<String> {
-    pub fn ack(text: String) -> Self {
+    /// The `ack` of a subscribe, with the trackingId's position.
+    pub fn subscribed(tracking_id: &str, position: Position) -> Self {
         Envelope {
             kind: "ack",
-            data: text,
+            data: format!("Subscribed to trackingId: {tracking_id}"),
             timestamp: now_ms(),
+            position: Some(position),
+        }
+    }
+
+    /// The `ack` of an unsubscribe.
+    pub fn unsubscribed(tracking_id: &str) -> Self {
+        Envelope {
+            kind: "ack",
+            data: format!("Unsubscribed from trackingId: {tracking_id}"),
+            timestamp: now_ms(),
+            position: None,
         }
     }
 }
@@ -272,9 +355,24 @@ impl Envelope<ErrorData> {
             data: ErrorData {
                 code,
                 message: message.into(),
+                tracking_id: None,
             },
             timestamp: now_ms(),
+            position: None,
         }
+    }
+
+    /// An error about one trackingId.
+    pub fn error_for(tracking_id: &str, code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut envelope = Self::error(code, message);
+        envelope.data.tracking_id = Some(tracking_id.to_owned());
+        envelope
+    }
+
+    /// The `HISTORY_TRUNCATED` warning: `tracking_id`'s socket has a gap
+    /// that cannot be filled (events gone, or the history started afresh).
+    pub fn truncated(tracking_id: &str, message: impl Into<String>) -> Self {
+        Self::error_for(tracking_id, ErrorCode::HistoryTruncated, message)
     }
 }
 
@@ -308,6 +406,39 @@ mod tests {
         ] {
             assert_eq!(bad.parse::<EventId>(), Err(BadEventId), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn positions_have_the_wire_shape() {
+        let at = Position { epoch: 7, seq: 41 };
+        assert_eq!(
+            serde_json::to_value(at).unwrap(),
+            serde_json::json!({"id": "7-41", "seq": 41})
+        );
+        for empty in [Position::NONE, Position { epoch: 7, seq: 0 }] {
+            assert_eq!(
+                serde_json::to_value(empty).unwrap(),
+                serde_json::json!({"id": null, "seq": 0})
+            );
+        }
+    }
+
+    #[test]
+    fn an_envelope_names_its_event() {
+        let data = PaymentData {
+            tracking_id: "t".into(),
+            amount: 1,
+            timestamp: 1,
+            status: PaymentStatus::Pending,
+            signature: None,
+        };
+        let ev = StoredEvent::new(EventId { epoch: 9, seq: 3 }, 5, &data);
+        assert_eq!(
+            EventId::of_envelope(&ev.envelope),
+            Some(EventId { epoch: 9, seq: 3 })
+        );
+        let other = serde_json::value::to_raw_value(&serde_json::json!({"id": 5})).unwrap();
+        assert_eq!(EventId::of_envelope(&other), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Assembly: builds the store, the Socket.IO layer, the HTTP routes and
-//! their middleware from a [`Config`], and runs them until shutdown.
+//! Assembly: builds the store, the hub, the Socket.IO layer and the HTTP
+//! routes from a [`Config`], and runs them until shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,29 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderName, HeaderValue, Method, Request, header};
-use axum::routing::{get, post};
 use socketioxide::SocketIo;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{Notify, mpsc};
-use tower::util::MapRequestLayer;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tokio::time::Instant;
 
-use crate::api::{self, App, AppState};
 use crate::config::Config;
-use crate::detach::detach_head;
-use crate::fanout::Fanout;
-use crate::ingest::{self, IngestTokens};
+use crate::http::{self, App, AppState, SOCKET_PATH, ingest::IngestTokens};
+use crate::hub::Hub;
 use crate::realtime::{self, Realtime};
 use crate::store::{
-    Deliveries, HistoryStore, MemoryStore, Queued, RedisStore, Retention, StoreError,
+    HistoryStore, MemoryStore, PublicationStream, Publications, RedisStore, Retention, StoreError,
 };
 use crate::telemetry;
-
-/// The Socket.IO endpoint path (contract section 1).
-pub const SOCKET_PATH: &str = "/ws/v1";
 
 /// How often expired history and dedupe keys are swept from memory.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -73,8 +62,8 @@ pub struct Server {
     router: Router,
     io: SocketIo,
     app: AppState,
-    fanout: Arc<Fanout>,
-    published: mpsc::Receiver<Queued>,
+    hub: Arc<Hub>,
+    publications: PublicationStream,
     /// The memory store, which needs sweeping; `None` in cluster mode,
     /// where Redis expires keys itself.
     memory: Option<Arc<MemoryStore>>,
@@ -96,10 +85,10 @@ impl Server {
             history_ttl_ms: config.history_ttl * 1000,
             dedupe_ttl_ms: config.dedupe_ttl * 1000,
         };
-        let (deliveries, published) = Deliveries::channel(config.delivery_buffer as usize);
+        let (publications, stream) = Publications::channel(config.delivery_buffer as usize);
         let (store, memory): (Arc<dyn HistoryStore>, _) = match config.redis_target() {
             None => {
-                let memory = Arc::new(MemoryStore::new(retention, deliveries.clone()));
+                let memory = Arc::new(MemoryStore::new(retention, publications.clone()));
                 (memory.clone(), Some(memory))
             }
             Some(target) => {
@@ -107,10 +96,8 @@ impl Server {
                     ?target,
                     "cluster mode: history, dedupe and publication in Redis"
                 );
-                (
-                    Arc::new(RedisStore::connect(&target, retention, deliveries.clone()).await?),
-                    None,
-                )
+                let redis = RedisStore::connect(&target, retention, publications.clone()).await?;
+                (Arc::new(redis), None)
             }
         };
 
@@ -122,14 +109,12 @@ impl Server {
             // per connection would be most of an idle socket's memory.
             .ws_read_buffer_size(WS_READ_BUFFER)
             .build_layer();
-        let fanout = Arc::new(Fanout::new(io.clone()));
+        let hub = Hub::new(io.clone(), store.clone(), history_limit);
         realtime::register(
             &io,
             Arc::new(Realtime::new(
-                fanout.clone(),
-                store.clone(),
+                hub.clone(),
                 config.max_subscriptions as usize,
-                history_limit,
                 config.rate_limit,
                 config.rate_burst,
             )),
@@ -142,33 +127,9 @@ impl Server {
             telemetry::metrics_handle(),
             // One node: a 202 means this node's sockets have been handed the
             // payments. A cluster node cannot promise that for other nodes.
-            config.redis_url.is_none().then_some(deliveries),
+            config.redis_url.is_none().then_some(publications),
         ));
-
-        let router = Router::new()
-            .route("/v1/payments", post(ingest::ingest))
-            .route("/v1/events", get(api::events))
-            .route("/healthz", get(api::healthz))
-            .route("/readyz", get(api::readyz))
-            .route("/metrics", get(api::metrics))
-            .fallback(api::not_found)
-            .with_state(app.clone())
-            .layer(sio_layer)
-            .layer(MapRequestLayer::new(detach_head(SOCKET_PATH)))
-            .layer(cors(&config.cors_origins))
-            .layer(
-                TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                    let request_id = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    // The path only: query strings may carry tokens.
-                    tracing::info_span!("http", method = %req.method(), path = req.uri().path(), request_id)
-                }),
-            )
-            .layer(PropagateRequestIdLayer::new(HeaderName::from_static("x-request-id")))
-            .layer(SetRequestIdLayer::new(HeaderName::from_static("x-request-id"), MakeRequestUuid));
+        let router = http::app(app.clone(), sio_layer, &config.cors_origins);
 
         let listener = listen(config.listen).map_err(|source| StartError::Bind {
             addr: config.listen,
@@ -179,8 +140,8 @@ impl Server {
             router,
             io,
             app,
-            fanout,
-            published,
+            hub,
+            publications: stream,
             memory,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
         })
@@ -193,47 +154,77 @@ impl Server {
             .unwrap_or_else(|_| unreachable!("bound listener has an address"))
     }
 
-    /// Serves until `shutdown` resolves, then: stops accepting connections,
-    /// refuses new ingest, closes every socket (clients see a transport
-    /// close and reconnect, to another node behind a load balancer), lets
-    /// in-flight requests finish, and returns. Gives up waiting after the
-    /// shutdown timeout.
+    /// Serves until `shutdown` resolves, then, in this order: turns
+    /// `/readyz` unready and answers new ingest `503`; closes the listener
+    /// (a client reconnecting now goes to another node); lets in-flight
+    /// ingest finish; closes every socket (clients see a transport close
+    /// and reconnect); lets the remaining requests finish; returns. Gives
+    /// up waiting after the shutdown timeout.
+    ///
+    /// Install the handlers that resolve `shutdown` before calling this:
+    /// from the `listening on` line, a signal must already be caught.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let addr = self.local_addr();
-        tracing::info!(%addr, "listening on {addr}");
         let sweeper = self.memory.map(|store| tokio::spawn(sweep(store)));
-        let delivery = tokio::spawn(self.fanout.run(self.published));
+        let delivery = tokio::spawn(self.hub.run(self.publications));
         let keepalive = tokio::spawn(keepalive(self.app.store.clone()));
-        let signalled = Arc::new(Notify::new());
-        let on_signal = {
-            let (app, io, signalled) = (self.app.clone(), self.io.clone(), signalled.clone());
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down");
-                app.begin_shutdown();
-                signalled.notify_one();
-                io.close().await;
-            }
-        };
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(on_signal);
-        let timeout = self.shutdown_timeout;
+        let (stop_accepting, accepting) = tokio::sync::oneshot::channel::<()>();
+        let mut serve = tokio::spawn(
+            axum::serve(self.listener, self.router)
+                .with_graceful_shutdown(async {
+                    let _ = accepting.await;
+                })
+                .into_future(),
+        );
+        tracing::info!(%addr, "listening on {addr}");
+
         let result = tokio::select! {
-            result = serve.into_future() => result,
-            () = async { signalled.notified().await; tokio::time::sleep(timeout).await } => {
-                tracing::warn!(?timeout, "shutdown timed out; exiting with work in flight");
+            () = shutdown => {
+                let deadline = Instant::now() + self.shutdown_timeout;
+                drain(&self.app, &self.io, deadline, stop_accepting, &mut serve).await;
                 Ok(())
             }
+            served = &mut serve => served.unwrap_or_else(|e| Err(std::io::Error::other(e))),
         };
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }
         delivery.abort();
         keepalive.abort();
+        serve.abort();
         tracing::info!("stopped");
         result
+    }
+}
+
+/// The shutdown sequence of [`Server::run`].
+async fn drain(
+    app: &App,
+    io: &SocketIo,
+    deadline: Instant,
+    stop_accepting: tokio::sync::oneshot::Sender<()>,
+    serve: &mut tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    tracing::info!("shutting down");
+    app.begin_shutdown();
+    let _ = stop_accepting.send(());
+    if tokio::time::timeout_at(deadline, app.ingests_finished())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown timed out waiting for ingest requests");
+    }
+    if tokio::time::timeout_at(deadline, io.clone().close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown timed out closing sockets");
+    }
+    if tokio::time::timeout_at(deadline, serve).await.is_err() {
+        tracing::warn!("shutdown timed out; exiting with requests in flight");
     }
 }
 
@@ -252,33 +243,9 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(ACCEPT_BACKLOG)
 }
 
-fn cors(origins: &[String]) -> CorsLayer {
-    let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            header::HeaderName::from_static("x-request-id"),
-        ])
-        .max_age(Duration::from_secs(600));
-    if origins.iter().any(|o| o == "*") {
-        // Any origin, without credentials: what socket.io-client sends by
-        // default (withCredentials: false).
-        layer.allow_origin(Any)
-    } else {
-        let list: Vec<HeaderValue> = origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o).ok())
-            .collect();
-        layer
-            .allow_origin(AllowOrigin::list(list))
-            .allow_credentials(true)
-    }
-}
-
 /// Pings the store every second: a Redis connection that broke is noticed
-/// and re-established (with its pub/sub subscriptions) even when no request
-/// comes, and the store's state is logged when it changes.
+/// and re-established even when no request comes, and the store's state
+/// is logged when it changes.
 async fn keepalive(store: Arc<dyn HistoryStore>) {
     let mut every = tokio::time::interval(KEEPALIVE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

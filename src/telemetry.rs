@@ -4,10 +4,18 @@
 
 use std::io::IsTerminal;
 
+use clap::ValueEnum;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Counter: payments stored (not duplicates), by nothing.
 pub const PAYMENTS_STORED: &str = "tidings_payments_stored_total";
@@ -17,9 +25,31 @@ pub const PAYMENTS_DUPLICATE: &str = "tidings_payments_duplicate_total";
 pub const INGEST_REQUESTS: &str = "tidings_ingest_requests_total";
 /// Counter: `payment` broadcasts made (one per stored payment).
 pub const BROADCASTS: &str = "tidings_broadcasts_total";
-/// Counter: deliveries that failed because a socket's buffer was full or
-/// it was closing; the client recovers them with `since`.
+/// Counter: deliveries dropped, labelled by `reason`: [`DROP_QUEUE_FULL`]
+/// (this node's publication queue was full: the hub catches its sockets up
+/// from the history) or [`DROP_SOCKET`] (one socket's outgoing buffer was
+/// full or the socket was closing: that client sees the seq jump and
+/// recovers with `since`).
 pub const DELIVERIES_DROPPED: &str = "tidings_deliveries_dropped_total";
+pub const DROP_QUEUE_FULL: &str = "queue_full";
+pub const DROP_SOCKET: &str = "socket_buffer";
+/// Counter: catch-up reads started by the hub, labelled by `reason`:
+/// `gap` (a publication's seq skipped ahead), `dropped` (a publication was
+/// dropped from the queue), `resync` (the store's pub/sub connection was
+/// re-established) or `overflow` (publications held during a catch-up
+/// overflowed their bound).
+pub const CATCH_UPS: &str = "tidings_catch_ups_total";
+/// Counter: events delivered to sockets by catch-up reads.
+pub const CATCH_UP_EVENTS: &str = "tidings_catch_up_events_total";
+/// Counter: `HISTORY_TRUNCATED` warnings sent unprompted to a trackingId's
+/// subscribers on this node (its history started afresh, or events owed to
+/// them are no longer retained).
+pub const GAPS_ANNOUNCED: &str = "tidings_gaps_announced_total";
+/// Counter: times the store's publication connection was lost and the hub
+/// re-listened to every trackingId and caught them up.
+pub const STORE_RESYNCS: &str = "tidings_store_resyncs_total";
+/// Gauge: trackingIds with at least one subscriber on this node.
+pub const TOPICS: &str = "tidings_topics";
 /// Counter: events replayed to sockets subscribing with `since`.
 pub const REPLAYED: &str = "tidings_replayed_events_total";
 /// Counter: socket errors sent, labelled by `code`.
@@ -86,8 +116,19 @@ fn describe() {
     describe_counter!(BROADCASTS, "Payment broadcasts to trackingId rooms");
     describe_counter!(
         DELIVERIES_DROPPED,
-        "Deliveries dropped at a full or closed socket"
+        "Deliveries dropped, by reason (queue_full: recovered by catch-up; socket_buffer: the client recovers with since)"
     );
+    describe_counter!(CATCH_UPS, "Catch-up reads started by the hub, by reason");
+    describe_counter!(CATCH_UP_EVENTS, "Events delivered by catch-up reads");
+    describe_counter!(
+        GAPS_ANNOUNCED,
+        "HISTORY_TRUNCATED warnings sent unprompted to a trackingId's subscribers"
+    );
+    describe_counter!(
+        STORE_RESYNCS,
+        "Publication connection re-established: every trackingId re-listened and caught up"
+    );
+    describe_gauge!(TOPICS, "TrackingIds with subscribers on this node");
     describe_counter!(
         REPLAYED,
         "Events replayed to sockets subscribing with since"

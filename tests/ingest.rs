@@ -73,7 +73,7 @@ async fn bad_items_are_refused_with_details_and_store_nothing() {
     assert_eq!(fields, vec![(0, "amount"), (0, "timestamp")]);
 
     for body in ["[]", "not json", "{\"trackingId\": "] {
-        let res = reqwest::Client::new()
+        let res = support::http()
             .post(server.url("/v1/payments"))
             .bearer_auth(TOKEN)
             .body(body)
@@ -109,7 +109,7 @@ async fn auth_and_limits() {
         "second",
     ])
     .await;
-    let http = reqwest::Client::new();
+    let http = support::http();
     let big = "x".repeat(10_000);
     for auth in [None, Some("wrong"), Some("")] {
         let mut req = http.post(server.url("/v1/payments")).body(big.clone());
@@ -161,7 +161,7 @@ async fn ingest_is_never_open() {
     let server = tidings::Server::bind(&config).await.unwrap();
     let addr = server.local_addr();
     let task = tokio::spawn(server.run(std::future::pending()));
-    let res = reqwest::Client::new()
+    let res = support::http()
         .post(format!("http://{addr}/v1/payments"))
         .json(&payment("open", "s"))
         .send()
@@ -222,7 +222,7 @@ async fn seqs_are_contiguous_and_duplicates_idempotent() {
     for i in 0..50 {
         let url = server.url("/v1/payments");
         tasks.spawn(async move {
-            let res = reqwest::Client::new()
+            let res = support::http()
                 .post(url)
                 .bearer_auth(TOKEN)
                 .json(&json!([
@@ -316,18 +316,10 @@ async fn backfill_pages_and_reports_truncation() {
 }
 
 #[tokio::test]
-async fn health_readiness_and_metrics() {
+async fn health_and_readiness() {
     let server = TestServer::start(&[]).await;
     assert_eq!(server.get("/healthz").await.0, 200);
     assert_eq!(server.get("/readyz").await.0, 200);
-    server.ingest(&payment("m", "1")).await;
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(text.contains("tidings_payments_stored_total"), "{text}");
     let (status, body) = server.get("/nope").await;
     assert_eq!((status, &body["error"]["code"]), (404, &json!("NOT_FOUND")));
     server.stop().await.unwrap();

@@ -84,7 +84,7 @@ async fn replay_hands_over_to_live_with_no_gap_under_concurrent_ingest() {
     let total = 300u64;
     let url = server.url("/v1/payments");
     let writer = tokio::spawn(async move {
-        let http = reqwest::Client::new();
+        let http = support::http();
         for i in 1..total {
             let res = http
                 .post(&url)

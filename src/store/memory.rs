@@ -1,6 +1,15 @@
 //! [`MemoryStore`]: the history store of a single node, held in this
 //! process's memory. Everything in it is lost at restart; the epochs make
 //! that visible to clients as `HISTORY_TRUNCATED`.
+//!
+//! Epochs are milliseconds of a clock that never goes backwards within the
+//! process ([`Clock`]); several histories may share one. A history is
+//! created afresh only after the previous one of its trackingId expired
+//! entirely, which takes at least `--history-ttl` (≥ 1 s) on that same
+//! clock, so its epoch is larger. Across a restart, epochs come from the
+//! wall clock again, which has moved past every earlier epoch (none ran
+//! ahead of it): this assumes the system clock does not step back by more
+//! than the restart took.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -11,24 +20,38 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 
 use super::{
-    Appended, Deliveries, Delivery, HistoryPage, HistoryStore, Retention, StoreError, resolve_since,
+    Appended, HistoryPage, HistoryStore, Publication, Publications, Retention, StoreError,
+    resolve_since,
 };
-use crate::model::{DedupeKey, EventId, NewPayment, StoredEvent, now_ms};
+use crate::model::{DedupeKey, EventId, NewPayment, Position, StoredEvent, now_ms};
 
 /// Independent locks over the trackingId space, so that appends for
 /// different trackingIds rarely contend. No lock is held across an await.
 const SHARDS: usize = 64;
 
+/// Wall-clock milliseconds that never go backwards within this process:
+/// acceptance times, expiry and epochs all read it, so that an expired
+/// history's successor always gets a larger epoch.
+#[derive(Default)]
+struct Clock {
+    last: AtomicU64,
+}
+
+impl Clock {
+    fn now(&self) -> u64 {
+        let wall = now_ms();
+        let before = self.last.fetch_max(wall, Ordering::Relaxed);
+        before.max(wall)
+    }
+}
+
 /// An in-memory [`HistoryStore`].
 pub struct MemoryStore {
     retention: Retention,
-    deliveries: Deliveries,
+    publications: Publications,
     shards: Box<[Mutex<HashMap<String, History>>]>,
     hasher: RandomState,
-    /// Last epoch handed out; epochs are milliseconds at creation, made
-    /// strictly increasing so that two histories created in the same
-    /// millisecond still differ.
-    last_epoch: AtomicU64,
+    clock: Clock,
 }
 
 /// One trackingId's history and dedupe keys.
@@ -65,6 +88,13 @@ impl History {
         self.events.is_empty() && self.dedupe.is_empty()
     }
 
+    fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            seq: self.last_seq,
+        }
+    }
+
     fn first_retained_seq(&self) -> u64 {
         self.events
             .front()
@@ -88,20 +118,21 @@ impl History {
             events,
             has_more,
             truncated,
+            position: self.position(),
         })
     }
 }
 
 impl MemoryStore {
-    /// A store whose publications go to `deliveries` (this node is the
-    /// only node, so it listens to everything).
-    pub fn new(retention: Retention, deliveries: Deliveries) -> Self {
+    /// A store whose publications go to `publications` (this node is the
+    /// only node, so everything is published to it).
+    pub fn new(retention: Retention, publications: Publications) -> Self {
         MemoryStore {
             retention,
-            deliveries,
+            publications,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
-            last_epoch: AtomicU64::new(0),
+            clock: Clock::default(),
         }
     }
 
@@ -112,20 +143,10 @@ impl MemoryStore {
         self.shards[idx].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn next_epoch(&self, now: u64) -> u64 {
-        let prev = self
-            .last_epoch
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                Some(now.max(last + 1))
-            })
-            .unwrap_or_else(|last| last);
-        now.max(prev + 1)
-    }
-
     /// Drops expired events and keys everywhere, and histories left empty.
     /// Run periodically; reads and appends also prune what they touch.
     pub fn sweep(&self) -> SweepStats {
-        let now = now_ms();
+        let now = self.clock.now();
         let mut stats = SweepStats::default();
         for shard in self.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
@@ -155,13 +176,15 @@ impl HistoryStore for MemoryStore {
         &self,
         tracking_id: &str,
         payments: &[NewPayment],
-        accepted_ms: u64,
     ) -> Result<Vec<Appended>, StoreError> {
         let mut map = self.shard(tracking_id);
+        // Under the lock that orders this trackingId's appends, so that
+        // acceptance times never decrease along its history.
+        let accepted_ms = self.clock.now();
         let history = match map.get_mut(tracking_id) {
             Some(h) => h,
             None => map.entry(tracking_id.to_owned()).or_insert(History {
-                epoch: self.next_epoch(accepted_ms),
+                epoch: accepted_ms,
                 last_seq: 0,
                 events: VecDeque::new(),
                 dedupe: HashMap::new(),
@@ -188,9 +211,10 @@ impl HistoryStore for MemoryStore {
                 .dedupe_expiry
                 .push_back((dedupe_until, payment.dedupe.clone()));
             // Published under the shard lock: a trackingId's events enter
-            // the delivery queue in seq order.
-            self.deliveries.push(Delivery {
+            // the queue in seq order.
+            self.publications.publish(Publication {
                 tracking_id: tracking_id.to_owned(),
+                id,
                 envelope: event.envelope.clone(),
             });
             out.push(Appended::Stored(event));
@@ -205,7 +229,7 @@ impl HistoryStore for MemoryStore {
         since: Option<EventId>,
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now();
         let mut map = self.shard(tracking_id);
         match map.get_mut(tracking_id) {
             Some(history) => {
@@ -253,30 +277,80 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_history_created_afresh_gets_a_new_epoch() {
-        let store = MemoryStore::new(
+    fn store() -> MemoryStore {
+        MemoryStore::new(
             Retention {
                 max_events: 10,
                 history_ttl_ms: 60_000,
                 dedupe_ttl_ms: 60_000,
             },
-            Deliveries::channel(100).0,
-        );
-        // Accepted two minutes ago: expired (history and dedupe key) by now,
-        // while the one accepted now stays for a minute.
-        let past = now_ms() - 120_000;
-        let old = store.append("t", &[payment("t", "a")], past).await.unwrap()[0].id();
+            Publications::channel(100_000).0,
+        )
+    }
+
+    impl Clock {
+        /// Moves this clock forward, as if `ms` had passed.
+        fn advance(&self, ms: u64) {
+            self.last.fetch_max(self.now() + ms, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_history_created_afresh_gets_a_new_epoch() {
+        let store = store();
+        let old = store.append("t", &[payment("t", "a")]).await.unwrap()[0].id();
+        // Two minutes later: expired (history and dedupe key).
+        store.clock.advance(120_000);
         assert_eq!(store.sweep().histories, 0);
-        let new = store
-            .append("t", &[payment("t", "a")], now_ms())
-            .await
-            .unwrap()[0]
-            .id();
+        let new = store.append("t", &[payment("t", "a")]).await.unwrap()[0].id();
         assert!(new.epoch > old.epoch);
         assert_eq!(new.seq, 1);
         let page = store.read("t", Some(old), 10).await.unwrap();
         assert!(page.truncated);
         assert_eq!(page.events.len(), 1);
+    }
+
+    /// Many new histories in a burst do not push epochs ahead of the clock,
+    /// so a store started afterwards (a restart) issues larger epochs, and
+    /// reads every id of the first store's epochs as truncated, never as
+    /// INVALID_SINCE.
+    #[tokio::test]
+    async fn epochs_never_run_ahead_of_the_clock_and_grow_across_a_restart() {
+        let before = store();
+        let mut last = EventId { epoch: 0, seq: 0 };
+        for i in 0..30_000 {
+            let tid = format!("burst-{i}");
+            last = before.append(&tid, &[payment(&tid, "p")]).await.unwrap()[0].id();
+        }
+        assert!(
+            last.epoch <= now_ms(),
+            "epoch {} ran ahead of the clock {}",
+            last.epoch,
+            now_ms()
+        );
+        // The restart takes at least a millisecond.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let after = store();
+        let page = after.read("burst-29999", Some(last), 10).await.unwrap();
+        assert!(
+            page.truncated,
+            "a since from before the restart is truncated"
+        );
+        let fresh = after
+            .append("burst-29999", &[payment("burst-29999", "q")])
+            .await
+            .unwrap()[0]
+            .id();
+        assert!(fresh.epoch > last.epoch, "{fresh} after {last}");
+        assert_ne!(fresh, last);
+    }
+
+    /// A clock stepped back does not move this store's clock back.
+    #[test]
+    fn the_clock_never_goes_backwards() {
+        let clock = Clock::default();
+        clock.advance(3_600_000);
+        let ahead = clock.now();
+        assert!(clock.now() >= ahead);
     }
 }

@@ -6,76 +6,20 @@
 //! ([`MemoryStore`]) for a single node and a Redis implementation
 //! ([`RedisStore`]) for a cluster. Every implementation keeps the guarantees
 //! written on the trait: callers rely on them, the tests in
-//! `tests/store.rs` check them against both.
+//! `tests/store.rs` check them against both. Publications reach this node
+//! through [`Publications`], which the [`Hub`](crate::hub::Hub) consumes.
 
 mod memory;
+mod publications;
 mod redis;
 
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, SweepStats};
+pub use publications::{Publication, PublicationStream, Publications, Signal};
 pub use redis::{RedisStore, RedisTarget};
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
 
-use crate::model::{EventId, NewPayment, StoredEvent};
-use crate::telemetry;
-
-/// A published payment, on its way to this node's subscribed sockets.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub tracking_id: String,
-    pub envelope: Arc<RawValue>,
-}
-
-/// What waits in the delivery queue.
-#[derive(Debug)]
-pub enum Queued {
-    Delivery(Delivery),
-    /// Answered once everything queued before it has been delivered.
-    Flush(oneshot::Sender<()>),
-}
-
-/// The queue between a store's publications and this node's delivery
-/// task ([`crate::fanout::Fanout`]). Bounded: when it is full a delivery is
-/// dropped (logged and counted); the sockets it was for see the `seq` jump
-/// and recover the payment from the history with `since`.
-#[derive(Debug, Clone)]
-pub struct Deliveries {
-    tx: mpsc::Sender<Queued>,
-}
-
-impl Deliveries {
-    /// A queue holding up to `capacity` deliveries, and its receiving end.
-    pub fn channel(capacity: usize) -> (Deliveries, mpsc::Receiver<Queued>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        (Deliveries { tx }, rx)
-    }
-
-    /// Waits until everything queued so far has been delivered (or the
-    /// delivery task is gone).
-    pub async fn flush(&self) {
-        let (done, delivered) = oneshot::channel();
-        if self.tx.send(Queued::Flush(done)).await.is_ok() {
-            let _ = delivered.await;
-        }
-    }
-
-    /// Queues a delivery without waiting.
-    pub fn push(&self, delivery: Delivery) {
-        if let Err(err) = self.tx.try_send(Queued::Delivery(delivery)) {
-            let (reason, queued) = match err {
-                mpsc::error::TrySendError::Full(q) => ("delivery buffer full", q),
-                mpsc::error::TrySendError::Closed(q) => ("delivery task stopped", q),
-            };
-            let Queued::Delivery(d) = queued else { return };
-            metrics::counter!(telemetry::DELIVERIES_DROPPED).increment(1);
-            tracing::warn!(tracking_id = %d.tracking_id, "{reason}: payment dropped for this node's sockets; they recover it with since");
-        }
-    }
-}
+use crate::model::{EventId, NewPayment, Position, StoredEvent};
 
 /// How long and how much history is kept per trackingId.
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +36,7 @@ pub struct Retention {
 /// The outcome of appending one payment.
 #[derive(Debug, Clone)]
 pub enum Appended {
-    /// A new event was stored: it must be published.
+    /// A new event was stored (and published).
     Stored(StoredEvent),
     /// The payment's dedupe key was already taken: this is the original's id.
     Duplicate(EventId),
@@ -118,6 +62,9 @@ pub struct HistoryPage {
     /// came from a history that is gone: `events` starts at the oldest
     /// retained event and the reader has a gap.
     pub truncated: bool,
+    /// The last event stored in the trackingId's current history when the
+    /// page was read (retained or not); [`Position::NONE`] without history.
+    pub position: Position,
 }
 
 /// Why a store call failed.
@@ -141,7 +88,9 @@ pub enum StoreError {
 ///   the next seqs of the trackingId with no hole and no repeat, also when
 ///   several callers (or several nodes sharing the store) append for the same
 ///   trackingId at once. The call is all or nothing: on error nothing of it is
-///   stored or remembered, so a retry is safe.
+///   stored, published or remembered, so a retry is safe. The acceptance time
+///   (the envelope `timestamp`) is taken inside the step that orders appends,
+///   so it never decreases along a history.
 /// - **Idempotency.** Within `dedupe_ttl_ms` of first acceptance, a payment
 ///   whose [`DedupeKey`](crate::model::DedupeKey) was seen for the same
 ///   trackingId is not stored again: `append` answers
@@ -150,25 +99,28 @@ pub enum StoreError {
 /// - **Bounded retention.** At most `max_events` events per trackingId are
 ///   kept, none older than `history_ttl_ms`; memory for dedupe keys is bounded
 ///   by `dedupe_ttl_ms`. Dropping old events never renumbers the rest.
-/// - **Epochs.** When a trackingId's history is created afresh (first
-///   payment, after it expired entirely, after a restart of a memory store,
-///   or after the storage was wiped) it gets a new epoch greater than any
-///   earlier one for that trackingId, and its ids are never reused. A `since`
-///   from an earlier epoch, or for a history that no longer exists, reads as
-///   `truncated`: a reader is never left to believe it missed nothing when
-///   it cannot be known.
+/// - **Epochs: never the same id twice.** When a trackingId's history is
+///   created afresh (first payment, after it expired entirely, after a
+///   restart of a memory store, after the storage was wiped, restarted or
+///   failed over, or restored from an older snapshot) it gets a new epoch
+///   greater than any earlier one for that trackingId, and its ids are never
+///   reused. A `since` from an earlier epoch, or for a history that no longer
+///   exists, reads as `truncated`: a reader is never left to believe it
+///   missed nothing when it cannot be known. No `since` ever changes a
+///   history (a forged one cannot start a new epoch for everyone else).
 /// - **Atomic store-and-publish, in order.** Each new event is published
 ///   in the same atomic step that stores it. Every node that
 ///   [`listen`](HistoryStore::listen)s to the trackingId receives it on its
-///   [`Deliveries`] queue, and receives a trackingId's events in `seq`
+///   [`Publications`] queue, and receives a trackingId's events in `seq`
 ///   order, whichever node appended them. Duplicates are not published.
+///   When the publication connection was lost (events may have been missed
+///   by every listen) the store says so with [`Publications::resync`].
 /// - **Listen before read.** Once `listen` has returned, every event stored
-///   afterwards reaches this node: a caller that listens, then reads the
-///   history, misses nothing between the two.
+///   afterwards reaches this node (or a resync is signalled): a caller that
+///   listens, then reads the history, misses nothing between the two.
 /// - **Unavailable means unchanged.** Every method fails with
 ///   [`StoreError::Unavailable`] rather than wait indefinitely when the
-///   backing storage is unreachable, and recovers by itself when it is back
-///   (including its listens).
+///   backing storage is unreachable, and recovers by itself when it is back.
 #[async_trait]
 pub trait HistoryStore: Send + Sync + 'static {
     /// Appends `payments`, all for `tracking_id`, in order, and publishes
@@ -177,12 +129,12 @@ pub trait HistoryStore: Send + Sync + 'static {
         &self,
         tracking_id: &str,
         payments: &[NewPayment],
-        accepted_ms: u64,
     ) -> Result<Vec<Appended>, StoreError>;
 
     /// Reads up to `limit` retained events after `since` (from the oldest
-    /// retained event without it). Fails with [`StoreError::InvalidSince`]
-    /// for a `since` this history could not have issued.
+    /// retained event without it), with the history's position. Fails with
+    /// [`StoreError::InvalidSince`] for a `since` this history could not
+    /// have issued.
     async fn read(
         &self,
         tracking_id: &str,
@@ -190,13 +142,12 @@ pub trait HistoryStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<HistoryPage, StoreError>;
 
-    /// Starts delivering `tracking_id`'s publications to this node. Calls
-    /// are counted: a trackingId listened to twice needs two
-    /// [`unlisten`](HistoryStore::unlisten)s. Callers serialise the calls
-    /// for one trackingId.
+    /// Starts delivering `tracking_id`'s publications to this node. Plain
+    /// and idempotent (not counted): the caller ([`crate::hub::Hub`])
+    /// decides when a trackingId is listened to.
     async fn listen(&self, tracking_id: &str) -> Result<(), StoreError>;
 
-    /// Undoes one [`listen`](HistoryStore::listen).
+    /// Stops delivering `tracking_id`'s publications to this node.
     async fn unlisten(&self, tracking_id: &str);
 
     /// Succeeds when the store can serve reads, writes and publications.
@@ -226,8 +177,10 @@ pub fn resolve_since(
             let missing = since.seq + 1 < first && last > since.seq;
             Ok((first.max(since.seq + 1), missing))
         }
-        // An epoch in the future was not issued by this server.
-        _ if since.epoch > now_ms => Err(StoreError::InvalidSince),
+        // An epoch later than both the clock and the current history was
+        // not issued by this server.
+        Some((epoch, _, _)) if since.epoch > now_ms.max(epoch) => Err(StoreError::InvalidSince),
+        None if since.epoch > now_ms => Err(StoreError::InvalidSince),
         // An id from another epoch, or for a history that is gone: the
         // history it came from is lost.
         _ => Ok((first, true)),

@@ -8,21 +8,38 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `tidings:{<id>}:meta` | hash | `epoch`, `seq` (the last seq issued) |
+//! | `tidings:{<id>}:meta` | hash | `epoch`, `seq` (the last seq issued), `rid` (run id of the Redis process that last wrote it) |
 //! | `tidings:{<id>}:events` | stream | one entry per retained event, stream id `<epoch>-<seq>`, fields `t` (accepted ms) and `e` (the envelope) |
 //! | `tidings:{<id>}:d:<k or s>:<key>` | string | the event id first stored under that dedupe key |
 //! | `tidings:{<id>}:p` | pub/sub channel | each new envelope, published by the script that stored it |
 //!
 //! `<id>` is the trackingId with `%`, `{` and `}` percent-encoded, so that
-//! no trackingId can reach into another's keys.
+//! no trackingId can reach into another's keys, and so that a channel name
+//! tells its trackingId back.
 //!
-//! Appending and publishing happen in one Lua script, which Redis runs
-//! atomically: seqs are contiguous across nodes and every node receives a
-//! trackingId's publications in seq order. Times (epochs, acceptance) come
-//! from Redis's clock, so nodes with skewed clocks still agree.
+//! Appending and publishing happen in one Lua script (`lua/append.lua`),
+//! which Redis runs atomically: seqs are contiguous across nodes and every
+//! node receives a trackingId's publications in seq order. Times (epochs,
+//! acceptance) come from Redis's clock, so nodes with skewed clocks still
+//! agree.
+//!
+//! What this assumes of Redis, and what it detects instead of assuming:
+//! - A Redis that restarted (with whatever persistence), failed over to a
+//!   replica, or was restored from a snapshot may have lost acknowledged
+//!   writes. The scripts detect it (the history was written by another
+//!   Redis run id) and start that history afresh with a larger epoch, so no
+//!   id is issued twice; readers of the old history get `HISTORY_TRUNCATED`.
+//!   No persistence setting is required for correctness; persistence only
+//!   decides how much history survives for dedupe.
+//! - Keys must not be evicted (`maxmemory-policy noeviction`, Redis's
+//!   default): an evicted dedupe key would let a payment be stored twice.
+//!   The store checks the policy when it connects and warns otherwise.
+//! - Epochs are Redis's clock in milliseconds: Redis servers' clocks are
+//!   expected to be synchronised (NTP), as a failover moves the clock with
+//!   the data.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,9 +50,10 @@ use redis::{Cmd, Pipeline, PushInfo, PushKind, RedisFuture, Script, Value};
 use serde_json::value::RawValue;
 
 use super::{
-    Appended, Deliveries, Delivery, HistoryPage, HistoryStore, Retention, StoreError, resolve_since,
+    Appended, HistoryPage, HistoryStore, Publication, Publications, Retention, StoreError,
+    resolve_since,
 };
-use crate::model::{EventId, NewPayment, StoredEvent};
+use crate::model::{EventId, NewPayment, Position, StoredEvent};
 
 /// How long one Redis command may take before the store reports itself
 /// unavailable (and ingest answers `503`).
@@ -87,93 +105,10 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// Shared by both scripts: Redis's clock, and dropping events older than the
-/// history TTL from the front of a stream.
-const PRELUDE: &str = r#"
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function trim(stream, cutoff)
-  while true do
-    local batch = redis.call('XRANGE', stream, '-', '+', 'COUNT', 100)
-    if #batch == 0 then return end
-    for _, entry in ipairs(batch) do
-      if tonumber(entry[2][2]) > cutoff then return end
-      redis.call('XDEL', stream, entry[1])
-    end
-  end
-end
-"#;
-
-/// KEYS: meta, events, then one dedupe key per payment.
-/// ARGV: max_events, history_ttl_ms, dedupe_ttl_ms, publish command,
-/// channel, then one `data` JSON per payment.
-/// Returns: { now, { id, duplicate (0/1), envelope or nil }, ... }.
-const APPEND: &str = r#"
-local meta, events = KEYS[1], KEYS[2]
-local max_events, ttl, dttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local publish, channel = ARGV[4], ARGV[5]
-local now = now_ms()
-local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch then
-  -- A history created afresh: a new epoch, and no entry of an older one.
-  epoch = string.format('%d', now)
-  redis.call('DEL', events)
-  redis.call('HSET', meta, 'epoch', epoch, 'seq', 0)
-end
-trim(events, now - ttl)
-local out = { now }
-for i = 6, #ARGV do
-  local dedupe = KEYS[i - 3]
-  local original = redis.call('GET', dedupe)
-  if original then
-    out[#out + 1] = { original, 1 }
-  else
-    local seq = redis.call('HINCRBY', meta, 'seq', 1)
-    local id = epoch .. '-' .. string.format('%d', seq)
-    local envelope = '{"type":"payment_notification","id":"' .. id .. '","seq":' ..
-      string.format('%d', seq) .. ',"data":' .. ARGV[i] .. ',"timestamp":' ..
-      string.format('%d', now) .. '}'
-    redis.call('XADD', events, 'MAXLEN', max_events, id, 't', string.format('%d', now), 'e', envelope)
-    redis.call('SET', dedupe, id, 'PX', dttl)
-    redis.call(publish, channel, envelope)
-    out[#out + 1] = { id, 0, envelope }
-  end
-end
-redis.call('PEXPIRE', meta, dttl)
-redis.call('PEXPIRE', events, ttl)
-return out
-"#;
-
-/// KEYS: meta, events. ARGV: since epoch ('' for none), since seq, limit,
-/// history_ttl_ms.
-/// Returns { now } without a history, else
-/// { now, epoch, last_seq, first_retained_seq, id, t, envelope, id, t, envelope, ... }
-/// with up to limit + 1 events from where the read starts.
-const READ: &str = r#"
-local meta, events = KEYS[1], KEYS[2]
-local since_epoch, since_seq, limit, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local now = now_ms()
-local m = redis.call('HMGET', meta, 'epoch', 'seq')
-if not m[1] then return { now } end
-local epoch, last = m[1], tonumber(m[2])
-trim(events, now - ttl)
-local first = last + 1
-local head = redis.call('XRANGE', events, '-', '+', 'COUNT', 1)
-if #head > 0 then
-  first = tonumber(string.match(head[1][1], '-(%d+)$'))
-end
-local start = '-'
-if since_epoch == epoch then start = epoch .. '-' .. string.format('%d', since_seq + 1) end
-local out = { now, epoch, last, first }
-for _, entry in ipairs(redis.call('XRANGE', events, start, '+', 'COUNT', limit + 1)) do
-  out[#out + 1] = entry[1]
-  out[#out + 1] = entry[2][2]
-  out[#out + 1] = entry[2][4]
-end
-return out
-"#;
+/// The shared part of both scripts, then each script's body.
+const HISTORY_LUA: &str = include_str!("lua/history.lua");
+const APPEND_LUA: &str = include_str!("lua/append.lua");
+const READ_LUA: &str = include_str!("lua/read.lua");
 
 /// A [`HistoryStore`] in Redis.
 pub struct RedisStore {
@@ -181,31 +116,27 @@ pub struct RedisStore {
     cluster: bool,
     commands: Conn,
     /// A connection of its own for pub/sub: publications arrive on it as
-    /// RESP3 push messages, and it resubscribes by itself after a reconnect.
+    /// RESP3 push messages. When it breaks, the store signals a resync and
+    /// the hub listens again to every trackingId and catches up.
     pubsub: Conn,
     append: Script,
     read: Script,
-    /// Listen counts per trackingId.
-    listens: Mutex<HashMap<String, usize>>,
-    /// Channel name to trackingId, for the channels listened to.
-    channels: Arc<RwLock<HashMap<String, String>>>,
+    /// Whether Redis's eviction policy was checked since it was last
+    /// unreachable.
+    config_checked: AtomicBool,
 }
 
 impl RedisStore {
     /// Connects (lazily: the server starts while Redis is down, and is
-    /// unready until it is up) and publishes to `deliveries`.
+    /// unready until it is up) and publishes to `publications`.
     pub async fn connect(
         target: &RedisTarget,
         retention: Retention,
-        deliveries: Deliveries,
+        publications: Publications,
     ) -> Result<Self, StoreError> {
-        let channels: Arc<RwLock<HashMap<String, String>>> = Arc::default();
-        let on_push = {
-            let channels = channels.clone();
-            move |push: PushInfo| {
-                on_publication(push, &channels, &deliveries);
-                Ok::<(), redis::aio::SendError>(())
-            }
+        let on_push = move |push: PushInfo| {
+            on_push(push, &publications);
+            Ok::<(), redis::aio::SendError>(())
         };
         let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
         let (commands, pubsub, cluster) = match target {
@@ -251,28 +182,31 @@ impl RedisStore {
             cluster,
             commands,
             pubsub,
-            append: Script::new(&format!("{PRELUDE}{APPEND}")),
-            read: Script::new(&format!("{PRELUDE}{READ}")),
-            listens: Mutex::default(),
-            channels,
+            append: Script::new(&format!("{HISTORY_LUA}\n{APPEND_LUA}")),
+            read: Script::new(&format!("{HISTORY_LUA}\n{READ_LUA}")),
+            config_checked: AtomicBool::new(false),
         })
     }
 
-    fn listens(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.listens.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    async fn subscribe(&self, channel: &str) -> redis::RedisResult<()> {
-        match self.pubsub.clone() {
-            Conn::Single(mut c) => c.subscribe(channel).await,
-            Conn::Cluster(mut c) => c.ssubscribe(channel).await,
+    /// Warns when Redis may evict keys: an evicted dedupe key lets a payment
+    /// be stored twice, an evicted history loses events silently.
+    async fn check_config(&self) {
+        if self.config_checked.swap(true, Ordering::Relaxed) {
+            return;
         }
-    }
-
-    async fn unsubscribe(&self, channel: &str) -> redis::RedisResult<()> {
-        match self.pubsub.clone() {
-            Conn::Single(mut c) => c.unsubscribe(channel).await,
-            Conn::Cluster(mut c) => c.sunsubscribe(channel).await,
+        let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut self.commands.clone())
+            .await;
+        match policy.as_deref() {
+            Ok([_, policy]) if policy == "noeviction" => {}
+            Ok([_, policy]) => tracing::warn!(
+                policy,
+                "Redis maxmemory-policy is not noeviction: evicted keys can lose history and let a payment be stored twice; set maxmemory-policy noeviction"
+            ),
+            // CONFIG may be disabled (managed Redis): nothing to check.
+            _ => tracing::info!("cannot read Redis maxmemory-policy; it must be noeviction"),
         }
     }
 }
@@ -288,15 +222,18 @@ fn with_resp3(url: &str) -> String {
     }
 }
 
-/// Hands a publication to the delivery queue. Runs on the connection's
-/// reader: it must not block.
-fn on_publication(
-    push: PushInfo,
-    channels: &RwLock<HashMap<String, String>>,
-    deliveries: &Deliveries,
-) {
-    if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
-        return;
+/// Hands a publication to the queue, or signals a resync when the
+/// connection was lost. Runs on the connection's reader: it must not block.
+fn on_push(push: PushInfo, publications: &Publications) {
+    match push.kind {
+        PushKind::Message | PushKind::SMessage => {}
+        PushKind::Disconnection => {
+            // Publications sent while it was down are lost to this node.
+            tracing::warn!("Redis publication connection lost; re-listening and catching up");
+            publications.resync();
+            return;
+        }
+        _ => return,
     }
     let mut data = push.data.into_iter();
     let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
@@ -306,21 +243,29 @@ fn on_publication(
         tracing::warn!("unreadable pub/sub message");
         return;
     };
-    let tracking_id = channels
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&channel)
-        .cloned();
-    let Some(tracking_id) = tracking_id else {
-        return; // unsubscribed meanwhile
+    let Some(tracking_id) = Keys::tracking_id_of_channel(&channel) else {
+        tracing::warn!(
+            channel,
+            "publication on a channel that is not a trackingId's"
+        );
+        return;
     };
-    match RawValue::from_string(payload) {
-        Ok(envelope) => deliveries.push(Delivery {
-            tracking_id,
-            envelope: Arc::from(envelope),
-        }),
-        Err(err) => tracing::warn!(%tracking_id, %err, "publication is not JSON"),
-    }
+    let envelope: Arc<RawValue> = match RawValue::from_string(payload) {
+        Ok(envelope) => Arc::from(envelope),
+        Err(err) => {
+            tracing::warn!(%tracking_id, %err, "publication is not JSON");
+            return;
+        }
+    };
+    let Some(id) = EventId::of_envelope(&envelope) else {
+        tracing::warn!(%tracking_id, "publication has no event id");
+        return;
+    };
+    publications.publish(Publication {
+        tracking_id,
+        id,
+        envelope,
+    });
 }
 
 fn bulk_string(v: Value) -> Option<String> {
@@ -349,20 +294,23 @@ struct Keys {
     base: String,
 }
 
+const KEY_PREFIX: &str = "tidings:{";
+const CHANNEL_SUFFIX: &str = "}:p";
+
 impl Keys {
     fn new(tracking_id: &str) -> Self {
-        let mut escaped = String::with_capacity(tracking_id.len());
+        let mut base = String::with_capacity(KEY_PREFIX.len() + tracking_id.len() + 1);
+        base.push_str(KEY_PREFIX);
         for c in tracking_id.chars() {
             match c {
-                '%' => escaped.push_str("%25"),
-                '{' => escaped.push_str("%7B"),
-                '}' => escaped.push_str("%7D"),
-                c => escaped.push(c),
+                '%' => base.push_str("%25"),
+                '{' => base.push_str("%7B"),
+                '}' => base.push_str("%7D"),
+                c => base.push(c),
             }
         }
-        Keys {
-            base: format!("tidings:{{{escaped}}}"),
-        }
+        base.push('}');
+        Keys { base }
     }
     fn meta(&self) -> String {
         format!("{}:meta", self.base)
@@ -376,6 +324,28 @@ impl Keys {
     fn channel(&self) -> String {
         format!("{}:p", self.base)
     }
+
+    /// The trackingId whose [`Keys::channel`] this is.
+    fn tracking_id_of_channel(channel: &str) -> Option<String> {
+        let escaped = channel
+            .strip_prefix(KEY_PREFIX)?
+            .strip_suffix(CHANNEL_SUFFIX)?;
+        let mut out = String::with_capacity(escaped.len());
+        let mut rest = escaped;
+        while let Some(at) = rest.find('%') {
+            out.push_str(&rest[..at]);
+            let code = rest.get(at..at + 3)?;
+            out.push(match code {
+                "%25" => '%',
+                "%7B" => '{',
+                "%7D" => '}',
+                _ => return None,
+            });
+            rest = &rest[at + 3..];
+        }
+        out.push_str(rest);
+        Some(out)
+    }
 }
 
 #[async_trait]
@@ -384,7 +354,6 @@ impl HistoryStore for RedisStore {
         &self,
         tracking_id: &str,
         payments: &[NewPayment],
-        _accepted_ms: u64,
     ) -> Result<Vec<Appended>, StoreError> {
         let keys = Keys::new(tracking_id);
         let mut invocation = self.append.prepare_invoke();
@@ -509,68 +478,43 @@ impl HistoryStore for RedisStore {
             events,
             has_more,
             truncated,
+            position: Position { epoch, seq: last },
         })
     }
 
     async fn listen(&self, tracking_id: &str) -> Result<(), StoreError> {
-        {
-            let mut listens = self.listens();
-            let count = listens.entry(tracking_id.to_owned()).or_insert(0);
-            *count += 1;
-            if *count > 1 {
-                return Ok(());
-            }
-        }
         let channel = Keys::new(tracking_id).channel();
-        // Mapped before subscribing, so that a publication arriving right
-        // after the subscription is confirmed finds its trackingId.
-        self.channels
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(channel.clone(), tracking_id.to_owned());
-        if let Err(err) = self.subscribe(&channel).await {
-            self.listens().remove(tracking_id);
-            self.channels
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&channel);
-            return Err(StoreError::Unavailable(err.to_string()));
-        }
-        Ok(())
+        let result = match self.pubsub.clone() {
+            Conn::Single(mut c) => c.subscribe(&channel).await,
+            Conn::Cluster(mut c) => c.ssubscribe(&channel).await,
+        };
+        result.map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     async fn unlisten(&self, tracking_id: &str) {
-        {
-            let mut listens = self.listens();
-            match listens.get_mut(tracking_id) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
-                    return;
-                }
-                Some(_) => {
-                    listens.remove(tracking_id);
-                }
-                None => return,
-            }
-        }
         let channel = Keys::new(tracking_id).channel();
-        if let Err(err) = self.unsubscribe(&channel).await {
-            // The connection is down: after it reconnects it resubscribes
-            // to this channel too; publications for it are then ignored.
+        let result = match self.pubsub.clone() {
+            Conn::Single(mut c) => c.unsubscribe(&channel).await,
+            Conn::Cluster(mut c) => c.sunsubscribe(&channel).await,
+        };
+        if let Err(err) = result {
+            // The connection is down: after it reconnects it may resubscribe
+            // this channel too; its publications are then ignored (no
+            // socket here holds the trackingId).
             tracing::warn!(%tracking_id, %err, "unsubscribe failed");
         }
-        self.channels
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&channel);
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         for conn in [&self.commands, &self.pubsub] {
             let reply: redis::RedisResult<String> =
                 redis::cmd("PING").query_async(&mut conn.clone()).await;
-            reply.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            if let Err(err) = reply {
+                self.config_checked.store(false, Ordering::Relaxed);
+                return Err(StoreError::Unavailable(err.to_string()));
+            }
         }
+        self.check_config().await;
         Ok(())
     }
 }
@@ -591,5 +535,25 @@ mod tests {
             sneaky.meta(),
             Keys::new("x").dedupe(&crate::model::DedupeKey::Signature("sig}:meta".into()))
         );
+    }
+
+    #[test]
+    fn a_channel_tells_its_tracking_id() {
+        for tid in ["sub-1", "a}b{c%", "%7B", "€ x:p", "}:p"] {
+            let channel = Keys::new(tid).channel();
+            assert_eq!(
+                Keys::tracking_id_of_channel(&channel).as_deref(),
+                Some(tid),
+                "{channel}"
+            );
+        }
+        for bad in [
+            "tidings:{a}:meta",
+            "other:{a}:p",
+            "tidings:{a%7}:p",
+            "tidings:{%zz}:p",
+        ] {
+            assert_eq!(Keys::tracking_id_of_channel(bad), None, "{bad}");
+        }
     }
 }

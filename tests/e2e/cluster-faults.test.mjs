@@ -5,9 +5,13 @@ import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import {
   ingest, ingestOk, connect, makeSocket, waitFor, subscribe, payments, recorded, payment, uid, rand,
-  assertPayment, assertHttpError, httpGet, closeAll, withTimeout,
+  assertPayment, assertHttpError, assertError, httpGet, closeAll, withTimeout, backfill,
 } from "./lib/harness.mjs";
+import { copyFileSync, rmSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
 import { startRedis, startNodes, stopNodes, logLines, readMetric, waitUntil, pace } from "./lib/cluster.mjs";
+import { startRedisProxy } from "./lib/redisproxy.mjs";
 
 const WS = { transports: ["websocket"] };
 
@@ -62,9 +66,9 @@ describe("Redis down and back", () => {
     const lost = payment(id);
     for (const [name, n] of [["A", A], ["B", B]]) {
       const res = await ingest(n.url, lost, { timeoutMs: 15000 });
+      assert.equal(res.status, 503, `node ${name}: ingest while Redis is down: ${res.status} ${res.text}`);
       assertHttpError(res, 503, "UNAVAILABLE");
       assertRetryAfter(res);
-      assert.ok(name); // (name is for the failure message above)
     }
     // Readiness: no event to await, poll (bounded) until both report 503.
     for (const [name, n] of [["A", A], ["B", B]]) {
@@ -96,6 +100,16 @@ describe("Redis down and back", () => {
     const [r1] = res.body.data;
     const env = await waitFor(s, "payment", (p) => p.data.trackingId === id && p.data.signature === item.signature, 5000);
     assertPayment(env, item, r1);
+    assert.equal(r1.seq, 1, "Redis came back empty: the history starts afresh");
+    // The node noticed the history it had delivered from was lost, and said
+    // so once, before the first payment of the new one.
+    const log = recorded(s).filter((e) => e.event === "error" || (e.event === "payment" && e.payload.data.trackingId === id));
+    const warnings = log.filter((e) => e.event === "error");
+    assert.equal(warnings.length, 1, `one HISTORY_TRUNCATED warning: ${JSON.stringify(warnings.map((e) => e.payload))}`);
+    assertError(warnings[0].payload, "HISTORY_TRUNCATED");
+    assert.equal(warnings[0].payload.data.trackingId, id, "the warning names the trackingId");
+    assert.ok(log.indexOf(warnings[0]) < log.findIndex((e) => e.event === "payment" && e.payload.id === r1.id),
+      "the warning comes before the new history's first payment");
     // The payment refused during the outage was not stored (Redis came back empty anyway);
     // the socket never saw it.
     assert.equal(payments(s, id).filter((p) => p.data.signature === lost.signature).length, 0);
@@ -270,50 +284,36 @@ describe("delivery buffer overflow (--delivery-buffer 1)", () => {
     await redis?.stop();
   });
 
-  test("drops are counted and logged; the client sees the seq jump, resubscribes with since and ends with 1..N", (t) => withLogs(() => nodes, async () => {
+  test("drops are counted and logged, and the node catches its socket up: every seq after the ack's position, in order, no jump, with no later payment to reveal the tail", (t) => withLogs(() => nodes, async () => {
     const [D, E] = nodes;
     const id = uid("drop");
+    // Some history first, so the ack's position is not the start.
+    const pre = await ingestOk(E.url, [payment(id), payment(id)]);
     const s = await connect(D.url, WS);
     sockets.push(s);
-    await subscribe(s, id);
+    const ack = await subscribe(s, id);
+    assert.deepEqual(ack.position, { id: pre[1].id, seq: 2 }, "the position is the last stored event");
 
-    // The client: accepts seq lastSeq+1, ignores repeats, and on a jump
-    // resubscribes with since = the last id before the jump (once per id).
-    const client = { lastSeq: 0, lastId: undefined, accepted: [], gaps: 0, resubscribes: 0, resubscribedFrom: null, seqOf: new Map(), mismatch: [], timeline: [] };
-    s.on("ack", () => client.timeline.push("ack"));
-    /** The timeline with runs of consecutive seqs folded: "1-142 resubscribe(since #142) ack 143-1001". */
-    const timeline = () => {
-      const out = [];
-      for (const x of client.timeline) {
-        const last = out.at(-1);
-        if (typeof x === "number" && last && typeof last.to === "number" && x === last.to + 1) last.to = x;
-        else out.push(typeof x === "number" ? { from: x, to: x } : x);
-      }
-      return out.map((x) => (typeof x === "string" ? x : x.from === x.to ? `${x.from}` : `${x.from}-${x.to}`)).join(" ");
-    };
+    // The client: accepts seq lastSeq+1, ignores repeats, records any jump.
+    const client = { lastSeq: ack.position.seq, lastId: ack.position.id, accepted: [], jumps: [], seqOf: new Map(), mismatch: [] };
     s.on("payment", (p) => {
       if (p?.data?.trackingId !== id) return;
       const known = client.seqOf.get(p.id);
       if (known !== undefined && known !== p.seq) client.mismatch.push(`${p.id}: seq ${known} then ${p.seq}`);
       client.seqOf.set(p.id, p.seq);
-      client.timeline.push(p.seq);
       if (p.seq === client.lastSeq + 1) {
         client.lastSeq = p.seq;
         client.lastId = p.id;
         client.accepted.push(p);
       } else if (p.seq > client.lastSeq + 1) {
-        client.gaps++;
-        if (client.resubscribedFrom !== client.lastId) {
-          client.resubscribedFrom = client.lastId;
-          client.resubscribes++;
-          client.timeline.push(`resubscribe(since #${client.lastSeq})`);
-          s.emit("subscribe", { trackingId: id, since: client.lastId });
-        }
+        client.jumps.push(`${client.lastSeq} -> ${p.seq}`);
       }
     });
 
+    const metric = async (name, labels) => (await readMetric(D.url, name, labels)).value ?? 0;
+    const catchUpsBefore = await metric("tidings_catch_ups_total", { reason: "dropped" });
     const BATCH = 500;
-    const results = [];
+    const results = [...pre];
     let dropped = 0;
     let attempts = 0;
     for (; attempts < 8 && dropped === 0; attempts++) {
@@ -321,39 +321,238 @@ describe("delivery buffer overflow (--delivery-buffer 1)", () => {
       const pair = await Promise.all([0, 1].map(() =>
         ingestOk(E.url, Array.from({ length: BATCH }, () => payment(id)))));
       for (const r of pair) results.push(...r);
-      dropped = (await readMetric(D.url, "tidings_deliveries_dropped_total")).value ?? 0;
+      dropped = await metric("tidings_deliveries_dropped_total", { reason: "queue_full" });
     }
-    assert.ok(dropped > 0, `tidings_deliveries_dropped_total on D must exceed 0 after ${attempts * 2 * BATCH} payments in bursts, got ${dropped}`);
+    assert.ok(dropped > 0, `tidings_deliveries_dropped_total{reason="queue_full"} on D must exceed 0 after ${attempts * 2 * BATCH} payments in bursts, got ${dropped}`);
     const dropLines = D.logs().split("\n").filter((l) => l.includes("delivery buffer full"));
     assert.ok(dropLines.length > 0, "D logs the drop (a line containing \"delivery buffer full\")");
     assert.ok(dropLines.some((l) => /"level":"WARN"/.test(l)), `the drop is logged at WARN: ${dropLines[0]}`);
 
-    // Drops at the very end of the stream show only when a later payment
-    // arrives: keep a trickle of tail payments coming (as a live feed would),
-    // one per second at most, until the client is complete (bounded). With a
-    // one-slot buffer a tail can itself be dropped while D still works
-    // through the burst; the next one then reveals the jump.
-    let N = 0;
-    let tails = 0;
-    for (let tail = 0; tail < 10; tail++) {
-      tails++;
-      client.timeline.push(`(tail ingested #${results.length + 1})`);
-      results.push(...await ingestOk(E.url, payment(id)));
-      N = results.length;
-      const ok = await waitUntil(s, () => client.lastSeq >= N, tail === 9 ? 5000 : 1000,
-        () => `client at seq ${client.lastSeq} of ${N} (gaps ${client.gaps}, resubscribes ${client.resubscribes}); timeline: ${timeline()}`)
-        .then(() => true, (err) => (tail === 9 ? Promise.reject(err) : false));
-      if (ok) break;
-    }
+    // No tail payment is posted: the node itself must deliver what it dropped.
+    const N = results.length;
+    await waitUntil(s, () => client.lastSeq >= N, 15000,
+      () => `client at seq ${client.lastSeq} of ${N}; jumps ${client.jumps.join(", ")}`);
     const sorted = [...results].sort((a, b) => a.seq - b.seq);
     assert.deepEqual(sorted.map((r) => r.seq), Array.from({ length: N }, (_, i) => i + 1), "ingest seqs 1..N");
-    assert.ok(client.gaps > 0, "the client saw at least one seq jump (a payment dropped for its socket)");
-    assert.ok(client.resubscribes > 0, "the client resubscribed with since");
-    assert.deepEqual(client.accepted.map((p) => p.seq), sorted.map((r) => r.seq), "every seq 1..N in order after dedupe");
-    assert.deepEqual(client.accepted.map((p) => p.id), sorted.map((r) => r.id), "with the ids ingest returned");
+    assert.deepEqual(client.jumps, [], "the client never saw a seq jump");
+    assert.deepEqual(client.accepted.map((p) => p.seq), sorted.slice(2).map((r) => r.seq), "every seq after the position, in order");
+    assert.deepEqual(client.accepted.map((p) => p.id), sorted.slice(2).map((r) => r.id), "with the ids ingest returned");
     assert.deepEqual(client.mismatch, [], "an id always comes with the same seq");
-    assert.deepEqual(recorded(s, "error"), [], "no error (e.g. HISTORY_TRUNCATED) while recovering");
+    assert.deepEqual(recorded(s, "error"), [], "no error (e.g. HISTORY_TRUNCATED): nothing was lost");
+    const catchUps = await metric("tidings_catch_ups_total", { reason: "dropped" });
+    assert.ok(catchUps > catchUpsBefore, `catch-ups after drops counted: ${catchUpsBefore} -> ${catchUps}`);
+    assert.ok(await metric("tidings_catch_up_events_total") > 0, "catch-up delivered events");
     assert.equal(s.connected, true);
-    t.diagnostic(`payments ${N}, burst rounds ${attempts}, dropped on D ${dropped} (at the check), seq jumps seen ${client.gaps}, resubscribes ${client.resubscribes}, payment events received ${recorded(s, "payment").length}, tail payments ${tails}; timeline: ${timeline()}`);
+    t.diagnostic(`payments ${N}, burst rounds ${attempts}, dropped on D ${dropped} (at the check), catch-ups ${catchUps - catchUpsBefore}, payment events received ${recorded(s, "payment").length}`);
   })());
+});
+
+describe("Redis restarted from an older snapshot (the rollback path), and forged sinces", () => {
+  let redis;
+  let nodes = [];
+  const sockets = [];
+  before(async () => {
+    redis = await startRedis();
+    nodes = await startNodes(2, redis.url);
+  });
+  after(async () => {
+    closeAll(sockets);
+    await stopNodes(nodes);
+    await redis?.stop();
+  });
+  const open = async (node) => {
+    const s = await connect(node.url, WS);
+    sockets.push(s);
+    return s;
+  };
+  const epochOf = (id) => BigInt(id.split("-")[0]);
+
+  test("a forged since changes nothing for anyone else", withLogs(() => nodes, async () => {
+    const [A, B] = nodes;
+    const id = uid("forged");
+    const s = await open(A);
+    await subscribe(s, id);
+    const [r1] = await ingestOk(B.url, payment(id));
+    await waitFor(s, "payment", (p) => p.id === r1.id);
+    const forger = await open(B);
+    forger.emit("subscribe", { trackingId: id, since: `${epochOf(r1.id)}-999` });
+    assertError(await waitFor(forger, "error"), "INVALID_SINCE");
+    forger.emit("subscribe", { trackingId: id, since: `${Date.now() + 3600000}-1` });
+    assertError(await waitFor(forger, "error"), "INVALID_SINCE");
+    // An epoch this history could have had but does not: a lost history,
+    // for the forger alone.
+    await subscribe(forger, id, { since: `${epochOf(r1.id) - 1n}-7` });
+    assertError(await waitFor(forger, "error"), "HISTORY_TRUNCATED");
+    const [r2] = await ingestOk(A.url, payment(id));
+    assert.equal(r2.id, `${epochOf(r1.id)}-2`, "the history goes on: same epoch, next seq");
+    await waitFor(s, "payment", (p) => p.id === r2.id);
+    assert.deepEqual(recorded(s, "error"), [], "no warning for the honest subscriber");
+  }));
+
+  test("no id is issued twice: the still-connected subscriber is warned, new ids start a new epoch, a since from before is truncated", withLogs(() => nodes, async () => {
+    const [A, B] = nodes;
+    const id = uid("rollback");
+    const s = await open(A);
+    await subscribe(s, id);
+    const p1 = payment(id);
+    const p2 = payment(id);
+    const p3 = payment(id);
+    const [r1, r2] = await ingestOk(B.url, [p1, p2]);
+    assert.equal(await redis.cli("SAVE"), "OK");
+    const snapshot = path.join(redis.dir, "older.rdb");
+    copyFileSync(path.join(redis.dir, "dump.rdb"), snapshot);
+    const [r3] = await ingestOk(B.url, p3);
+    await waitFor(s, "payment", (p) => p.id === r3.id);
+
+    // Redis dies and comes back from the older snapshot: p3 is gone.
+    await redis.kill();
+    copyFileSync(snapshot, path.join(redis.dir, "dump.rdb"));
+    rmSync(snapshot);
+    await redis.restart();
+    assert.equal(await redis.cli("HGET", `tidings:{${id}}:meta`, "seq"), "2", "the snapshot has seq 2");
+
+    // The node that delivered p3 finds its history lost, and says so.
+    const warning = await waitFor(s, "error", (e) => e.data?.trackingId === id, 15000);
+    assertError(warning, "HISTORY_TRUNCATED");
+
+    const p4 = payment(id);
+    const res4 = await ingest(B.url, p4, { timeoutMs: 15000 });
+    assert.equal(res4.status, 202, res4.text);
+    const [r4] = res4.body.data;
+    assert.notEqual(r4.id, r3.id, "p3's id is not issued again");
+    assert.ok(epochOf(r4.id) > epochOf(r3.id), `a new epoch: ${r4.id} after ${r3.id}`);
+    assert.equal(r4.seq, 1);
+    const got4 = await waitFor(s, "payment", (p) => p.data.signature === p4.signature, 5000);
+    assertPayment(got4, p4, r4);
+
+    // Retries: p2 survived in the snapshot (duplicate, original id); p3's
+    // acceptance was lost with it, so it is stored again, in the new history.
+    const retry = await ingestOk(A.url, [p2, p3]);
+    assert.deepEqual([retry[0].id, retry[0].duplicate], [r2.id, true]);
+    assert.equal(retry[1].duplicate, false);
+    assert.notEqual(retry[1].id, r3.id);
+    assert.equal(epochOf(retry[1].id), epochOf(r4.id));
+
+    // A client coming back with any since from before the loss: truncated, never invalid.
+    for (const since of [r3.id, r2.id, r1.id]) {
+      const t = await open(A);
+      const ack = await subscribe(t, id, { since });
+      assert.deepEqual(ack.position, { id: retry[1].id, seq: 2 });
+      assertError(await waitFor(t, "error"), "HISTORY_TRUNCATED");
+      await waitFor(t, "payment", (p) => p.id === retry[1].id);
+      assert.deepEqual(payments(t, id).map((p) => p.id), [r4.id, retry[1].id], `since ${since}: the new history`);
+      const bf = await backfill(B.url, { trackingId: id, since });
+      assert.equal(bf.status, 200, bf.text);
+      assert.equal(bf.body.truncated, true, `backfill since ${since}`);
+    }
+    const seen = payments(s, id).map((p) => p.id);
+    assert.equal(new Set(seen).size, seen.length, "the subscriber never got one id twice");
+  }));
+});
+
+describe("a multi-trackingId batch cut by a storage failure", () => {
+  let redis;
+  let nodes = [];
+  const sockets = [];
+  before(async () => {
+    redis = await startRedis();
+    nodes = await startNodes(1, redis.url);
+  });
+  after(async () => {
+    closeAll(sockets);
+    await stopNodes(nodes);
+    await redis?.stop();
+  });
+
+  test("503; each trackingId's payments stored and published whole or not at all; the same request retried stores the rest, the stored part answers duplicate", withLogs(() => nodes, async () => {
+    const [A] = nodes;
+    const [t1, t2, t3] = [uid("cut1"), uid("cut2"), uid("cut3")];
+    const s = await connect(A.url, WS);
+    sockets.push(s);
+    for (const t of [t1, t2, t3]) await subscribe(s, t);
+    // t2's history key holds a value of the wrong type: its append fails.
+    assert.equal(await redis.cli("SET", `tidings:{${t2}}:meta`, "not a hash"), "OK");
+    const body = [payment(t1), payment(t1), payment(t2), payment(t3)];
+    const cut = await ingest(A.url, body);
+    assertHttpError(cut, 503, "UNAVAILABLE");
+    assertRetryAfter(cut);
+    const stored = await backfill(A.url, { trackingId: t1 });
+    assert.deepEqual(stored.body.data.map((e) => e.data.signature), [body[0].signature, body[1].signature], "t1 stored whole");
+    assert.deepEqual((await backfill(A.url, { trackingId: t3 })).body.data, [], "t3, after the failure, not stored");
+
+    assert.equal(await redis.cli("DEL", `tidings:{${t2}}:meta`), "1");
+    const retried = await ingestOk(A.url, body);
+    assert.deepEqual(retried.map((r) => [r.trackingId, r.duplicate]),
+      [[t1, true], [t1, true], [t2, false], [t3, false]]);
+    assert.deepEqual(retried.slice(0, 2).map((r) => r.id), stored.body.data.map((e) => e.id), "the stored part keeps its ids");
+    await waitFor(s, "payment", (p) => p.data.trackingId === t3);
+    await waitFor(s, "payment", (p) => p.data.trackingId === t2);
+    const sigs = payments(s).map((p) => p.data.signature);
+    for (const item of body) {
+      assert.equal(sigs.filter((sig) => sig === item.signature).length, 1, `${item.trackingId} delivered exactly once`);
+    }
+  }));
+});
+
+describe("SIGTERM with an ingest in flight (Redis answering slowly)", () => {
+  let redis;
+  let proxy;
+  let node;
+  const sockets = [];
+  before(async () => {
+    redis = await startRedis();
+    proxy = await startRedisProxy(redis.port);
+    [node] = await startNodes(1, proxy.url);
+  });
+  after(async () => {
+    proxy?.release();
+    closeAll(sockets);
+    await stopNodes([node]);
+    await proxy?.stop();
+    await redis?.stop();
+  });
+
+  /** Resolves once a TCP connect to `port` is refused (bounded). */
+  async function refused(port, timeoutMs = 5000) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const outcome = await new Promise((resolve) => {
+        const c = net.connect({ port, host: "127.0.0.1" });
+        c.once("connect", () => { c.destroy(); resolve("accepted"); });
+        c.once("error", (err) => { c.destroy(); resolve(err.code); });
+      });
+      if (outcome === "ECONNREFUSED") return;
+      assert.ok(Date.now() < deadline, `connections to ${port} still ${outcome} ${timeoutMs} ms after SIGTERM`);
+      await pace(20);
+    }
+  }
+
+  test("unready and no new connection first, then the in-flight ingest finishes (202), then sockets close; exit 0; no reconnect to the dying node", withLogs(() => [node], async () => {
+    const id = uid("drain");
+    const s = makeSocket(node.url, { ...WS, reconnection: true, reconnectionDelay: 1, reconnectionDelayMax: 10 });
+    sockets.push(s);
+    let connects = 0;
+    const timeline = [];
+    s.on("connect", () => { connects++; timeline.push("connect"); });
+    s.on("disconnect", (reason) => timeline.push(`disconnect:${reason}`));
+    await withTimeout(new Promise((resolve, reject) => { s.once("connect", resolve); s.once("connect_error", reject); }), 10000, "connect");
+    await subscribe(s, id);
+
+    proxy.hold();
+    const sent = proxy.seen(/EVALSHA|EVAL/);
+    const inflight = ingest(node.url, payment(id), { timeoutMs: 15000 }).then((res) => { timeline.push(`ingest:${res.status}`); return res; });
+    await sent; // the ingest waits on Redis
+    node.proc.kill("SIGTERM");
+    await refused(node.port);
+    timeline.push("refused");
+    assert.equal(s.connected, true, `sockets stay until in-flight ingest is done: ${timeline}`);
+    proxy.release();
+    const res = await inflight;
+    assert.equal(res.status, 202, `the in-flight ingest completes: ${res.status} ${res.text}`);
+    const exit = await withTimeout(node.exited, 15000, "the node exits");
+    assert.deepEqual(exit, { code: 0, signal: null });
+    await waitUntil(s, () => timeline.some((e) => e.startsWith("disconnect")), 5000, () => timeline.join(" "), "disconnect");
+    assert.deepEqual(timeline.slice(0, 4), ["connect", "refused", "ingest:202", "disconnect:transport close"], timeline.join(" "));
+    assert.equal(connects, 1, `never reconnected to the dying node: ${timeline}`);
+  }));
 });

@@ -8,6 +8,7 @@ import {
   recorded, payment, uid, futureId, assertAck, assertError, assertHttpError, assertPayment,
   assertKeys, backfill, closeAll,
 } from "./lib/harness.mjs";
+import { freePort } from "./lib/cluster.mjs";
 
 const WS = { transports: ["websocket"] };
 
@@ -127,6 +128,65 @@ describe("HISTORY_TRUNCATED after a restart (history lost)", () => {
     assert.equal(bf.status, 200, bf.text);
     assert.equal(bf.body.truncated, true, "backfill with a since from the lost history is truncated");
     assert.deepEqual(bf.body.data.map((e) => e.seq), [1, 2]);
+  });
+
+  test("after a burst of 30,000 new trackingIds, a restart on the same port: a since from before is truncated (never INVALID_SINCE) and no id is issued again", async () => {
+    const port = await freePort();
+    const args = ["--listen", `127.0.0.1:${port}`, "--ingest-token", "test-token", "--log-format", "json"];
+    const first = await startServer([], {}, { baseArgs: args });
+    started.push(first);
+    const run = uid("burst");
+    let last;
+    for (let b = 0; b < 30; b++) {
+      const batch = Array.from({ length: 1000 }, (_, i) => payment(`${run}-${b}-${i}`));
+      last = (await ingestOk(first.url, batch)).at(-1);
+    }
+    const tid = last.trackingId;
+    assert.equal(last.seq, 1);
+    assert.equal((await first.stop("SIGKILL")).signal, "SIGKILL");
+
+    const second = await startServer([], {}, { baseArgs: args });
+    started.push(second);
+    const s = await connect(second.url, WS);
+    sockets.push(s);
+    const ack = await emitWithAck(s, "subscribe", { trackingId: tid, since: last.id });
+    assertAck(ack, "subscribe", tid);
+    assertError(await waitFor(s, "error"), "HISTORY_TRUNCATED");
+    const [next] = await ingestOk(second.url, payment(tid));
+    assert.notEqual(next.id, last.id, "the id the client holds is not issued again");
+    assert.ok(BigInt(next.id.split("-")[0]) > BigInt(last.id.split("-")[0]), `a larger epoch: ${next.id} after ${last.id}`);
+    assert.equal((await waitFor(s, "payment", (p) => p.data.trackingId === tid)).id, next.id);
+    assert.deepEqual(eventLog(s), ["ack", "error:HISTORY_TRUNCATED", `payment:${tid}#1`]);
+    const bf = await backfill(second.url, { trackingId: tid, since: next.id });
+    assert.equal(bf.status, 200, bf.text);
+    assert.deepEqual([bf.body.data.length, bf.body.truncated], [0, false]);
+  });
+});
+
+describe("acceptance time", () => {
+  let server;
+  before(async () => { server = await startServer(); });
+  after(async () => { await server?.stop(); });
+
+  test("envelope timestamps never decrease along a trackingId's history, also under concurrent multi-trackingId batches", async () => {
+    const id = uid("clock");
+    const others = (n) => Array.from({ length: n }, () => payment(uid("other")));
+    // Big batches spend a while on other trackingIds before reaching ours,
+    // while single payments for ours keep arriving.
+    const requests = [];
+    for (let i = 0; i < 20; i++) {
+      requests.push(ingestOk(server.url, [...others(800), payment(id)]));
+      requests.push(ingestOk(server.url, payment(id)));
+    }
+    await Promise.all(requests);
+    const bf = await backfill(server.url, { trackingId: id, limit: 1000 });
+    assert.equal(bf.status, 200, bf.text);
+    const events = bf.body.data;
+    assert.equal(events.length, 40);
+    for (let i = 1; i < events.length; i++) {
+      assert.ok(events[i].timestamp >= events[i - 1].timestamp,
+        `seq ${events[i].seq} accepted at ${events[i].timestamp}, before seq ${events[i - 1].seq} at ${events[i - 1].timestamp}`);
+    }
   });
 });
 

@@ -58,10 +58,11 @@ for (const setup of TRANSPORT_SETUPS) {
       const id = uid("sub");
       s.emit("subscribe", { trackingId: id });
       const ack = await waitFor(s, "ack");
-      assertKeys(ack, ["type", "data", "timestamp"], "ack");
+      assertKeys(ack, ["type", "data", "timestamp", "position"], "ack");
       assert.equal(ack.type, "ack");
       assert.equal(ack.data, `Subscribed to trackingId: ${id}`);
       assertMillisNow(ack.timestamp, "ack timestamp");
+      assert.deepEqual(ack.position, { id: null, seq: 0 }, "no history yet: position { id: null, seq: 0 }");
       assert.equal(recorded(s, "error").length, 0, "no error event");
     });
 
@@ -191,7 +192,12 @@ for (const setup of TRANSPORT_SETUPS) {
       const mine = res.filter((r) => r.trackingId === id);
       assert.deepEqual(mine.map((r) => r.seq), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "contiguous seqs in request order");
       assert.deepEqual(res.filter((r) => r.trackingId === other).map((r) => r.seq), [1, 2]);
-      assert.equal(new Set(res.map((r) => r.id)).size, res.length, "ids are unique");
+      // Ids are unique within a trackingId (contract section 1); two
+      // trackingIds may share one.
+      for (const tid of [id, other]) {
+        const ids = res.filter((r) => r.trackingId === tid).map((r) => r.id);
+        assert.equal(new Set(ids).size, ids.length, `ids of ${tid} are unique`);
+      }
 
       await waitFor(s, "payment", (p) => p.data.trackingId === id && p.seq === 10);
       await waitFor(s, "payment", (p) => p.data.trackingId === other && p.seq === 2);

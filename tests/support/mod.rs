@@ -23,6 +23,14 @@ pub const TOKEN: &str = "test-token";
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// An HTTP client whose every request fails after [`WAIT`].
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .expect("an HTTP client")
+}
+
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -73,7 +81,7 @@ impl TestServer {
 
     /// Posts `body` to the ingest endpoint with the test token.
     pub async fn ingest(&self, body: &Value) -> (u16, Value) {
-        let res = reqwest::Client::new()
+        let res = http()
             .post(self.url("/v1/payments"))
             .bearer_auth(TOKEN)
             .json(body)
@@ -85,9 +93,14 @@ impl TestServer {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let res = reqwest::get(self.url(path)).await.expect("GET");
+        let (status, text) = self.get_text(path).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let res = http().get(self.url(path)).send().await.expect("GET");
         let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        (status, res.text().await.expect("a body"))
     }
 }
 

@@ -1,72 +1,89 @@
 //! A real `redis-server` process on a free port, started and stopped by the
-//! test that needs it.
+//! test that needs it, and a three-master Redis Cluster.
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `redis-server` child process; killed on drop.
+/// A `redis-server` child process; killed on drop. Its data directory
+/// outlives restarts, so a restart loads what `SAVE` wrote there.
 pub struct RedisServer {
     pub port: u16,
-    child: Child,
-    _dir: TempDir,
+    child: Option<Child>,
+    dir: TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
         for _ in 0..5 {
-            if let Some(server) = Self::try_start(free_port()) {
+            if let Some(server) = Self::try_start(free_port(), TempDir::new(), &[]) {
                 return server;
             }
         }
         panic!("redis-server did not start");
     }
 
-    /// Starts on a given port (e.g. to restart one that was stopped).
-    pub fn start_on(port: u16) -> RedisServer {
-        Self::try_start(port).expect("redis-server starts on its old port")
+    fn try_start(port: u16, dir: TempDir, extra: &[&str]) -> Option<RedisServer> {
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn().then_some(server)
     }
 
-    fn try_start(port: u16) -> Option<RedisServer> {
-        Self::try_start_with(port, &[])
-    }
-
-    fn try_start_with(port: u16, extra: &[&str]) -> Option<RedisServer> {
-        let dir = TempDir::new();
-        {
-            let mut child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .args(extra)
-                .arg("--dir")
-                .arg(&dir.0)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server runs (apt-get install redis-server)");
-            if wait_for_ping(port, Duration::from_secs(10)) {
-                return Some(RedisServer {
-                    port,
-                    child,
-                    _dir: dir,
-                });
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+    fn spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(&self.extra)
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        if wait_for_ping(self.port, Duration::from_secs(10)) {
+            self.child = Some(child);
+            return true;
         }
-        None
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the process (a crash): nothing is saved.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same port and directory: it loads
+    /// `dump.rdb` if there is one.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn() {
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Runs a redis-cli command against this server.
@@ -121,11 +138,11 @@ impl RedisCluster {
     }
 
     fn node(port: u16) -> Option<RedisServer> {
-        let conf =
-            std::env::temp_dir().join(format!("tidings-nodes-{port}-{}.conf", std::process::id()));
-        let conf = conf.to_string_lossy().into_owned();
-        RedisServer::try_start_with(
+        let dir = TempDir::new();
+        let conf = dir.0.join("nodes.conf").to_string_lossy().into_owned();
+        RedisServer::try_start(
             port,
+            dir,
             &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
         )
     }
@@ -137,8 +154,7 @@ impl RedisCluster {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -164,13 +180,15 @@ fn wait_for_ping(port: u16, within: Duration) -> bool {
 }
 
 /// A temporary directory, removed on drop.
-struct TempDir(std::path::PathBuf);
+struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = std::env::temp_dir().join(format!(
-            "tidings-redis-{}-{}",
+            "tidings-redis-{}-{}-{}",
             std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())

@@ -234,12 +234,17 @@ export async function startRedis({ cluster = false } = {}) {
   const handle = {
     port,
     url: `redis://127.0.0.1:${port}`,
+    /** The data directory: `SAVE` writes dump.rdb here, and restart() loads it. */
+    dir,
     get pid() { return child.proc.pid; },
     output: () => child.output(),
     cli: (...args) => redisCli(port, ...args),
     /** SIGKILLs the server (a crash) and awaits its exit. */
     async kill() { return terminate(child, "SIGKILL"); },
-    /** Starts a new, empty redis-server on the same port and waits for PONG. */
+    /**
+     * SIGKILLs the server and starts a new one on the same port and
+     * directory, which loads dump.rdb if there is one (else starts empty).
+     */
     async restart() {
       await terminate(child, "SIGKILL");
       ({ child } = await spawnRedis({ port, dir, attempts: 10 }));
@@ -353,19 +358,26 @@ export function logLines(node, re = /"level":"(WARN|ERROR)"|panicked/, max = 20)
   return lines.slice(-max).join("\n");
 }
 
-/** Sums the samples of a Prometheus metric (every label set) in `/metrics` text. */
-export function metricValue(text, name) {
+/**
+ * Sums the samples of a Prometheus metric in `/metrics` text: every label
+ * set, or only those carrying every label of `labels` ({ reason: "gap" }).
+ * Null when no sample matches.
+ */
+export function metricValue(text, name, labels = {}) {
   let sum = null;
   const re = new RegExp(`^${name}(\\{[^}]*\\})?\\s+([0-9.eE+-]+|NaN|[+-]Inf)\\s*(\\d+)?$`, "gm");
-  for (const m of text.matchAll(re)) sum = (sum ?? 0) + Number(m[2]);
+  for (const m of text.matchAll(re)) {
+    const set = m[1] ?? "";
+    if (Object.entries(labels).every(([k, v]) => set.includes(`${k}="${v}"`))) sum = (sum ?? 0) + Number(m[2]);
+  }
   return sum;
 }
 
 /** GETs a node's /metrics and returns the (summed) value of `name`, or null when absent. */
-export async function readMetric(url, name) {
+export async function readMetric(url, name, labels = {}) {
   const r = await httpGet(`${url}/metrics`);
   assert.equal(r.status, 200, `GET /metrics: ${r.status} ${r.text.slice(0, 300)}`);
-  return { value: metricValue(r.text, name), text: r.text };
+  return { value: metricValue(r.text, name, labels), text: r.text };
 }
 
 // ---------------------------------------------------------------------------

@@ -101,15 +101,36 @@ export function assertKeys(obj, keys, what = "object") {
   assert.deepEqual(Object.keys(obj).sort(), [...keys].sort(), `${what} keys`);
 }
 
-/** Asserts an `ack` envelope for subscribe/unsubscribe of `trackingId`. */
+/**
+ * Asserts an `ack` envelope for subscribe/unsubscribe of `trackingId`. A
+ * subscribe's ack carries `position: { id, seq }`: the trackingId's last
+ * stored event (`{ id: null, seq: 0 }` without history).
+ */
 export function assertAck(env, kind, trackingId) {
-  assertKeys(env, ["type", "data", "timestamp"], "ack envelope");
+  if (kind === "subscribe") {
+    assertKeys(env, ["type", "data", "timestamp", "position"], "subscribe ack envelope");
+    assertPosition(env.position);
+  } else {
+    assertKeys(env, ["type", "data", "timestamp"], "unsubscribe ack envelope");
+  }
   assert.equal(env.type, "ack");
   const text = kind === "subscribe"
     ? `Subscribed to trackingId: ${trackingId}`
     : `Unsubscribed from trackingId: ${trackingId}`;
   assert.equal(env.data, text);
   assertMillisNow(env.timestamp, "ack timestamp");
+}
+
+/** Asserts the shape of a subscribe ack's `position`. */
+export function assertPosition(position) {
+  assertKeys(position, ["id", "seq"], "ack position");
+  assert.ok(Number.isInteger(position.seq) && position.seq >= 0, `position.seq: ${JSON.stringify(position)}`);
+  if (position.seq === 0) {
+    assert.equal(position.id, null, `position.id is null at seq 0: ${JSON.stringify(position)}`);
+  } else {
+    assert.match(position.id, /^\d+-\d+$/, `position.id: ${JSON.stringify(position)}`);
+    assert.equal(position.id.split("-")[1], String(position.seq), `position id and seq agree: ${JSON.stringify(position)}`);
+  }
 }
 
 /** Asserts an `error` envelope with `code`. */

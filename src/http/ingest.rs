@@ -1,6 +1,10 @@
 //! Ingest (contract section 3): where a payment enters. `POST /v1/payments`
 //! authenticates the backend, validates every item, then stores and
-//! publishes them through the [`HistoryStore`](crate::store::HistoryStore).
+//! publishes them through the [`HistoryStore`](crate::store::HistoryStore),
+//! one trackingId at a time: each trackingId's payments of a request are
+//! stored whole or not at all; a request spanning several may be cut by a
+//! storage failure (`503`) after some of them, and a retry of the same
+//! request is then safe (what was stored answers `duplicate`).
 
 use std::collections::HashMap;
 
@@ -15,12 +19,13 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::api::{ApiError, AppState};
+use super::error::{ApiError, Detail};
+use super::state::AppState;
 use crate::model::{
     DedupeKey, ErrorCode, EventId, MAX_SAFE_INTEGER, NewPayment, PaymentData, PaymentStatus,
-    check_tracking_id, now_ms,
+    check_tracking_id,
 };
-use crate::store::{Appended, StoreError};
+use crate::store::Appended;
 use crate::telemetry;
 
 /// Largest accepted `timestamp`: 9999-12-31T23:59:59Z in seconds. A value
@@ -71,17 +76,9 @@ struct Accepted {
     duplicate: bool,
 }
 
-/// One bad field of one item.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Detail {
-    pub index: usize,
-    /// The field, or `null` when the item itself is wrong (not an object).
-    pub field: Option<String>,
-    pub message: String,
-}
-
 /// `POST /v1/payments`.
 pub async fn ingest(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let _in_flight = app.ingest_started();
     let response = match accept(&app, &headers, body).await {
         Ok(accepted) => (
             StatusCode::ACCEPTED,
@@ -110,7 +107,6 @@ async fn accept(
     let items = parse_items(&bytes, app.max_batch)?;
     let payments = validate(&items)?;
 
-    let accepted_ms = now_ms();
     let mut out: Vec<Option<Accepted>> = (0..payments.len()).map(|_| None).collect();
     for Group {
         tracking_id,
@@ -119,17 +115,10 @@ async fn accept(
     } in group_by_tracking_id(payments)
     {
         let tracking_id = tracking_id.as_str();
-        let outcomes = app
-            .store
-            .append(tracking_id, &group, accepted_ms)
-            .await
-            .map_err(|err| match err {
-                StoreError::Unavailable(_) => {
-                    tracing::warn!(tracking_id, error = %err, "ingest failed: storage unavailable");
-                    ApiError::unavailable("Storage is unavailable; retry the same request")
-                }
-                StoreError::InvalidSince => ApiError::internal(),
-            })?;
+        let outcomes = app.store.append(tracking_id, &group).await.map_err(|err| {
+            tracing::warn!(tracking_id, "ingest stopped: {err}");
+            ApiError::from(err)
+        })?;
         for (&index, outcome) in indices.iter().zip(outcomes) {
             let id = outcome.id();
             let counter = match outcome {
@@ -145,17 +134,15 @@ async fn accept(
             });
         }
     }
-    if let Some(deliveries) = &app.local_deliveries {
-        deliveries.flush().await;
+    if let Some(publications) = &app.local_publications {
+        publications.flush().await;
     }
     Ok(out.into_iter().flatten().collect())
 }
 
 fn authorize(tokens: &IngestTokens, headers: &HeaderMap) -> Result<(), ApiError> {
     if tokens.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
+        return Err(ApiError::unauthorized(
             "Ingest is disabled: the server has no --ingest-token",
         ));
     }
@@ -168,14 +155,8 @@ fn authorize(tokens: &IngestTokens, headers: &HeaderMap) -> Result<(), ApiError>
         });
     match presented {
         Some(token) if tokens.accepts(token) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "Invalid ingest token",
-        )),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
+        Some(_) => Err(ApiError::unauthorized("Invalid ingest token")),
+        None => Err(ApiError::unauthorized(
             "Missing Authorization: Bearer <ingest token>",
         )),
     }
@@ -378,7 +359,6 @@ fn optional_key(
     }
 }
 
-/// Item indices per trackingId, trackingIds in order of first appearance.
 /// One trackingId's items of a request: their indices in the request and
 /// the payments themselves, in request order.
 struct Group {

@@ -1,0 +1,78 @@
+//! Backfill over REST (contract section 4): `GET /v1/events`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::model::{ErrorCode, EventId, check_tracking_id};
+
+/// Default and largest page of `GET /v1/events`.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    #[serde(rename = "trackingId")]
+    tracking_id: Option<String>,
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventsPage {
+    data: Vec<Arc<RawValue>>,
+    has_more: bool,
+    truncated: bool,
+}
+
+/// `GET /v1/events?trackingId=&since=&limit=`: the retained `payment`
+/// envelopes after `since`, exactly as sockets receive them.
+pub async fn events(
+    State(app): State<AppState>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid_payload(e.body_text()))?;
+    let tracking_id = q.tracking_id.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidTrackingId,
+            "trackingId is required",
+        )
+    })?;
+    check_tracking_id(&tracking_id)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidTrackingId, m))?;
+    let since = match q.since.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(
+            s.parse::<EventId>()
+                .map_err(|_| ApiError::from(crate::store::StoreError::InvalidSince))?,
+        ),
+    };
+    let limit = match q.limit.as_deref() {
+        None => DEFAULT_PAGE,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n >= 1 => n.min(MAX_PAGE),
+            _ => {
+                return Err(ApiError::invalid_payload(format!(
+                    "limit must be an integer from 1 to {MAX_PAGE}"
+                )));
+            }
+        },
+    };
+    let page = app.store.read(&tracking_id, since, limit).await?;
+    Ok(Json(EventsPage {
+        data: page.events.into_iter().map(|e| e.envelope).collect(),
+        has_more: page.has_more,
+        truncated: page.truncated,
+    })
+    .into_response())
+}

@@ -1,0 +1,94 @@
+//! [`App`]: what the HTTP handlers share, handed to them as axum state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Notify;
+
+use super::ingest::IngestTokens;
+use crate::store::{HistoryStore, Publications};
+
+/// What the HTTP handlers share.
+pub struct App {
+    pub store: Arc<dyn HistoryStore>,
+    pub ingest_tokens: IngestTokens,
+    pub max_body: usize,
+    pub max_batch: usize,
+    pub metrics: PrometheusHandle,
+    /// On a single node, ingest waits until the hub has handled what it
+    /// published before answering.
+    pub local_publications: Option<Publications>,
+    shutting_down: AtomicBool,
+    ingests: InFlight,
+}
+
+pub type AppState = Arc<App>;
+
+impl App {
+    pub fn new(
+        store: Arc<dyn HistoryStore>,
+        ingest_tokens: IngestTokens,
+        max_body: usize,
+        max_batch: usize,
+        metrics: PrometheusHandle,
+        local_publications: Option<Publications>,
+    ) -> Self {
+        App {
+            store,
+            ingest_tokens,
+            max_body,
+            max_batch,
+            metrics,
+            local_publications,
+            shutting_down: AtomicBool::new(false),
+            ingests: InFlight::default(),
+        }
+    }
+
+    /// From now on ingest answers `503` and `/readyz` is unready.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Marks an ingest request in flight until the guard is dropped.
+    pub fn ingest_started(&self) -> InFlightGuard<'_> {
+        self.ingests.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(&self.ingests)
+    }
+
+    /// Resolves once no ingest request is in flight.
+    pub async fn ingests_finished(&self) {
+        loop {
+            let idle = self.ingests.idle.notified();
+            let mut idle = std::pin::pin!(idle);
+            idle.as_mut().enable();
+            if self.ingests.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// Requests in flight, and a wake-up when the last one ends.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// One request in flight.
+pub struct InFlightGuard<'a>(&'a InFlight);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}

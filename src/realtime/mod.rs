@@ -1,0 +1,110 @@
+//! The Socket.IO protocol (contract section 1): `subscribe` and
+//! `unsubscribe` in, `ack` and `error` out; payments go out through the
+//! [`Hub`].
+//!
+//! - [`protocol`]: payload checks and replies.
+//! - [`session`]: one socket's commands, in order, with its limits.
+//!
+//! socketioxide answers the client's connect before the connect handler
+//! runs, so event handlers registered there could miss an event sent right
+//! after connecting. Ours are registered in a connect *middleware*, which
+//! runs before the answer.
+
+mod protocol;
+mod session;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::Quota;
+use governor::clock::QuantaClock;
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+
+use crate::hub::Hub;
+use crate::telemetry;
+use session::{Command, Op, Session};
+
+/// What the protocol handlers share, for every socket.
+pub struct Realtime {
+    pub hub: Arc<Hub>,
+    pub max_subscriptions: usize,
+    pub rate: Quota,
+    /// One clock for every socket's rate limiter: creating a clock per
+    /// socket reads the CPU's identification each time, a measurable cost
+    /// in a connect storm.
+    clock: QuantaClock,
+}
+
+impl Realtime {
+    pub fn new(hub: Arc<Hub>, max_subscriptions: usize, per_second: u32, burst: u32) -> Self {
+        let per_second = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        Realtime {
+            hub,
+            max_subscriptions,
+            rate: Quota::per_second(per_second).allow_burst(burst),
+            clock: QuantaClock::default(),
+        }
+    }
+}
+
+/// Registers the namespace `/` and its handlers on `io`.
+pub fn register(io: &SocketIo, realtime: Arc<Realtime>) {
+    let attaching = realtime.clone();
+    let middleware = move |socket: SocketRef| {
+        attach(&socket, attaching.clone());
+        std::future::ready(Ok::<(), std::convert::Infallible>(()))
+    };
+    // socketioxide sends the connect answer, then marks the socket
+    // connected, then calls this: a command that arrived in between waited
+    // in the session, since nothing can be emitted to the socket before.
+    let on_connect = move |socket: SocketRef| {
+        tracing::debug!(socket_id = %socket.id, transport = ?socket.transport_type(), "socket connected");
+        if let Some(session) = socket.extensions.get::<Arc<Session>>() {
+            session.connected(&realtime, socket);
+        }
+        std::future::ready(())
+    };
+    io.ns("/", on_connect.with(middleware));
+}
+
+/// Sets up one socket: its session and event handlers.
+fn attach(socket: &SocketRef, realtime: Arc<Realtime>) {
+    metrics::gauge!(telemetry::SOCKETS).increment(1.0);
+    let session = Arc::new(Session::new(realtime.rate, &realtime.clock));
+    socket.extensions.insert(session.clone());
+    for op in [Op::Subscribe, Op::Unsubscribe] {
+        let (session, realtime) = (session.clone(), realtime.clone());
+        socket.on(
+            op.event(),
+            move |s: SocketRef, TryData(payload): TryData<Value>, ack: AckSender| {
+                // Runs in arrival order, before socketioxide spawns a task.
+                session.receive(
+                    &realtime,
+                    s,
+                    Command {
+                        op,
+                        payload: payload.ok(),
+                        ack,
+                    },
+                );
+                std::future::ready(())
+            },
+        );
+    }
+    socket.on_disconnect(move |s: SocketRef| {
+        let held = session.close();
+        metrics::gauge!(telemetry::SOCKETS).decrement(1.0);
+        metrics::gauge!(telemetry::SUBSCRIPTIONS).decrement(held.len() as f64);
+        tracing::debug!(socket_id = %s.id, "socket disconnected");
+        let hub = realtime.hub.clone();
+        async move {
+            for tid in held {
+                hub.unsubscribe(&s, &tid).await;
+            }
+        }
+    });
+}
