@@ -35,9 +35,9 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_REDIS_CLUSTER", requires = "redis_url")]
     pub redis_cluster: bool,
 
-    /// Payments that may wait for delivery to this node's sockets; beyond it
-    /// a payment is dropped for them (logged and counted) and clients
-    /// recover it with `since`.
+    /// Publications that may wait for delivery to this node's sockets;
+    /// beyond it one is dropped (logged and counted) and the node reads it
+    /// back from the history and delivers it itself.
     #[arg(long, env = "TIDINGS_DELIVERY_BUFFER", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub delivery_buffer: u64,
 
