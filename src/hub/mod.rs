@@ -417,6 +417,21 @@ impl Hub {
             Some(cursor) if !live.catching_up => cursor,
             _ => return live.hold(event),
         };
+        if let Err(event) = self.follow(topic, live, cursor, event) {
+            live.hold(event);
+            self.want_catch_up(topic, live, "gap", false);
+        }
+    }
+
+    /// Delivers `event` if it follows `cursor` (announcing a history that
+    /// started afresh), skips it if it is old; hands it back on a gap.
+    fn follow(
+        &self,
+        topic: &Topic,
+        live: &mut Live,
+        cursor: Position,
+        event: Event,
+    ) -> Result<(), Event> {
         match step(cursor, event.0) {
             Step::Old => {}
             Step::Next => self.deliver(topic, live, event),
@@ -424,11 +439,9 @@ impl Hub {
                 self.announce_gap(topic, live, "its history started afresh");
                 self.deliver(topic, live, event);
             }
-            Step::Gap => {
-                live.hold(event);
-                self.want_catch_up(topic, live, "gap", false);
-            }
+            Step::Gap => return Err(event),
         }
+        Ok(())
     }
 
     /// Hands the next event to the room and to every pending socket's
@@ -468,17 +481,9 @@ impl Hub {
                 live.held.push_front(event);
                 return false;
             };
-            match step(cursor, event.0) {
-                Step::Old => {}
-                Step::Next => self.deliver(topic, live, event),
-                Step::Restart => {
-                    self.announce_gap(topic, live, "its history started afresh");
-                    self.deliver(topic, live, event);
-                }
-                Step::Gap => {
-                    live.held.push_front(event);
-                    return false;
-                }
+            if let Err(event) = self.follow(topic, live, cursor, event) {
+                live.held.push_front(event);
+                return false;
             }
         }
         !std::mem::take(&mut live.held_overflow)

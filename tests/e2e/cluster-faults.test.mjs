@@ -10,21 +10,10 @@ import {
 import { copyFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { startRedis, startNodes, stopNodes, logLines, readMetric, waitUntil, pace } from "./lib/cluster.mjs";
+import { startRedis, startNodes, stopNodes, readMetric, waitUntil, pace, withLogs } from "./lib/cluster.mjs";
 import { startRedisProxy } from "./lib/redisproxy.mjs";
 
 const WS = { transports: ["websocket"] };
-
-function withLogs(nodes, fn) {
-  return async () => {
-    try {
-      await fn();
-    } catch (err) {
-      err.message += `\n--- node logs (WARN/ERROR) ---\n${nodes().filter(Boolean).map((n, i) => `[node ${i}]\n${logLines(n)}`).join("\n")}`;
-      throw err;
-    }
-  };
-}
 
 /** Asserts a Retry-After header: delay-seconds (a non-negative integer) or an HTTP date. */
 function assertRetryAfter(res) {

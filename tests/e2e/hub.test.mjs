@@ -11,20 +11,16 @@ import {
   startServer, ingestOk, connect, waitFor, subscribe, unsubscribe, payments, recorded, payment, uid,
   closeAll, assertError,
 } from "./lib/harness.mjs";
-import { startRedis, startNodes, stopNodes, logLines, readMetric, waitUntil } from "./lib/cluster.mjs";
+import { startRedis, startNodes, stopNodes, readMetric, waitUntil, withLogs } from "./lib/cluster.mjs";
 import { startRedisProxy } from "./lib/redisproxy.mjs";
 
 const WS = { transports: ["websocket"] };
 
-function withLogs(nodes, fn) {
-  return async () => {
-    try {
-      await fn();
-    } catch (err) {
-      err.message += `\n--- node logs (WARN/ERROR) ---\n${nodes().filter(Boolean).map((n, i) => `[node ${i}]\n${logLines(n)}`).join("\n")}`;
-      throw err;
-    }
-  };
+/** Connects to `node`, keeping the socket in `sockets` for the after hook. */
+async function openIn(sockets, node) {
+  const s = await connect(node.url, WS);
+  sockets.push(s);
+  return s;
 }
 
 describe("one node's Redis answers slowly, or is cut off (A through a proxy, B direct)", () => {
@@ -33,11 +29,7 @@ describe("one node's Redis answers slowly, or is cut off (A through a proxy, B d
   let A;
   let B;
   const sockets = [];
-  const open = async (node) => {
-    const s = await connect(node.url, WS);
-    sockets.push(s);
-    return s;
-  };
+  const open = (node) => openIn(sockets, node);
   before(async () => {
     redis = await startRedis();
     proxy = await startRedisProxy(redis.port);
@@ -138,11 +130,7 @@ describe("the ack's position", () => {
   let redis;
   let nodes = [];
   const sockets = [];
-  const open = async (node) => {
-    const s = await connect(node.url, WS);
-    sockets.push(s);
-    return s;
-  };
+  const open = (node) => openIn(sockets, node);
   before(async () => {
     server = await startServer(["--history-limit", "2"]);
     redis = await startRedis();

@@ -352,6 +352,21 @@ export async function stopNodes(nodes) {
   await Promise.all((nodes ?? []).filter(Boolean).map((s) => s.stop("SIGTERM", 8000).catch(() => {})));
 }
 
+/**
+ * Wraps a test body so that a failure's message ends with the WARN/ERROR
+ * log lines of the nodes `nodes()` returns.
+ */
+export function withLogs(nodes, fn) {
+  return async () => {
+    try {
+      await fn();
+    } catch (err) {
+      err.message += `\n--- node logs (WARN/ERROR) ---\n${nodes().filter(Boolean).map((n, i) => `[node ${i}]\n${logLines(n)}`).join("\n")}`;
+      throw err;
+    }
+  };
+}
+
 /** Log lines of a node matching `re`, for failure messages. */
 export function logLines(node, re = /"level":"(WARN|ERROR)"|panicked/, max = 20) {
   const lines = node.logs().split("\n").filter((l) => re.test(l));
