@@ -478,3 +478,66 @@ async fn redis_cluster_store_keeps_the_guarantees() {
         assert_eq!(mine, vec![1, 2], "{id}");
     }
 }
+
+/// On a Redis Cluster, a killed pub/sub connection is signalled, and
+/// listening again to every trackingId at once (as the hub does) restores
+/// every channel, on the one connection redis-rs keeps per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cluster_pubsub_connection_is_restored_for_every_channel() {
+    let cluster = RedisCluster::start();
+    let (publications, mut rx) = Publications::channel(10_000);
+    let store = Arc::new(
+        RedisStore::connect(
+            &RedisTarget::Cluster(cluster.seeds()),
+            retention(100),
+            publications,
+        )
+        .await
+        .expect("connects"),
+    );
+    let ids: Vec<String> = (0..12).map(|i| format!("kill-{i}")).collect();
+    for id in &ids {
+        store.listen(id).await.unwrap();
+    }
+    for round in 0..4 {
+        let node = &cluster.nodes[round % 2];
+        node.cli(&["client", "kill", "type", "pubsub"]);
+        // The hub listens again as soon as it is told, for every
+        // trackingId at once.
+        assert!(matches!(next_signal(&mut rx).await, Signal::Resync));
+        let listens = ids.iter().map(|id| {
+            let store = store.clone();
+            async move { store.listen(id).await }
+        });
+        for result in futures_util::future::join_all(listens).await {
+            result.unwrap();
+        }
+        // Every channel has its one subscriber again.
+        for id in &ids {
+            let channel = format!("tidings:{{{id}}}:p");
+            let count: u32 = cluster
+                .nodes
+                .iter()
+                .map(|n| {
+                    n.cli(&["pubsub", "shardnumsub", &channel])
+                        .lines()
+                        .nth(1)
+                        .and_then(|c| c.parse::<u32>().ok())
+                        .unwrap_or(0)
+                })
+                .sum();
+            assert_eq!(count, 1, "round {round}: {channel} has {count} subscribers");
+        }
+    }
+    for id in &ids {
+        append(store.as_ref(), id, &["after"]).await;
+    }
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..ids.len() {
+        got.push(next_seq(&mut rx).await.0);
+    }
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want, "every channel delivers again");
+}

@@ -134,6 +134,9 @@ struct Live {
 struct Pending {
     buffered: Vec<Event>,
     overflow: bool,
+    /// For a socket that was in the room (a resubscribe): the cursor when
+    /// it left, where it stands if its read fails.
+    left_at: Option<Position>,
 }
 
 impl Live {
@@ -286,7 +289,14 @@ impl Hub {
                 if was_member {
                     socket.leave(topic.room.clone());
                 }
-                live.pending.insert(sid, Pending::default());
+                let left_at = live.cursor.filter(|_| was_member);
+                live.pending.insert(
+                    sid,
+                    Pending {
+                        left_at,
+                        ..Pending::default()
+                    },
+                );
                 was_member
             };
             drop(control);
@@ -682,29 +692,18 @@ impl Hub {
                 let Some(pending) = live.pending.get_mut(&socket.id) else {
                     return; // unsubscribed (disconnected) meanwhile
                 };
-                let mut missing = std::mem::take(&mut pending.overflow);
-                for (id, envelope) in std::mem::take(&mut pending.buffered) {
-                    match step(at, id) {
-                        Step::Old => {}
-                        Step::Next => {
-                            to_socket(socket, PAYMENT_EVENT, &*envelope);
-                            at = id.into();
-                        }
-                        Step::Restart => {
-                            warn_socket(
-                                socket,
-                                tid,
-                                format!("The history of trackingId {tid} started afresh"),
-                            );
-                            to_socket(socket, PAYMENT_EVENT, &*envelope);
-                            at = id.into();
-                        }
-                        Step::Gap => {
-                            missing = true;
-                            break;
-                        }
+                let overflow = std::mem::take(&mut pending.overflow);
+                let buffered = std::mem::take(&mut pending.buffered);
+                let missing = match send_following(socket, tid, at, buffered, Gaps::Stop) {
+                    Ok(after) => {
+                        at = after;
+                        overflow
                     }
-                }
+                    Err(before) => {
+                        at = before;
+                        true
+                    }
+                };
                 if !missing {
                     live.pending.remove(&socket.id);
                     if live.members.insert(socket.id) {
@@ -744,20 +743,64 @@ impl Hub {
         }
     }
 
-    /// A failed resubscribe: the socket gets what the room got meanwhile
-    /// and is back in the room, as if nothing happened.
+    /// A failed resubscribe: the socket gets what the room got meanwhile,
+    /// warnings included, and is back in the room, as if nothing happened.
     fn rejoin(&self, topic: &Topic, socket: &SocketRef) {
         let mut live = topic.live();
         let Some(pending) = live.pending.remove(&socket.id) else {
             return;
         };
-        for (_, envelope) in pending.buffered {
-            to_socket(socket, PAYMENT_EVENT, &*envelope);
-        }
+        let at = pending.left_at.unwrap_or_default();
+        let tid = topic.tracking_id.as_str();
+        // No gap can stop it: the room's own gaps were announced to the
+        // room, so they are announced here too.
+        let _ = send_following(socket, tid, at, pending.buffered, Gaps::Warn);
         if live.members.insert(socket.id) {
             socket.join(topic.room.clone());
         }
     }
+}
+
+/// What [`send_following`] does at a gap.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gaps {
+    /// Stop there: the caller reads what is missing.
+    Stop,
+    /// Warn the socket (`HISTORY_TRUNCATED`) and go on.
+    Warn,
+}
+
+/// Sends `socket` the buffered `events` that follow `at`, with a
+/// `HISTORY_TRUNCATED` warning before a history that started afresh (and,
+/// with [`Gaps::Warn`], before any gap). Returns where the socket now
+/// stands, or, with [`Gaps::Stop`], where it stood at the first gap.
+fn send_following(
+    socket: &SocketRef,
+    tid: &str,
+    mut at: Position,
+    events: Vec<Event>,
+    gaps: Gaps,
+) -> Result<Position, Position> {
+    for (id, envelope) in events {
+        match step(at, id) {
+            Step::Old => continue,
+            Step::Next => {}
+            Step::Restart => warn_socket(
+                socket,
+                tid,
+                format!("The history of trackingId {tid} started afresh"),
+            ),
+            Step::Gap if gaps == Gaps::Stop => return Err(at),
+            Step::Gap => warn_socket(
+                socket,
+                tid,
+                format!("Payments of trackingId {tid} may be missing and cannot be recovered"),
+            ),
+        }
+        to_socket(socket, PAYMENT_EVENT, &*envelope);
+        at = id.into();
+    }
+    Ok(at)
 }
 
 /// Delay between retries while the store is unreachable, doubling.

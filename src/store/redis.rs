@@ -124,6 +124,12 @@ pub struct RedisStore {
     /// Whether Redis's eviction policy was checked since it was last
     /// unreachable.
     config_checked: AtomicBool,
+    /// On a Redis Cluster, one subscribe or unsubscribe at a time:
+    /// redis-rs's cluster client, asked for several while it reconnects to
+    /// a node, opens one connection per request and keeps only one of them,
+    /// losing the others' subscriptions (seen by the checker; reproduced in
+    /// tests/store.rs).
+    subscribing: Option<tokio::sync::Mutex<()>>,
 }
 
 impl RedisStore {
@@ -185,7 +191,15 @@ impl RedisStore {
             append: Script::new(&format!("{HISTORY_LUA}\n{APPEND_LUA}")),
             read: Script::new(&format!("{HISTORY_LUA}\n{READ_LUA}")),
             config_checked: AtomicBool::new(false),
+            subscribing: cluster.then(|| tokio::sync::Mutex::new(())),
         })
+    }
+
+    async fn one_at_a_time(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.subscribing {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        }
     }
 
     /// Warns when Redis may evict keys: an evicted dedupe key lets a payment
@@ -484,6 +498,7 @@ impl HistoryStore for RedisStore {
 
     async fn listen(&self, tracking_id: &str) -> Result<(), StoreError> {
         let channel = Keys::new(tracking_id).channel();
+        let _one_at_a_time = self.one_at_a_time().await;
         let result = match self.pubsub.clone() {
             Conn::Single(mut c) => c.subscribe(&channel).await,
             Conn::Cluster(mut c) => c.ssubscribe(&channel).await,
@@ -493,6 +508,7 @@ impl HistoryStore for RedisStore {
 
     async fn unlisten(&self, tracking_id: &str) {
         let channel = Keys::new(tracking_id).channel();
+        let _one_at_a_time = self.one_at_a_time().await;
         let result = match self.pubsub.clone() {
             Conn::Single(mut c) => c.unsubscribe(&channel).await,
             Conn::Cluster(mut c) => c.sunsubscribe(&channel).await,

@@ -102,6 +102,29 @@ describe("one node's Redis answers slowly, or is cut off (A through a proxy, B d
     assert.deepEqual(payments(a, x).map((p) => p.seq), [1, 2]);
   }));
 
+  test("a resubscribe whose read fails while the history starts afresh still gets the warning, before the new history", withLogs(() => [A, B], async () => {
+    const x = uid("restart-pending");
+    const s = await open(A);
+    await subscribe(s, x);
+    const [r0] = await ingestOk(B.url, payment(x));
+    await waitFor(s, "payment", (p) => p.id === r0.id);
+
+    proxy.hold();
+    const sent = proxy.seen(/EVALSHA|EVAL/);
+    s.emit("subscribe", { trackingId: x, since: r0.id }); // its read will time out
+    await sent;
+    // The history is lost and starts afresh while s waits for its read.
+    assert.equal(await redis.cli("DEL", `tidings:{${x}}:meta`, `tidings:{${x}}:events`), "2");
+    const [fresh] = await ingestOk(B.url, payment(x));
+    assert.equal(fresh.seq, 1);
+    const refused = await waitFor(s, "error", (e) => e.data?.code === "CONNECTION_ERROR", 10000);
+    assertError(refused, "CONNECTION_ERROR");
+    proxy.release();
+    const log = recorded(s).map((e) => (e.event === "payment" ? `payment:${e.payload.id}` : e.event === "error" ? e.payload.data.code : e.event));
+    assert.deepEqual(log, ["ack", `payment:${r0.id}`, "HISTORY_TRUNCATED", `payment:${fresh.id}`, "CONNECTION_ERROR"],
+      "the failed resubscribe changes nothing: the socket gets what the room got, the warning first");
+  }));
+
   test("a node cut off from Redis pub/sub catches its sockets up by itself, with no later payment to reveal the gap", withLogs(() => [A, B], async () => {
     const x = uid("cut");
     const s = await open(A);
