@@ -1,0 +1,204 @@
+// The fault schedule (from the seed) and the faults themselves. One lane:
+// faults run one after another with random gaps, every kind the variant
+// supports at least once (in a seeded order), then random extra ones until
+// the fault phase ends. Each is recorded in the oracle's fault timeline
+// with what it hit and for how long.
+
+import path from "node:path";
+import { waitClusterOk } from "./redis.mjs";
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Fault kinds every run of a variant injects at least once. */
+export const REQUIRED_FAULTS = {
+  redis: ["node-kill", "node-stop", "pubsub-kill", "redis-pause", "redis-restart-data", "redis-restart-empty", "redis-rollback"],
+  cluster: ["node-kill", "node-stop", "pubsub-kill", "redis-pause", "redis-restart-data", "redis-restart-empty", "redis-rollback"],
+  memory: ["memory-burst-restart", "node-stop", "node-kill"],
+};
+
+/** Weights of the extra faults drawn once the required ones are done. */
+const EXTRA_FAULTS = {
+  redis: { "node-kill": 3, "node-stop": 3, "pubsub-kill": 2, "redis-pause": 1, "redis-restart-data": 0.5, "redis-restart-empty": 0.5, "redis-rollback": 0.3 },
+  cluster: { "node-kill": 3, "node-stop": 3, "pubsub-kill": 2, "redis-pause": 1, "redis-restart-data": 0.5, "redis-restart-empty": 0.5, "redis-rollback": 0.3 },
+  memory: { "node-stop": 2, "node-kill": 1, "memory-burst-restart": 0.5 },
+};
+
+/** Faults that stand for the whole run (listed in the timeline at t=0). */
+export const STANDING_FAULTS = {
+  redis: ["delivery-buffer"],
+  cluster: ["delivery-buffer"],
+  memory: [],
+};
+
+/** The schedule: a deterministic function of the seed and the variant. */
+export function planFaults(rng, variant, { extras = 40 } = {}) {
+  const order = rng.shuffle(REQUIRED_FAULTS[variant]);
+  // The rollback restarts from a snapshot taken earlier: take it first, and
+  // keep the rollback away from the start so that data comes after it.
+  const ri = order.indexOf("redis-rollback");
+  if (ri >= 0 && ri < 2) { order.splice(ri, 1); order.splice(2 + rng.int(0, order.length - 2), 0, "redis-rollback"); }
+  const steps = [];
+  const param = (kind) => ({
+    kind,
+    gapMs: rng.int(300, 1200),
+    target: rng.int(0, 1 << 20),
+    ms: kind === "node-stop" ? rng.int(1000, 3000) : kind === "node-kill" ? rng.int(1000, 2500) : rng.int(200, 900),
+  });
+  if (order.includes("redis-rollback")) steps.push(param("snapshot"));
+  for (const k of order) steps.push(param(k));
+  steps[0].gapMs = rng.int(1500, 2500); // some data before the first one
+  for (let i = 0; i < extras; i++) steps.push({ ...param(rng.weighted(EXTRA_FAULTS[variant])), extra: true });
+  return steps;
+}
+
+export class FaultLane {
+  /** @param {object} ctx run context (oracle, nodes, redis, variant, tmp, memoryBurstRestart) */
+  constructor(ctx, steps) {
+    this.ctx = ctx;
+    this.steps = steps;
+    this.done = [];
+    this.snapshot = null; // {master, file}
+    this.stopRequested = false;
+  }
+
+  counts() {
+    const c = {};
+    for (const s of this.done) if (s.kind !== "snapshot") c[s.kind] = (c[s.kind] ?? 0) + 1;
+    return c;
+  }
+
+  /** Runs the schedule until every required fault ran and `endAt` (ms) has passed. */
+  async run(endAt) {
+    const required = new Set(REQUIRED_FAULTS[this.ctx.variant]);
+    for (const step of this.steps) {
+      const requiredLeft = [...required].some((k) => !this.done.some((d) => d.kind === k));
+      if (this.stopRequested || (!requiredLeft && Date.now() + step.gapMs > endAt)) break;
+      if (step.extra && requiredLeft) continue;
+      await sleep(step.gapMs);
+      await this.exec(step);
+      this.done.push(step);
+    }
+  }
+
+  /**
+   * A restarted master takes about 2 s to report cluster_state:ok: waited
+   * for in the background, before the next Redis fault and at settle.
+   */
+  #clusterBack() {
+    if (!this.ctx.redis.cluster) return;
+    this.clusterOk = waitClusterOk(this.ctx.redis.masters).catch((err) => {
+      this.ctx.infraErrors.push(`Redis Cluster did not come back after a master restart: ${err.message}`);
+    });
+  }
+
+  async exec(step) {
+    const { ctx } = this;
+    if (/^(redis|pubsub|snapshot)/.test(step.kind) && this.clusterOk) await this.clusterOk;
+    const { oracle, nodes } = ctx;
+    const masters = ctx.redis?.masters ?? [];
+    const t0 = Date.now();
+    const rec = oracle.fault(step.kind, {});
+    const finish = (extra = {}) => Object.assign(rec, { tookMs: Date.now() - t0 }, extra);
+    try {
+      switch (step.kind) {
+        case "node-kill": {
+          const node = nodes[step.target % nodes.length];
+          rec.node = node.name;
+          await node.kill();
+          if (ctx.variant === "memory") oracle.dataLoss(`memory node ${node.name} killed`);
+          await sleep(step.ms);
+          await node.start();
+          finish({ downMs: step.ms });
+          break;
+        }
+        case "node-stop": {
+          const node = nodes[step.target % nodes.length];
+          rec.node = node.name;
+          node.pause();
+          await sleep(step.ms);
+          node.resume();
+          finish({ stoppedMs: step.ms });
+          break;
+        }
+        case "pubsub-kill": {
+          const killed = [];
+          for (const m of masters) killed.push(Number(await m.cli("CLIENT", "KILL", "TYPE", "pubsub")));
+          finish({ killed });
+          break;
+        }
+        case "redis-pause": {
+          await Promise.all(masters.map((m) => m.cli("CLIENT", "PAUSE", "3000", "ALL")));
+          await sleep(3300);
+          finish({ pausedMs: 3000, masters: masters.map((m) => m.name) });
+          break;
+        }
+        case "snapshot": {
+          const m = masters[step.target % masters.length];
+          const file = path.join(ctx.dataDir, `older-snapshot-${m.port}.rdb`);
+          await m.snapshot(file);
+          this.snapshot = { master: m, file };
+          finish({ master: m.name });
+          break;
+        }
+        case "redis-restart-data": {
+          // Lossless: writes paused, SAVE, SIGKILL, start from that dump.
+          const m = masters[step.target % masters.length];
+          rec.master = m.name;
+          await m.cli("CLIENT", "PAUSE", "10000", "WRITE");
+          await m.save();
+          await m.restart("data", { downMs: step.ms });
+          this.#clusterBack();
+          finish({ downMs: step.ms });
+          break;
+        }
+        case "redis-restart-empty": {
+          const m = masters[step.target % masters.length];
+          rec.master = m.name;
+          await m.restart("empty", { downMs: step.ms, between: () => oracle.dataLoss(`${m.name} restarted empty`) });
+          this.#clusterBack();
+          finish({ downMs: step.ms });
+          break;
+        }
+        case "redis-rollback": {
+          const snap = this.snapshot;
+          if (!snap) throw new Error("no snapshot to roll back to");
+          rec.master = snap.master.name;
+          rec.snapshotAt = this.done.find((d) => d.kind === "snapshot")?.at;
+          await snap.master.restart("snapshot", {
+            from: snap.file, downMs: step.ms,
+            between: () => oracle.dataLoss(`${snap.master.name} restarted from an older snapshot`),
+          });
+          this.#clusterBack();
+          finish({ downMs: step.ms });
+          break;
+        }
+        case "memory-burst-restart": {
+          const info = await ctx.memoryBurstRestart(step);
+          finish(info);
+          break;
+        }
+        default:
+          throw new Error(`unknown fault ${step.kind}`);
+      }
+    } catch (err) {
+      finish({ error: err.message.slice(0, 500) });
+      ctx.infraErrors.push(`fault ${step.kind}: ${err.message}`);
+    }
+    step.at = rec.t;
+  }
+
+  /** Settle: whatever a fault left down or stopped is brought back. */
+  async restoreAll() {
+    const { ctx } = this;
+    if (this.clusterOk) await this.clusterOk;
+    for (const m of ctx.redis?.masters ?? []) {
+      if (!m.up) await m.start();
+      await m.cli("CLIENT", "UNPAUSE").catch(() => {});
+    }
+    if (ctx.redis?.cluster) await waitClusterOk(ctx.redis.masters);
+    for (const n of ctx.nodes) {
+      if (n.state === "stopped") n.resume();
+      if (n.state === "down") await n.start();
+    }
+  }
+}
