@@ -6,19 +6,20 @@
 
 import path from "node:path";
 import { waitClusterOk } from "./redis.mjs";
+import { connect, waitFor, ingest, payment, closeAll } from "../lib/harness.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Fault kinds every run of a variant injects at least once. */
 export const REQUIRED_FAULTS = {
-  redis: ["node-kill", "node-stop", "pubsub-kill", "redis-pause", "redis-restart-data", "redis-restart-empty", "redis-rollback"],
+  redis: ["node-kill", "node-stop", "pubsub-kill", "redis-pause", "redis-restart-data", "redis-restart-empty", "redis-rollback", "redis-slow-node"],
   cluster: ["node-kill", "node-stop", "pubsub-kill", "redis-pause", "redis-restart-data", "redis-restart-empty", "redis-rollback"],
   memory: ["memory-burst-restart", "node-stop", "node-kill"],
 };
 
 /** Weights of the extra faults drawn once the required ones are done. */
 const EXTRA_FAULTS = {
-  redis: { "node-kill": 3, "node-stop": 3, "pubsub-kill": 2, "redis-pause": 1, "redis-restart-data": 0.5, "redis-restart-empty": 0.5, "redis-rollback": 0.3 },
+  redis: { "node-kill": 3, "node-stop": 3, "pubsub-kill": 2, "redis-pause": 1, "redis-restart-data": 0.5, "redis-restart-empty": 0.5, "redis-rollback": 0.3, "redis-slow-node": 1 },
   cluster: { "node-kill": 3, "node-stop": 3, "pubsub-kill": 2, "redis-pause": 1, "redis-restart-data": 0.5, "redis-restart-empty": 0.5, "redis-rollback": 0.3 },
   memory: { "node-stop": 2, "node-kill": 1, "memory-burst-restart": 0.5 },
 };
@@ -172,6 +173,11 @@ export class FaultLane {
           finish({ downMs: step.ms });
           break;
         }
+        case "redis-slow-node": {
+          Object.assign(rec, await this.#slowNode(step));
+          finish();
+          break;
+        }
         case "memory-burst-restart": {
           const info = await ctx.memoryBurstRestart(step);
           finish(info);
@@ -185,6 +191,66 @@ export class FaultLane {
       ctx.infraErrors.push(`fault ${step.kind}: ${err.message}`);
     }
     step.at = rec.t;
+  }
+
+  /**
+   * Redis answers one node (n1, behind the proxy) slowly: its command
+   * replies are held for up to 1.5 s (below the server's 2 s call timeout)
+   * while its pub/sub keeps flowing. Meanwhile a socket on it resubscribes
+   * with since to a trackingId that gets a payment, so that the node has a
+   * replay read waiting on Redis and a publication for the same trackingId
+   * to deliver; then a probe payment for another trackingId, which a probe
+   * socket on that node holds, must reach it before Redis answers again. A
+   * subscribe may wait on Redis; delivery must not (`delivery-stalled`).
+   * The fault's sockets and trackingIds are its own: no client holds them.
+   */
+  async #slowNode(step) {
+    const { ctx } = this;
+    const node = ctx.nodes[1];
+    const other = ctx.nodes.find((n) => n !== node && n.live) ?? ctx.nodes[0];
+    if (!ctx.proxy || !node.live || !(await node.waitReady(5000))) return { skipped: `${node.name} not ready` };
+    const k = this.done.filter((d) => d.kind === "redis-slow-node").length;
+    const [busy, probe] = [`${ctx.prefix}-slow${k}`, `${ctx.prefix}-probe${k}`];
+    const WS = { transports: ["websocket"] };
+    const sockets = [];
+    const post = async (tid) => {
+      const res = await ingest(other.url, payment(tid), { timeoutMs: 4000 });
+      if (res.status !== 202) throw new Error(`probe ingest for ${tid} on ${other.name}: ${res.status} ${res.text.slice(0, 200)}`);
+      return res.body.data[0];
+    };
+    const subscribe = async (s, tid, extra = {}) => {
+      const ack = waitFor(s, "ack", (a) => a?.data === `Subscribed to trackingId: ${tid}`, 5000);
+      s.emit("subscribe", { trackingId: tid, ...extra });
+      await ack;
+    };
+    try {
+      const [r, q] = [await connect(node.url, WS), await connect(node.url, WS)];
+      sockets.push(r, q);
+      await subscribe(r, busy);
+      await subscribe(q, probe);
+      const first = await post(busy);
+      await waitFor(r, "payment", (p) => p.id === first.id, 5000);
+
+      ctx.proxy.hold();
+      const sent = ctx.proxy.seen(/EVALSHA|EVAL/, 3000);
+      r.emit("subscribe", { trackingId: busy, since: first.id }); // its read waits on Redis
+      await sent;
+      const t0 = Date.now();
+      await post(busy); // a publication for the trackingId being read
+      const p = await post(probe);
+      const delivered = await waitFor(q, "payment", (m) => m.id === p.id, Math.max(0, 1500 - (Date.now() - t0)))
+        .then(() => Date.now() - t0, () => null);
+      ctx.proxy.release();
+      if (delivered === null) {
+        ctx.oracle.violate("delivery-stalled", {
+          msg: `${node.name}: the probe payment ${p.id} for ${probe} was not delivered while a subscribe on that node waited for Redis (held ${Date.now() - t0} ms)`,
+        });
+      }
+      return { node: node.name, probeMs: delivered };
+    } finally {
+      ctx.proxy.release();
+      closeAll(sockets);
+    }
   }
 
   /** Settle: whatever a fault left down or stopped is brought back. */

@@ -50,6 +50,7 @@ export const VIOLATION_KINDS = {
   "marker-missing": "a client still subscribed at the end did not receive the settle marker",
   "node-crash": "a Tidings node exited without being killed",
   "client-stuck": "a client could not connect/subscribe to a live node within the settle bounds",
+  "delivery-stalled": "a live payment was held back on a node while a subscribe there waited for Redis",
 };
 
 const MAX_KEPT_PER_KIND = 40;

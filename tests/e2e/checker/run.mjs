@@ -14,6 +14,7 @@ import { Ingester, postUntilAccepted } from "./ingester.mjs";
 import { FaultLane, planFaults, STANDING_FAULTS } from "./faults.mjs";
 import { TidingsNode } from "./nodes.mjs";
 import { startStandalone, startCluster } from "./redis.mjs";
+import { startRedisProxy } from "../lib/redisproxy.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -113,6 +114,7 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
 
   // trackingIds: a few hot ones (many sockets per node share them), more cold ones.
   const prefix = `ck${seed.toString(36)}${variant[0]}`;
+  ctx.prefix = prefix;
   const hot = Array.from({ length: cfg.hot }, (_, i) => `${prefix}-h${i}`);
   const cold = Array.from({ length: cfg.cold }, (_, i) => `${prefix}-c${i}`);
   const pool = [...hot, ...cold];
@@ -225,13 +227,16 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
     if (variant === "redis") ctx.redis = await startStandalone(dataDir);
     if (variant === "cluster") ctx.redis = await startCluster(dataDir);
     const common = ["--history-limit", String(cfg.historyLimit)];
-    const redisArgs = variant === "redis" ? ["--redis-url", ctx.redis.url]
+    // In the redis variant, n1 reaches Redis through a TCP proxy: the
+    // redis-slow-node fault holds back Redis' answers to that node alone.
+    if (variant === "redis") ctx.proxy = await startRedisProxy(ctx.redis.masters[0].port);
+    const redisArgs = (i) => variant === "redis" ? ["--redis-url", i === 1 ? ctx.proxy.url : ctx.redis.url]
       : variant === "cluster" ? ["--redis-cluster", "--redis-url", ctx.redis.url] : [];
     const nNodes = variant === "memory" ? 1 : 3;
     for (let i = 0; i < nNodes; i++) {
       const tiny = variant !== "memory" && i === nNodes - 1 && cfg.tinyBuffer ? ["--delivery-buffer", String(cfg.tinyBuffer)] : [];
       ctx.nodes.push(new TidingsNode({
-        name: `n${i}`, port: await freePort(), args: [...redisArgs, ...common, ...tiny],
+        name: `n${i}`, port: await freePort(), args: [...redisArgs(i), ...common, ...tiny],
         onCrash: (node, info) => {
           oracle.violate("node-crash", { msg: `${node.name} exited by itself: ${JSON.stringify(info)}` });
           if (ctx.phase === "run" || ctx.phase === "settle") sleep(500).then(() => node.state === "down" && node.start()).catch(() => {});
@@ -341,6 +346,8 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
     const t0 = Date.now();
     for (const c of clients) c.close();
     await Promise.all(ctx.nodes.map((n) => n.stop()));
+    ctx.proxy?.release();
+    await ctx.proxy?.stop().catch(() => {});
     await ctx.redis?.stop().catch(() => {});
     figures.teardownS = (Date.now() - t0) / 1000;
   }

@@ -93,6 +93,10 @@ export async function startRedisProxy(redisPort) {
       return cut;
     },
     heal() { refusing = false; },
+    /** What each proxied connection is, for diagnostics. */
+    connections() {
+      return [...conns].map((c) => ({ pubsub: c.pubsub, held: c.held.length, port: c.client.remotePort }));
+    },
     async stop() {
       for (const c of [...conns]) {
         c.client.destroy();
