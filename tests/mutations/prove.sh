@@ -43,7 +43,7 @@ for patch in "$root"/tests/mutations/*.patch; do
       --variant "$variant" --seed "$s" --examples 1 2>/dev/null) && rc=0 || rc=$?
     if [ "$rc" -ne 0 ]; then
       caught=$s
-      echo "$out" | grep -E "violations|^[a-z-]+ [0-9]+" | head -12
+      echo "$out" | grep -E "^  [a-z-]+: [0-9]+ — " | head -12
       break
     fi
     echo "   seed $s: no violation"
