@@ -48,7 +48,7 @@ use tokio::sync::Semaphore;
 use crate::model::{Envelope, EventId, PAYMENT_EVENT, Position, room_of};
 use crate::store::{HistoryPage, HistoryStore, PublicationStream, Signal, StoreError};
 use crate::telemetry;
-use order::{Step, resume, step};
+use order::{Step, jump, resume, step};
 
 /// Independent maps over the trackingId space.
 const SHARDS: usize = 64;
@@ -75,6 +75,16 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// An event on its way to sockets: its id and the envelope they get.
 type Event = (EventId, Arc<RawValue>);
+
+/// What a pending socket missed from the room while its replay was read.
+enum Missed {
+    /// An event handed to the room.
+    Event(Event),
+    /// The room's cursor moved to this position without an event (a
+    /// catch-up found events gone, or a history that started afresh with
+    /// none yet): the room was warned.
+    Jump(Position),
+}
 
 /// One shard of the trackingId → topic map.
 type Topics = RwLock<HashMap<String, Arc<Topic>>>;
@@ -132,7 +142,7 @@ struct Live {
 
 #[derive(Default)]
 struct Pending {
-    buffered: Vec<Event>,
+    buffered: Vec<Missed>,
     overflow: bool,
     /// For a socket that was in the room (a resubscribe): the cursor when
     /// it left, where it stands if its read fails.
@@ -154,9 +164,9 @@ impl Live {
 }
 
 impl Pending {
-    fn buffer(&mut self, event: Event) {
+    fn buffer(&mut self, missed: Missed) {
         if self.buffered.len() < PENDING_LIMIT {
-            self.buffered.push(event);
+            self.buffered.push(missed);
         } else {
             self.overflow = true;
         }
@@ -462,7 +472,7 @@ impl Hub {
             to_room(&self.io, &topic.room, PAYMENT_EVENT, &*envelope);
         }
         for pending in live.pending.values_mut() {
-            pending.buffer((id, envelope.clone()));
+            pending.buffer(Missed::Event((id, envelope.clone())));
         }
         live.cursor = Some(id.into());
     }
@@ -639,6 +649,10 @@ impl Hub {
         let (gap, base) = resume(from, page.position, page.events.first().map(|e| e.id));
         if gap {
             self.announce_gap(topic, live, "they are no longer retained");
+            // Sockets out of the room now are told when they come back.
+            for pending in live.pending.values_mut() {
+                pending.buffer(Missed::Jump(base));
+            }
         }
         live.cursor = Some(base);
         let mut delivered = 0;
@@ -770,18 +784,39 @@ enum Gaps {
     Warn,
 }
 
-/// Sends `socket` the buffered `events` that follow `at`, with a
-/// `HISTORY_TRUNCATED` warning before a history that started afresh (and,
-/// with [`Gaps::Warn`], before any gap). Returns where the socket now
-/// stands, or, with [`Gaps::Stop`], where it stood at the first gap.
+/// Sends `socket` what it missed from the room (`missed`) that follows
+/// `at`, with a `HISTORY_TRUNCATED` warning before a history that started
+/// afresh (and, with [`Gaps::Warn`], before any gap). Returns where the
+/// socket now stands, or, with [`Gaps::Stop`], where it stood at the first
+/// gap.
 fn send_following(
     socket: &SocketRef,
     tid: &str,
     mut at: Position,
-    events: Vec<Event>,
+    missed: Vec<Missed>,
     gaps: Gaps,
 ) -> Result<Position, Position> {
-    for (id, envelope) in events {
+    for item in missed {
+        let (id, envelope) = match item {
+            Missed::Event(event) => event,
+            Missed::Jump(to) => {
+                let (after, gap) = jump(at, to);
+                if gap && gaps == Gaps::Stop {
+                    return Err(at);
+                }
+                if gap {
+                    warn_socket(
+                        socket,
+                        tid,
+                        format!(
+                            "Payments of trackingId {tid} may be missing and cannot be recovered"
+                        ),
+                    );
+                }
+                at = after;
+                continue;
+            }
+        };
         match step(at, id) {
             Step::Old => continue,
             Step::Next => {}

@@ -64,6 +64,20 @@ pub fn resume(from: Position, at: Position, first: Option<EventId>) -> (bool, Po
     (gap, base)
 }
 
+/// A reader at `at` learns that its source moved to `to` without an event
+/// (events found gone, or a history started afresh with none yet): where
+/// the reader stands now, and whether it has a gap. A move to where the
+/// reader already is, or behind it, changes nothing.
+pub fn jump(at: Position, to: Position) -> (Position, bool) {
+    if to.epoch > at.epoch {
+        (to, at.seq != 0 || to.seq != 0)
+    } else if to.epoch == at.epoch && to.seq > at.seq {
+        (to, true)
+    } else {
+        (at, false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +102,21 @@ mod tests {
         assert_eq!(step(Position::NONE, id(6, 2)), Step::Gap);
         assert_eq!(step(at(5, 0), id(5, 1)), Step::Next);
         assert_eq!(step(at(5, 0), id(7, 1)), Step::Next);
+    }
+
+    #[test]
+    fn jumps() {
+        // A history lost and started afresh, empty: a gap.
+        assert_eq!(jump(at(5, 8), at(9, 0)), (at(9, 0), true));
+        // Events found gone within one history: a gap.
+        assert_eq!(jump(at(5, 8), at(5, 12)), (at(5, 12), true));
+        // Nothing of the old history held, nothing of the new one missed.
+        assert_eq!(jump(at(5, 0), at(9, 0)), (at(9, 0), false));
+        assert_eq!(jump(Position::NONE, at(9, 0)), (at(9, 0), false));
+        // The source is where the reader is, or behind it.
+        assert_eq!(jump(at(5, 8), at(5, 8)), (at(5, 8), false));
+        assert_eq!(jump(at(5, 8), at(5, 3)), (at(5, 8), false));
+        assert_eq!(jump(at(5, 8), at(4, 3)), (at(5, 8), false));
     }
 
     #[test]
