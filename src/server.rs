@@ -169,6 +169,7 @@ impl Server {
     ) -> std::io::Result<()> {
         let addr = self.local_addr();
         let sweeper = self.memory.map(|store| tokio::spawn(sweep(store)));
+        let audit = tokio::spawn(self.hub.clone().audit());
         let delivery = tokio::spawn(self.hub.run(self.publications));
         let keepalive = tokio::spawn(keepalive(self.app.store.clone()));
         let (stop_accepting, accepting) = tokio::sync::oneshot::channel::<()>();
@@ -193,6 +194,7 @@ impl Server {
             sweeper.abort();
         }
         delivery.abort();
+        audit.abort();
         keepalive.abort();
         serve.abort();
         tracing::info!("stopped");

@@ -36,8 +36,7 @@ pub const DROP_SOCKET: &str = "socket_buffer";
 /// Counter: catch-up reads started by the hub, labelled by `reason`:
 /// `gap` (a publication's seq skipped ahead), `dropped` (a publication was
 /// dropped from the queue), `resync` (the store's pub/sub connection was
-/// re-established) or `overflow` (publications held during a catch-up
-/// overflowed their bound).
+/// re-established) or `audit` (the store found a listen missing).
 pub const CATCH_UPS: &str = "tidings_catch_ups_total";
 /// Counter: events delivered to sockets by catch-up reads.
 pub const CATCH_UP_EVENTS: &str = "tidings_catch_up_events_total";

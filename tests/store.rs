@@ -541,3 +541,83 @@ async fn a_killed_cluster_pubsub_connection_is_restored_for_every_channel() {
     want.sort();
     assert_eq!(got, want, "every channel delivers again");
 }
+
+/// The audit finds the listens a node believes it has but its publication
+/// connection does not: on one Redis by count, on a Redis Cluster by count
+/// per master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_finds_missing_listens() {
+    let redis = RedisServer::start();
+    let (store, _rx) = redis_store(&redis, 100).await;
+    store.listen("a").await.unwrap();
+    store.listen("b").await.unwrap();
+    let held = ["a".to_owned(), "b".to_owned()];
+    assert!(store.audit(&held).await.unwrap().is_empty());
+    let claimed = ["a".to_owned(), "b".to_owned(), "never".to_owned()];
+    let mut lost = store.audit(&claimed).await.unwrap();
+    lost.sort();
+    assert_eq!(
+        lost,
+        vec!["a", "b", "never"],
+        "one Redis: every listen is suspect"
+    );
+
+    let cluster = RedisCluster::start();
+    let (publications, _rx) = Publications::channel(100);
+    let store = RedisStore::connect(
+        &RedisTarget::Cluster(cluster.seeds()),
+        retention(100),
+        publications,
+    )
+    .await
+    .expect("connects");
+    let ids: Vec<String> = (0..12).map(|i| format!("audit-{i}")).collect();
+    for id in &ids {
+        store.listen(id).await.unwrap();
+    }
+    let first = store.audit(&ids).await;
+    assert!(first.as_ref().is_ok_and(|l| l.is_empty()), "{first:?}");
+    // One more claimed than held: the suspects are that master's, only.
+    let mut claimed = ids.clone();
+    claimed.push("never".to_owned());
+    let lost = store.audit(&claimed).await.unwrap();
+    let master_of = |id: &str| {
+        let slot: u16 = cluster.nodes[0]
+            .cli(&["cluster", "keyslot", &format!("tidings:{{{id}}}:p")])
+            .parse()
+            .unwrap();
+        cluster
+            .nodes
+            .iter()
+            .position(|n| owns(n, slot))
+            .expect("a master serves every slot")
+    };
+    let home = master_of("never");
+    let mut want: Vec<String> = ids
+        .iter()
+        .filter(|id| master_of(id) == home)
+        .cloned()
+        .collect();
+    want.push("never".to_owned());
+    let mut lost = lost;
+    lost.sort();
+    want.sort();
+    assert_eq!(lost, want);
+}
+
+/// Whether `node` serves `slot` (from its own CLUSTER SLOTS and port).
+fn owns(node: &RedisServer, slot: u16) -> bool {
+    let out = node.cli(&["cluster", "slots"]);
+    let lines: Vec<&str> = out.lines().collect();
+    // redis-cli prints each range as: start, end, host, port, id, ...
+    lines.windows(4).any(|w| {
+        let (Ok(start), Ok(end), Ok(port)) = (
+            w[0].parse::<u16>(),
+            w[1].parse::<u16>(),
+            w[3].parse::<u16>(),
+        ) else {
+            return false;
+        };
+        start <= slot && slot <= end && port == node.port && w[2].contains('.')
+    })
+}

@@ -43,7 +43,7 @@ use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::model::{Envelope, EventId, PAYMENT_EVENT, Position, room_of};
 use crate::store::{HistoryPage, HistoryStore, PublicationStream, Signal, StoreError};
@@ -64,6 +64,11 @@ const PENDING_LIMIT: usize = 1024;
 /// Catch-up reads in flight at once on this node (a resync after a lost
 /// publication connection starts one per trackingId).
 const CATCH_UP_CONCURRENCY: usize = 32;
+
+/// How often the hub asks the store whether its listens still hold, and
+/// how soon after a resync.
+const AUDIT_EVERY: Duration = Duration::from_secs(5);
+const AUDIT_AFTER_RESYNC: Duration = Duration::from_secs(1);
 
 /// Catch-up rounds without progress before a held publication the store
 /// does not have is given up.
@@ -98,6 +103,8 @@ pub struct Hub {
     /// Most events one read returns (the history limit: a replay is whole).
     replay_limit: usize,
     catch_ups: Arc<Semaphore>,
+    /// Wakes the audit soon after a resync.
+    audit_soon: Notify,
 }
 
 /// One trackingId on this node.
@@ -111,6 +118,9 @@ struct Topic {
     /// Set once the topic is out of the hub's map: whoever still holds it
     /// lets go (a new subscriber makes a new topic).
     retired: AtomicBool,
+    /// `Control::listening`, readable without the control lock (by the
+    /// audit).
+    listened: AtomicBool,
 }
 
 #[derive(Default)]
@@ -181,6 +191,7 @@ impl Topic {
             control: tokio::sync::Mutex::default(),
             live: Mutex::default(),
             retired: AtomicBool::new(false),
+            listened: AtomicBool::new(false),
         }
     }
 
@@ -204,7 +215,51 @@ impl Hub {
             hasher: RandomState::new(),
             replay_limit,
             catch_ups: Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY)),
+            audit_soon: Notify::new(),
         })
+    }
+
+    /// Asks the store, every few seconds and soon after a resync, whether
+    /// this node's listens still hold; those that may not are listened to
+    /// again and caught up. A safety net under [`Hub::run`]'s resyncs, for a
+    /// publication connection that came back with fewer subscriptions than
+    /// it had (seen with redis-rs's Redis Cluster client).
+    pub async fn audit(self: Arc<Self>) {
+        let mut every = tokio::time::interval(AUDIT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = self.audit_soon.notified() => tokio::time::sleep(AUDIT_AFTER_RESYNC).await,
+            }
+            let listened: Vec<String> = self
+                .all_topics()
+                .into_iter()
+                .filter(|t| t.listened.load(Ordering::SeqCst))
+                .map(|t| t.tracking_id.clone())
+                .collect();
+            if listened.is_empty() {
+                continue;
+            }
+            match self.store.audit(&listened).await {
+                Ok(lost) => {
+                    if !lost.is_empty() {
+                        tracing::warn!(
+                            count = lost.len(),
+                            "listens found missing; listening again and catching up"
+                        );
+                    }
+                    for tid in lost {
+                        if let Some(topic) = self.get(&tid) {
+                            let mut live = topic.live();
+                            self.want_catch_up(&topic, &mut live, "audit", true);
+                        }
+                    }
+                }
+                // The store is down: its return is a resync.
+                Err(err) => tracing::debug!(%err, "audit skipped"),
+            }
+        }
     }
 
     /// Takes the store's publications and signals until the store is gone.
@@ -267,6 +322,7 @@ impl Hub {
                     return Err(err);
                 }
                 control.listening = true;
+                topic.listened.store(true, Ordering::SeqCst);
                 topic.live().pending.insert(sid, Pending::default());
                 let page = match self.store.read(tracking_id, since, limit).await {
                     Ok(page) => page,
@@ -360,6 +416,19 @@ impl Hub {
             .sum()
     }
 
+    fn all_topics(&self) -> Vec<Arc<Topic>> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     fn shard(&self, tracking_id: &str) -> &Topics {
         &self.shards[(self.hasher.hash_one(tracking_id) as usize) % SHARDS]
     }
@@ -411,6 +480,7 @@ impl Hub {
             return;
         }
         if control.listening {
+            topic.listened.store(false, Ordering::SeqCst);
             self.store.unlisten(&topic.tracking_id).await;
             control.listening = false;
         }
@@ -530,17 +600,8 @@ impl Hub {
     /// catches up.
     fn resync(self: &Arc<Self>) {
         metrics::counter!(telemetry::STORE_RESYNCS).increment(1);
-        let topics: Vec<Arc<Topic>> = self
-            .shards
-            .iter()
-            .flat_map(|s| {
-                s.read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        self.audit_soon.notify_one();
+        let topics = self.all_topics();
         tracing::info!(
             topics = topics.len(),
             "re-listening and catching up every trackingId"

@@ -152,6 +152,17 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// Succeeds when the store can serve reads, writes and publications.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Checks that this node still listens to every one of `tracking_ids`
+    /// (those the hub listens to) and returns those whose listen may have
+    /// been lost: the hub listens to them again and catches them up. A
+    /// safety net beside [`Publications::resync`], for a publication
+    /// connection that came back with fewer subscriptions than it had. The
+    /// default trusts the store.
+    async fn audit(&self, tracking_ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let _ = tracking_ids;
+        Ok(Vec::new())
+    }
 }
 
 /// Where reading after `since` starts, given what a history holds, shared

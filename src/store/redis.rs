@@ -38,6 +38,7 @@
 //!   expected to be synchronised (NTP), as a failover moves the clock with
 //!   the data.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -46,6 +47,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, PushInfo, PushKind, RedisFuture, Script, Value};
 use serde_json::value::RawValue;
 
@@ -282,10 +284,71 @@ fn on_push(push: PushInfo, publications: &Publications) {
     });
 }
 
+/// A count field (`sub=3`, `ssub=3`) of a `CLIENT INFO` line.
+fn client_info_count(info: &str, field: &str) -> Option<usize> {
+    info.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('=')?.parse().ok())
+}
+
+/// A range of slots and its master: (first slot, last slot, (host, port)).
+type SlotRange = (u16, u16, (String, u16));
+
+/// `CLUSTER SLOTS` as ranges with their masters.
+fn slot_owners(reply: Value) -> Option<Vec<SlotRange>> {
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    ranges
+        .into_iter()
+        .map(|range| {
+            let Value::Array(fields) = range else {
+                return None;
+            };
+            let mut fields = fields.into_iter();
+            let start = u16::try_from(int(&fields.next()?)?).ok()?;
+            let end = u16::try_from(int(&fields.next()?)?).ok()?;
+            let Value::Array(master) = fields.next()? else {
+                return None;
+            };
+            let mut master = master.into_iter();
+            let host = bulk_string(master.next()?)?;
+            let port = u16::try_from(int(&master.next()?)?).ok()?;
+            Some((start, end, (host, port)))
+        })
+        .collect()
+}
+
+/// The Redis Cluster slot of a key (CRC16/XMODEM of its hash tag).
+fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
 fn bulk_string(v: Value) -> Option<String> {
     match v {
         Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
         Value::SimpleString(s) => Some(s),
+        // RESP3 answers CLIENT INFO with a verbatim string.
+        Value::VerbatimString { text, .. } => Some(text),
         _ => None,
     }
 }
@@ -521,6 +584,67 @@ impl HistoryStore for RedisStore {
         }
     }
 
+    async fn audit(&self, tracking_ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
+        match &self.pubsub {
+            Conn::Single(conn) => {
+                let info: String = redis::cmd("CLIENT")
+                    .arg("INFO")
+                    .query_async(&mut conn.clone())
+                    .await
+                    .map_err(unavailable)?;
+                let held =
+                    client_info_count(&info, "sub").ok_or_else(|| malformed("CLIENT INFO"))?;
+                Ok(if held < tracking_ids.len() {
+                    tracking_ids.to_vec()
+                } else {
+                    Vec::new()
+                })
+            }
+            Conn::Cluster(conn) => {
+                // Who owns which slots, then each master's count of this
+                // node's shard subscriptions on its pub/sub connection.
+                let slots: Value = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async(&mut self.commands.clone())
+                    .await
+                    .map_err(unavailable)?;
+                let owners = slot_owners(slots).ok_or_else(|| malformed("CLUSTER SLOTS"))?;
+                let mut by_master: HashMap<(String, u16), Vec<String>> = HashMap::new();
+                for tid in tracking_ids {
+                    let slot = key_slot(Keys::new(tid).channel().as_bytes());
+                    if let Some(owner) = owners
+                        .iter()
+                        .find(|(start, end, _)| (*start..=*end).contains(&slot))
+                    {
+                        by_master
+                            .entry(owner.2.clone())
+                            .or_default()
+                            .push(tid.clone());
+                    }
+                }
+                let mut suspects = Vec::new();
+                for ((host, port), tids) in by_master {
+                    let routing =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+                    let info = conn
+                        .clone()
+                        .route_command(redis::cmd("CLIENT").arg("INFO").clone(), routing)
+                        .await
+                        .map_err(unavailable)?;
+                    let held = bulk_string(info)
+                        .as_deref()
+                        .and_then(|info| client_info_count(info, "ssub"))
+                        .ok_or_else(|| malformed("CLIENT INFO"))?;
+                    if held < tids.len() {
+                        suspects.extend(tids);
+                    }
+                }
+                Ok(suspects)
+            }
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         for conn in [&self.commands, &self.pubsub] {
             let reply: redis::RedisResult<String> =
@@ -551,6 +675,22 @@ mod tests {
             sneaky.meta(),
             Keys::new("x").dedupe(&crate::model::DedupeKey::Signature("sig}:meta".into()))
         );
+    }
+
+    #[test]
+    fn slots_are_redis_clusters() {
+        // Values from `redis-cli CLUSTER KEYSLOT`.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"tidings:{sub-1}:p"), key_slot(b"sub-1"));
+    }
+
+    #[test]
+    fn client_info_counts() {
+        let info = "id=5 addr=127.0.0.1:53036 laddr=127.0.0.1:6379 fd=8 name= age=0 idle=0 flags=P db=0 sub=12 psub=0 ssub=3 multi=-1";
+        assert_eq!(client_info_count(info, "sub"), Some(12));
+        assert_eq!(client_info_count(info, "ssub"), Some(3));
+        assert_eq!(client_info_count(info, "nope"), None);
     }
 
     #[test]

@@ -125,6 +125,27 @@ describe("one node's Redis answers slowly, or is cut off (A through a proxy, B d
       "the failed resubscribe changes nothing: the socket gets what the room got, the warning first");
   }));
 
+  test("a listen that silently disappears is found by the node's audit: it listens again and delivers what was missed", withLogs(() => [A, B], async () => {
+    const x = uid("vanish");
+    const s = await open(A);
+    await subscribe(s, x);
+    const [r0] = await ingestOk(B.url, payment(x));
+    await waitFor(s, "payment", (p) => p.id === r0.id);
+    const audits = async () => (await readMetric(A.url, "tidings_catch_ups_total", { reason: "audit" })).value ?? 0;
+    const before = await audits();
+
+    assert.equal(proxy.dropSubscription(`tidings:{${x}}:p`), 1, "A's pub/sub connection");
+    const [r1] = await ingestOk(B.url, payment(x)); // Redis delivers it to nobody on A
+    // The audit runs every 5 s.
+    const got = await waitFor(s, "payment", (p) => p.id === r1.id, 15000);
+    assert.equal(got.seq, r0.seq + 1);
+    assert.deepEqual(recorded(s, "error"), [], "nothing was lost: no warning");
+    assert.ok(await audits() > before, "found by the audit");
+    // And it listens again: the next payment arrives live.
+    const [r2] = await ingestOk(B.url, payment(x));
+    await waitFor(s, "payment", (p) => p.id === r2.id, 5000);
+  }));
+
   test("a node cut off from Redis pub/sub catches its sockets up by itself, with no later payment to reveal the gap", withLogs(() => [A, B], async () => {
     const x = uid("cut");
     const s = await open(A);

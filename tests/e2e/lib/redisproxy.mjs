@@ -7,6 +7,8 @@
 // - cutPubsub(): the node's pub/sub connection is dropped and new
 //   connections are refused until heal() (publications sent meanwhile are
 //   lost to that node, as in a network partition).
+// - dropSubscription(channel): Redis forgets one of the node's
+//   subscriptions while the node believes it holds it.
 //
 // A connection is the pub/sub one once its client has sent a SUBSCRIBE.
 
@@ -93,6 +95,24 @@ export async function startRedisProxy(redisPort) {
       return cut;
     },
     heal() { refusing = false; },
+    /**
+     * Unsubscribes the node's pub/sub connection from `channel` behind its
+     * back (an UNSUBSCRIBE written upstream as if the node had sent it):
+     * the node believes it listens, Redis no longer delivers. Returns how
+     * many connections it was done on.
+     */
+    dropSubscription(channel) {
+      const arg = Buffer.from(channel, "utf8");
+      const cmd = Buffer.concat([Buffer.from(`*2\r\n$11\r\nUNSUBSCRIBE\r\n$${arg.length}\r\n`), arg, Buffer.from("\r\n")]);
+      let done = 0;
+      for (const c of conns) {
+        if (c.pubsub) {
+          c.upstream.write(cmd);
+          done++;
+        }
+      }
+      return done;
+    },
     /** What each proxied connection is, for diagnostics. */
     connections() {
       return [...conns].map((c) => ({ pubsub: c.pubsub, held: c.held.length, port: c.client.remotePort }));
