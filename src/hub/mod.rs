@@ -356,6 +356,7 @@ impl Hub {
                     socket.leave(topic.room.clone());
                 }
                 let left_at = live.cursor.filter(|_| was_member);
+                tracing::debug!(tracking_id, socket_id = %sid, was_member, ?left_at, "pending: replay read");
                 live.pending.insert(
                     sid,
                     Pending {
@@ -550,7 +551,7 @@ impl Hub {
     /// Tells the room that some of its events cannot be delivered.
     fn announce_gap(&self, topic: &Topic, live: &Live, why: &str) {
         metrics::counter!(telemetry::GAPS_ANNOUNCED).increment(1);
-        tracing::warn!(tracking_id = %topic.tracking_id, "announcing a gap: {why}");
+        tracing::warn!(tracking_id = %topic.tracking_id, members = live.members.len(), pending = live.pending.len(), "announcing a gap: {why}");
         if !live.members.is_empty() {
             let warning = Envelope::truncated(
                 &topic.tracking_id,
@@ -780,6 +781,7 @@ impl Hub {
                     }
                 };
                 if !missing {
+                    tracing::debug!(tracking_id = tid, socket_id = %socket.id, ?at, "joins the room after its replay");
                     live.pending.remove(&socket.id);
                     if live.members.insert(socket.id) {
                         socket.join(topic.room.clone());
@@ -827,6 +829,7 @@ impl Hub {
         };
         let at = pending.left_at.unwrap_or_default();
         let tid = topic.tracking_id.as_str();
+        tracing::debug!(tracking_id = tid, socket_id = %socket.id, ?at, missed = pending.buffered.len(), "rejoining after a failed resubscribe");
         // No gap can stop it: the room's own gaps were announced to the
         // room, so they are announced here too.
         let _ = send_following(socket, tid, at, pending.buffered, Gaps::Warn);

@@ -65,11 +65,13 @@ pub fn resume(from: Position, at: Position, first: Option<EventId>) -> (bool, Po
 }
 
 /// A reader at `at` learns that its source moved to `to` without an event
-/// (events found gone, or a history started afresh with none yet): where
-/// the reader stands now, and whether it has a gap. A move to where the
-/// reader already is, or behind it, changes nothing.
+/// (events found gone, a history lost, or one started afresh with none
+/// yet): where the reader stands now, and whether it has a gap. A move to
+/// where the reader already is, or behind it within one history or to an
+/// older one, changes nothing.
 pub fn jump(at: Position, to: Position) -> (Position, bool) {
-    if to.epoch > at.epoch {
+    let other_history = to.epoch > at.epoch || (to == Position::NONE && at != Position::NONE);
+    if other_history {
         (to, at.seq != 0 || to.seq != 0)
     } else if to.epoch == at.epoch && to.seq > at.seq {
         (to, true)
@@ -113,6 +115,13 @@ mod tests {
         // Nothing of the old history held, nothing of the new one missed.
         assert_eq!(jump(at(5, 0), at(9, 0)), (at(9, 0), false));
         assert_eq!(jump(Position::NONE, at(9, 0)), (at(9, 0), false));
+        // The history is gone altogether.
+        assert_eq!(jump(at(5, 8), Position::NONE), (Position::NONE, true));
+        assert_eq!(jump(at(5, 0), Position::NONE), (Position::NONE, false));
+        assert_eq!(
+            jump(Position::NONE, Position::NONE),
+            (Position::NONE, false)
+        );
         // The source is where the reader is, or behind it.
         assert_eq!(jump(at(5, 8), at(5, 8)), (at(5, 8), false));
         assert_eq!(jump(at(5, 8), at(5, 3)), (at(5, 8), false));
