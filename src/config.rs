@@ -88,6 +88,16 @@ pub struct Config {
     )]
     pub api_keys: Vec<String>,
 
+    /// (token mode) An HS256 secret for socket tokens; repeatable; the first
+    /// signs, all verify.
+    #[arg(
+        long = "token-secret",
+        env = "TIDINGS_TOKEN_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub token_secrets: Vec<String>,
+
     /// An origin browsers may call from; repeatable; `*` allows any.
     #[arg(
         long = "cors-origin",
@@ -131,8 +141,10 @@ pub enum ConfigError {
     DedupeShorterThanHistory { dedupe: u64, history: u64 },
     #[error("--ingest-token values must not be empty")]
     EmptyIngestToken,
-    #[error("--auth token is not available in this version; use --auth open")]
-    TokenModeUnavailable,
+    #[error("--auth token needs at least one --token-secret (every node of a cluster the same)")]
+    TokenModeWithoutSecret,
+    #[error("--api-key and --token-secret values must not be empty")]
+    EmptySecret,
     #[error(
         "invalid --cors-origin {0:?}: expected `*` or an origin such as https://app.example.com"
     )]
@@ -151,8 +163,12 @@ impl Config {
         if self.ingest_tokens.iter().any(|t| t.trim().is_empty()) {
             return Err(ConfigError::EmptyIngestToken);
         }
-        if self.auth == AuthMode::Token {
-            return Err(ConfigError::TokenModeUnavailable);
+        let secrets = self.api_keys.iter().chain(&self.token_secrets);
+        if secrets.into_iter().any(|s| s.trim().is_empty()) {
+            return Err(ConfigError::EmptySecret);
+        }
+        if self.auth == AuthMode::Token && self.token_secrets.is_empty() {
+            return Err(ConfigError::TokenModeWithoutSecret);
         }
         for origin in &self.cors_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {

@@ -28,6 +28,7 @@
 //!   envelopes, codes.
 //! - [`http`]: the router, backfill (`GET /v1/events`), health, readiness,
 //!   metrics, and the HTTP error body.
+//! - [`auth`]: bearer keys, socket tokens and grants (token mode).
 //! - [`config`]: flags and `TIDINGS_*` variables.
 //! - [`telemetry`]: logging and the Prometheus metric names.
 //! - [`detach`]: frees hyper's read buffer of Socket.IO requests (memory
@@ -38,6 +39,7 @@
 //! Dependencies point one way: `server` → `http`, `realtime` → `hub` →
 //! `store` → `model`, `telemetry`.
 
+pub mod auth;
 pub mod config;
 pub mod detach;
 pub mod http;

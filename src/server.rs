@@ -11,7 +11,8 @@ use socketioxide::SocketIo;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::auth::{Access, BearerKeys, TokenKeys};
+use crate::config::{AuthMode, Config, ConfigError};
 use crate::http::{self, App, AppState, SOCKET_PATH, ingest::IngestTokens};
 use crate::hub::Hub;
 use crate::realtime::{self, Realtime};
@@ -110,25 +111,39 @@ impl Server {
             .ws_read_buffer_size(WS_READ_BUFFER)
             .build_layer();
         let hub = Hub::new(io.clone(), store.clone(), history_limit);
+        let access = match config.auth {
+            AuthMode::Open => Access::Open,
+            AuthMode::Token => Access::Token(Arc::new(
+                TokenKeys::new(&config.token_secrets).ok_or(ConfigError::TokenModeWithoutSecret)?,
+            )),
+        };
         realtime::register(
             &io,
             Arc::new(Realtime::new(
                 hub.clone(),
+                access.clone(),
                 config.max_subscriptions as usize,
                 config.rate_limit,
                 config.rate_burst,
             )),
         );
-        let app: AppState = Arc::new(App::new(
-            store,
-            IngestTokens::new(&config.ingest_tokens),
-            config.max_body as usize,
-            config.max_batch as usize,
-            telemetry::metrics_handle(),
-            // One node: a 202 means this node's sockets have been handed the
-            // payments. A cluster node cannot promise that for other nodes.
-            config.redis_url.is_none().then_some(publications),
-        ));
+        let app: AppState = Arc::new(
+            App::new(
+                store,
+                IngestTokens::new(&config.ingest_tokens),
+                config.max_body as usize,
+                config.max_batch as usize,
+                telemetry::metrics_handle(),
+                // One node: a 202 means this node's sockets have been handed the
+                // payments. A cluster node cannot promise that for other nodes.
+                config.redis_url.is_none().then_some(publications),
+            )
+            .with_access(
+                access,
+                BearerKeys::new(&config.api_keys),
+                config.max_subscriptions as usize,
+            ),
+        );
         let router = http::app(app.clone(), sio_layer, &config.cors_origins);
 
         let listener = listen(config.listen).map_err(|source| StartError::Bind {

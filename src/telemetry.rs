@@ -53,6 +53,11 @@ pub const TOPICS: &str = "tidings_topics";
 pub const REPLAYED: &str = "tidings_replayed_events_total";
 /// Counter: socket errors sent, labelled by `code`.
 pub const SOCKET_ERRORS: &str = "tidings_socket_errors_total";
+/// Counter: socket connections refused in token mode for want of a valid
+/// token (`UNAUTHORIZED`).
+pub const CONNECTS_UNAUTHORIZED: &str = "tidings_connects_unauthorized_total";
+/// Counter: socket tokens minted by `POST /v1/ws/tokens`.
+pub const TOKENS_MINTED: &str = "tidings_tokens_minted_total";
 /// Gauge: connected sockets on this node.
 pub const SOCKETS: &str = "tidings_sockets";
 /// Gauge: subscriptions held by sockets on this node.
@@ -107,6 +112,11 @@ pub fn metrics_handle() -> PrometheusHandle {
 fn describe() {
     use metrics::{describe_counter, describe_gauge};
     describe_counter!(PAYMENTS_STORED, "Payments stored (duplicates excluded)");
+    describe_counter!(
+        CONNECTS_UNAUTHORIZED,
+        "Socket connections refused in token mode for want of a valid token"
+    );
+    describe_counter!(TOKENS_MINTED, "Socket tokens minted");
     describe_counter!(
         PAYMENTS_DUPLICATE,
         "Ingested payments answered as duplicates"

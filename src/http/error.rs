@@ -65,6 +65,18 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn details(&self) -> &[Detail] {
+        self.details.as_deref().unwrap_or_default()
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+    }
 }
 
 impl From<StoreError> for ApiError {

@@ -4,6 +4,7 @@
 //!
 //! - [`ingest`]: `POST /v1/payments` (contract section 3).
 //! - [`events`]: `GET /v1/events` (section 4).
+//! - [`tokens`]: `POST /v1/ws/tokens`, socket tokens (section 5).
 //! - [`ops`]: health, readiness, metrics (section 6).
 //! - [`error`]: the error body every endpoint answers with.
 //! - [`state`]: what the handlers share.
@@ -13,6 +14,7 @@ pub mod events;
 pub mod ingest;
 pub mod ops;
 pub mod state;
+pub mod tokens;
 
 use std::time::Duration;
 
@@ -37,6 +39,7 @@ pub fn app(state: AppState, socket_io: SocketIoLayer, cors_origins: &[String]) -
     Router::new()
         .route("/v1/payments", post(ingest::ingest))
         .route("/v1/events", get(events::events))
+        .route("/v1/ws/tokens", post(tokens::mint))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
