@@ -29,6 +29,8 @@
 //! - [`http`]: the router, backfill (`GET /v1/events`), health, readiness,
 //!   metrics, and the HTTP error body.
 //! - [`config`]: flags and `TIDINGS_*` variables.
+//! - [`memory_limit`]: the memory store's bound, `--memory-limit`, and its
+//!   default from the machine's memory.
 //! - [`telemetry`]: logging and the Prometheus metric names.
 //! - [`detach`]: frees hyper's read buffer of Socket.IO requests (memory
 //!   per connection).
@@ -42,6 +44,7 @@ pub mod config;
 pub mod detach;
 pub mod http;
 pub mod hub;
+pub mod memory_limit;
 pub mod model;
 pub mod realtime;
 pub mod server;
