@@ -33,19 +33,19 @@ use crate::telemetry;
 /// different trackingIds rarely contend. No lock is held across an await.
 const SHARDS: usize = 64;
 
-/// Estimated bytes one retained event costs beyond its envelope's text: the
-/// entry in its history's queue, the envelope's shared allocation and the
-/// allocator's rounding (calibrated in `load-tests/results/sizing-*.txt`).
-const EVENT_OVERHEAD: usize = 100;
+/// Estimated bytes one retained event costs beyond its envelope's text: its
+/// entry in the history's queue. The constants are calibrated against the
+/// process's resident memory in `load-tests/results/sizing-*.txt`.
+const EVENT_OVERHEAD: usize = 40;
 
 /// Estimated bytes one dedupe key costs beyond twice its text (it is held
 /// in the key map and in the expiry queue): the map's entry and spare
 /// capacity, the queue's entry and two allocations.
-const KEY_OVERHEAD: usize = 200;
+const KEY_OVERHEAD: usize = 350;
 
 /// Estimated bytes one history costs beyond its trackingId: the entry in
 /// its shard's map, its queues' and map's first allocations.
-const HISTORY_OVERHEAD: usize = 600;
+const HISTORY_OVERHEAD: usize = 850;
 
 /// Bytes one entry of the store-wide acceptance order costs.
 const ORDER_ENTRY: usize = std::mem::size_of::<Evictable>();
