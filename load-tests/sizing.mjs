@@ -87,6 +87,7 @@ console.log(`# Tidings sizing, ${new Date().toISOString()}`);
 console.log(`# commit ${git("rev-parse", "HEAD")}${dirty ? " (dirty)" : ""}, binary ${SERVER_BIN}`);
 console.log(`# ${execFileSync("/usr/bin/redis-server", ["--version"], { encoding: "utf8" }).trim()}`);
 console.log(`# ${N} payments per scenario in batches of ${BATCH}; repeated = ${REPEATED_TIDS} trackingIds;`);
-console.log("# items as tests/e2e payment(): 88-char signature, trackingId t-<12 hex>; default history settings");
+console.log("# items as tests/e2e payment(): 64-char base58 signature, trackingId t-<12 hex>; default history settings");
+console.log("# memory: RSS of the tidings process and its accounting (tidings_store_memory_bytes); redis: INFO memory used_memory");
 for (const s of SCENARIOS) console.log(await memoryScenario(s));
 for (const s of SCENARIOS) console.log(await redisScenario(s));
