@@ -9,10 +9,11 @@
 
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import {
   startServer, ingestOk, connect, waitFor, subscribe, payment, uid, assertError,
-  backfill, closeAll, recorded,
+  backfill, closeAll, recorded, SERVER_BIN,
 } from "./lib/harness.mjs";
 import { readMetric } from "./lib/cluster.mjs";
 
@@ -70,6 +71,10 @@ describe(`memory bound (TIDINGS_MEMORY_LIMIT=${LIMIT})`, () => {
       `RSS peaked at ${mib(peak)} (baseline ${mib(baseline)}, ceiling ${mib(ceiling)}; samples ${samples.map(mib).join(", ")})`);
   });
 
+  test("the bound in use is logged at start", () => {
+    assert.match(server.logs(), new RegExp(`memory store bounded to ${LIMIT} bytes`));
+  });
+
   test("the accounted bytes stay within the bound and evictions are counted", async () => {
     const { value: bytes, text } = await readMetric(server.url, "tidings_store_memory_bytes");
     assert.ok(bytes !== null && bytes > 0 && bytes <= LIMIT, `tidings_store_memory_bytes = ${bytes}`);
@@ -116,5 +121,39 @@ describe(`memory bound (TIDINGS_MEMORY_LIMIT=${LIMIT})`, () => {
     const got = await waitFor(s, "payment", (p) => p.id === fresh.id);
     assert.equal(got.seq, 1);
     assert.ok(BigInt(fresh.id.split("-")[0]) > BigInt(earlyIds[0].split("-")[0]), `${fresh.id} after ${earlyIds[0]}`);
+  });
+});
+
+/** Runs the binary to completion (bounded); resolves with its exit code and output. */
+function runBinary(args, env = {}) {
+  return new Promise((resolve) => {
+    execFile(SERVER_BIN, args, { timeout: 10000, env: { ...process.env, ...env } }, (err, stdout, stderr) => {
+      resolve({ code: err ? err.code : 0, output: stdout + stderr });
+    });
+  });
+}
+
+describe("bad --memory-limit values are refused at start, naming the flag", () => {
+  const base = ["--listen", "127.0.0.1:0", "--ingest-token", "t"];
+  for (const [value, reason] of [["lots", /expected bytes/], ["1000", /at least 1MiB/], ["512KiB", /at least 1MiB/], ["-1", /expected bytes/]]) {
+    test(`--memory-limit ${value}`, async () => {
+      const r = await runBinary([...base, `--memory-limit=${value}`]);
+      assert.equal(r.code, 2, `exit code 2 (usage), got ${r.code}: ${r.output}`);
+      assert.match(r.output, /--memory-limit/);
+      assert.match(r.output, reason);
+      assert.doesNotMatch(r.output, /listening on/);
+    });
+  }
+
+  test("with --redis-url (flag or TIDINGS_MEMORY_LIMIT): refused, Redis's maxmemory bounds Redis", async () => {
+    for (const [args, env] of [
+      [[...base, "--redis-url", "redis://127.0.0.1:1", "--memory-limit", "8MiB"], {}],
+      [[...base, "--redis-url", "redis://127.0.0.1:1"], { TIDINGS_MEMORY_LIMIT: "8MiB" }],
+    ]) {
+      const r = await runBinary(args, env);
+      assert.equal(r.code, 2, `exit code 2, got ${r.code}: ${r.output}`);
+      assert.match(r.output, /--memory-limit/);
+      assert.match(r.output, /cannot be used with/);
+    }
   });
 });
