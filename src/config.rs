@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
 
+use crate::memory_limit::MemoryLimit;
 use crate::store::RedisTarget;
 use crate::telemetry::LogFormat;
 
@@ -66,6 +67,13 @@ pub struct Config {
     /// Seconds an idempotency key is remembered (at least --history-ttl).
     #[arg(long, env = "TIDINGS_DEDUPE_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub dedupe_ttl: u64,
+
+    /// Bytes the memory store may retain (events, dedupe keys, histories),
+    /// e.g. 1073741824, 512MiB or 2GiB; beyond it the oldest payments are
+    /// evicted. Default: a quarter of the cgroup's memory limit or of the
+    /// machine's memory. Memory mode only (Redis's maxmemory bounds Redis).
+    #[arg(long, env = "TIDINGS_MEMORY_LIMIT", conflicts_with = "redis_url")]
+    pub memory_limit: Option<MemoryLimit>,
 
     /// Subscriptions one socket may hold at once.
     #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]

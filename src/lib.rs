@@ -30,6 +30,8 @@
 //!   metrics, and the HTTP error body.
 //! - [`auth`]: bearer keys, socket tokens and grants (token mode).
 //! - [`config`]: flags and `TIDINGS_*` variables.
+//! - [`memory_limit`]: the memory store's bound, `--memory-limit`, and its
+//!   default from the machine's memory.
 //! - [`telemetry`]: logging and the Prometheus metric names.
 //! - [`detach`]: frees hyper's read buffer of Socket.IO requests (memory
 //!   per connection).
@@ -44,6 +46,7 @@ pub mod config;
 pub mod detach;
 pub mod http;
 pub mod hub;
+pub mod memory_limit;
 pub mod model;
 pub mod realtime;
 pub mod server;

@@ -15,6 +15,7 @@ use crate::auth::{Access, BearerKeys, TokenKeys};
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::http::{self, App, AppState, SOCKET_PATH, ingest::IngestTokens};
 use crate::hub::Hub;
+use crate::memory_limit;
 use crate::realtime::{self, Realtime};
 use crate::store::{
     HistoryStore, MemoryStore, PublicationStream, Publications, RedisStore, Retention, StoreError,
@@ -89,7 +90,15 @@ impl Server {
         let (publications, stream) = Publications::channel(config.delivery_buffer as usize);
         let (store, memory): (Arc<dyn HistoryStore>, _) = match config.redis_target() {
             None => {
-                let memory = Arc::new(MemoryStore::new(retention, publications.clone()));
+                let (limit, source) = memory_limit::resolve(config.memory_limit);
+                tracing::info!(
+                    bytes = limit,
+                    ?source,
+                    "memory store bounded to {limit} bytes; the oldest payments are evicted beyond it"
+                );
+                let memory = Arc::new(
+                    MemoryStore::new(retention, publications.clone()).with_memory_limit(limit),
+                );
                 (memory.clone(), Some(memory))
             }
             Some(target) => {

@@ -68,6 +68,12 @@ pub const STORE_UP: &str = "tidings_store_up";
 pub const STORE_HISTORIES: &str = "tidings_store_histories";
 pub const STORE_EVENTS: &str = "tidings_store_events";
 pub const STORE_DEDUPE_KEYS: &str = "tidings_store_dedupe_keys";
+/// Gauge: the memory store's estimate of the bytes it retains (bounded by
+/// `--memory-limit`).
+pub const STORE_MEMORY_BYTES: &str = "tidings_store_memory_bytes";
+/// Counter: payments (event and dedupe key) the memory store evicted,
+/// oldest first, to keep within `--memory-limit`.
+pub const STORE_EVICTIONS: &str = "tidings_store_evictions_total";
 
 /// Installs the global `tracing` subscriber. `RUST_LOG` filters (default
 /// `info`). Pretty output on a terminal, JSON otherwise, unless `format`
@@ -151,5 +157,13 @@ fn describe() {
     describe_gauge!(
         STORE_DEDUPE_KEYS,
         "Idempotency keys remembered by the memory store"
+    );
+    describe_gauge!(
+        STORE_MEMORY_BYTES,
+        "Estimated bytes retained by the memory store (bounded by --memory-limit)"
+    );
+    describe_counter!(
+        STORE_EVICTIONS,
+        "Payments evicted by the memory store, oldest first, to keep within --memory-limit"
     );
 }
