@@ -26,8 +26,9 @@
 //!
 //! - [`model`]: the wire types: trackingIds, event ids, positions,
 //!   envelopes, codes.
-//! - [`http`]: the router, backfill (`GET /v1/events`), health, readiness,
-//!   metrics, and the HTTP error body.
+//! - [`http`]: the router, connection limits (in front of Socket.IO),
+//!   backfill (`GET /v1/events`), health, readiness, metrics, and the HTTP
+//!   error body.
 //! - [`config`]: flags and `TIDINGS_*` variables.
 //! - [`telemetry`]: logging and the Prometheus metric names.
 //! - [`detach`]: frees hyper's read buffer of Socket.IO requests (memory

@@ -232,11 +232,17 @@ describe("a client that stops reading (slow consumer)", () => {
       const rssBefore = rssKb(proc.pid);
       let rssMax = rssBefore;
       let sent = 0;
-      // Ingest until the server lets the slow one go; a bounded number of
-      // payments (the kernel's buffers take about 7,000 of them).
-      const MAX_BATCHES = 200;
-      for (let i = 0; i < MAX_BATCHES && (await metric(url, "tidings_connections")) === 2; i++) {
-        const batch = Array.from({ length: 500 }, () => payment(tid, { signature: "S".repeat(200) + uid() }));
+      // Ingest until the server lets the slow one go, in bulk until the
+      // slow socket's buffer overflows (the kernel's buffers take about
+      // 7,000 payments, its own 2,024), then a few at a time: the store
+      // keeps every payment's dedupe key, and those are not what this test
+      // measures. A bounded number of payments in all.
+      const dropped = () => metric(url, "tidings_deliveries_dropped_total", { reason: "socket_buffer" });
+      const droppedBefore = await dropped();
+      const MAX_PAYMENTS = 60000;
+      while (sent < MAX_PAYMENTS && (await metric(url, "tidings_connections")) === 2) {
+        const size = (await dropped()) > droppedBefore ? 5 : 500;
+        const batch = Array.from({ length: size }, () => payment(tid, { signature: "S".repeat(200) + uid() }));
         await ingestOk(url, batch);
         sent += batch.length;
         rssMax = Math.max(rssMax, rssKb(proc.pid));
@@ -253,7 +259,10 @@ describe("a client that stops reading (slow consumer)", () => {
       assert.deepEqual(seqs, Array.from({ length: sent }, (_, i) => i + 1), "every payment, in order, once");
       const growthMb = (rssMax - rssBefore) / 1024;
       console.log(`slow consumer dropped after ${sent} payments; server RSS ${rssBefore} kB -> max ${rssMax} kB`);
-      assert.ok(growthMb < 100, `server RSS grew by ${growthMb.toFixed(1)} MB`);
+      // Without any slow consumer, 10,000 such payments grow a debug build by
+      // about 36 MB (the store, dedupe keys, the allocator); the bound is
+      // for a server buffering without limit.
+      assert.ok(growthMb < 150, `server RSS grew by ${growthMb.toFixed(1)} MB`);
       await receivesPayment(url, honest, tid);
     } finally {
       slow.close();
