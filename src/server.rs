@@ -38,11 +38,6 @@ const LIVE_BUFFER: usize = 1024;
 /// connection). Subscribe payloads are a few hundred bytes.
 const MAX_SOCKET_MESSAGE: u64 = 64 * 1024;
 
-/// Seconds a session has to join the namespace after its handshake
-/// (socket.io-client joins at once); then it is closed. socket.io's own
-/// default.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
-
 /// Pending connections the kernel may queue before we accept them.
 const ACCEPT_BACKLOG: u32 = 8192;
 
@@ -135,7 +130,12 @@ impl Server {
             // once its stalled connection is reset: `drop_when_stalled`).
             .ping_interval(Duration::from_secs(config.ping_interval))
             .ping_timeout(Duration::from_secs(config.ping_timeout))
-            .connect_timeout(CONNECT_TIMEOUT)
+            // A session that has not joined the namespace by then is closed
+            // (socket.io-client joins at once); with the default pings, 45 s,
+            // socket.io's own default.
+            .connect_timeout(Duration::from_secs(
+                config.ping_interval + config.ping_timeout,
+            ))
             // Clients send a few small events; a 4 KB websocket read buffer
             // per connection would be most of an idle socket's memory.
             .ws_read_buffer_size(WS_READ_BUFFER)

@@ -15,8 +15,8 @@ import {
 } from "./lib/harness.mjs";
 import { readMetric } from "./lib/cluster.mjs";
 import {
-  pollingHandshake, poll, RawWs, rawSocketIo, oversizedMessage, danglingAttachment,
-  slowConsumer, abandonedPolling,
+  rawHttp, pollingHandshake, poll, RawWs, rawSocketIo, oversizedMessage, danglingAttachment,
+  slowConsumer, abandonedPolling, neverJoins,
 } from "./lib/attacks.mjs";
 
 const [WS, POLLING, UPGRADE] = TRANSPORT_SETUPS;
@@ -290,12 +290,32 @@ describe("abandoned polling sessions", () => {
       // engineioxide's body (its code is the string "1", socket.io's the number).
       assert.equal(String(res.body?.code), "1", res.text);
       assert.equal(res.body?.message, "Session ID unknown");
+      // A handshake that fails, or is cut before its upgrade, keeps no slot.
+      const badVersion = await rawHttp(url, { path: "/ws/v1/?EIO=9&transport=polling" });
+      assert.equal(badVersion.status, 400, badVersion.text);
+      const noKey = await rawHttp(url, { path: "/ws/v1/?EIO=4&transport=websocket", headers: { connection: "upgrade", upgrade: "websocket" } });
+      assert.notEqual(noKey.status, 101);
+      await waitMetric(url, "tidings_connections", 1, { timeoutMs: 2000 });
       // The honest polling client, answering pings, is still served.
       const tid = uid("poll");
       await subscribe(honest, tid);
       await receivesPayment(url, honest, tid);
     } finally {
       honest.close();
+    }
+  });
+
+  test("a session that answers pings but never joins the namespace is closed and its slot released", async () => {
+    const { url } = server;
+    const ws = await neverJoins(url);
+    try {
+      await waitMetric(url, "tidings_connections", 1, { timeoutMs: 2000 });
+      // It answers pings, so only the connect timeout (1 + 1 s here) ends it.
+      assert.equal(await ws.closedWithin(8000), true, "closed by the server");
+      await waitMetric(url, "tidings_connections", 0, { timeoutMs: 2000 });
+      assert.equal(await metric(url, "tidings_sockets"), 0);
+    } finally {
+      ws.close();
     }
   });
 });

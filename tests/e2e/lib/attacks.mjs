@@ -376,6 +376,24 @@ export async function slowConsumer(url, trackingId, { pongEveryMs = 500, timeout
 }
 
 /**
+ * A websocket client that completes the Engine.IO handshake and answers
+ * every ping but never joins the Socket.IO namespace. Returns the raw
+ * websocket (the caller closes it).
+ */
+export async function neverJoins(url, { localAddress, timeoutMs = 5000 } = {}) {
+  const opened = await RawWs.open(url, { localAddress, timeoutMs });
+  if (opened.refused) throw new Error(`websocket handshake refused: ${opened.refused.status}`);
+  const { ws } = opened;
+  try {
+    await ws.next((m) => typeof m === "string" && m.startsWith("0{"), timeoutMs);
+  } catch (err) {
+    ws.close();
+    throw err;
+  }
+  return ws;
+}
+
+/**
  * A polling client that handshakes, joins the namespace, then goes silent
  * (never polls again, never answers a ping). Resolves with its `sid`.
  */
