@@ -130,7 +130,8 @@ impl ConnectionLimits {
             *n += 1;
         }
         held.total += 1;
-        metrics::gauge!(telemetry::CONNECTIONS).set(held.total as f64);
+        // Moved, not set: several servers in one process (tests) add up.
+        metrics::gauge!(telemetry::CONNECTIONS).increment(1.0);
         Ok(Slot(Arc::new(Release {
             limits: self.clone(),
             ip: ip.filter(|_| self.max_per_ip.is_some()),
@@ -150,7 +151,7 @@ impl ConnectionLimits {
                 held.per_ip.remove(&ip);
             }
         }
-        metrics::gauge!(telemetry::CONNECTIONS).set(held.total as f64);
+        metrics::gauge!(telemetry::CONNECTIONS).decrement(1.0);
     }
 
     fn lock(&self) -> MutexGuard<'_, Held> {

@@ -273,7 +273,7 @@ describe("a client that stops reading (slow consumer)", () => {
 
 describe("abandoned polling sessions", () => {
   let server;
-  before(async () => { server = await startServer(["--ping-interval", "1", "--ping-timeout", "1"]); });
+  before(async () => { server = await startServer(["--ping-interval", "1", "--ping-timeout", "2"]); });
   after(() => server?.stop());
 
   test("a polling client that goes silent is closed after the ping timeout and its slot released", async () => {
@@ -282,7 +282,7 @@ describe("abandoned polling sessions", () => {
     try {
       const { sid } = await abandonedPolling(url);
       await waitMetric(url, "tidings_sockets", 2, { timeoutMs: 5000 });
-      // Ping after 1 s, 1 s to answer: gone within a few seconds.
+      // A ping at once and every second, 2 s to answer: gone within seconds.
       await waitMetric(url, "tidings_connections", 1, { timeoutMs: 8000 });
       await waitMetric(url, "tidings_sockets", 1, { timeoutMs: 2000 });
       const res = await poll(url, sid);
@@ -310,12 +310,40 @@ describe("abandoned polling sessions", () => {
     const ws = await neverJoins(url);
     try {
       await waitMetric(url, "tidings_connections", 1, { timeoutMs: 2000 });
-      // It answers pings, so only the connect timeout (1 + 1 s here) ends it.
+      // It answers pings, so only the connect timeout (1 + 2 s here) ends it.
       assert.equal(await ws.closedWithin(8000), true, "closed by the server");
       await waitMetric(url, "tidings_connections", 0, { timeoutMs: 2000 });
       assert.equal(await metric(url, "tidings_sockets"), 0);
     } finally {
       ws.close();
+    }
+  });
+});
+
+describe("limit flags", () => {
+  test("bad values are refused at start with a message naming the flag", async () => {
+    for (const args of [
+      ["--max-connections", "0"], ["--max-connections", "many"], ["--max-connections-per-ip", "0"],
+      ["--ping-interval", "0"], ["--ping-timeout", "99999"],
+    ]) {
+      await assert.rejects(startServer(args), (err) => {
+        assert.match(err.message, /exited/, `${args.join(" ")}: ${err.message}`);
+        assert.ok(err.message.includes(args[0]), `the error names ${args[0]}: ${err.message}`);
+        return true;
+      });
+    }
+  });
+
+  test("the limits are read from TIDINGS_MAX_CONNECTIONS_PER_IP and TIDINGS_MAX_CONNECTIONS", async () => {
+    const server = await startServer([], { TIDINGS_MAX_CONNECTIONS_PER_IP: "1", TIDINGS_MAX_CONNECTIONS: "2" });
+    try {
+      const first = await pollingHandshake(server.url);
+      assert.ok(first.sid);
+      assertHttpError(await pollingHandshake(server.url), 429, "RATE_LIMITED");
+      assert.ok((await pollingHandshake(server.url, { localAddress: "127.0.0.2" })).sid);
+      assertHttpError(await pollingHandshake(server.url, { localAddress: "127.0.0.3" }), 503, "UNAVAILABLE");
+    } finally {
+      await server.stop();
     }
   });
 });
