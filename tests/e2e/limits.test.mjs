@@ -16,7 +16,7 @@ import {
 import { readMetric } from "./lib/cluster.mjs";
 import {
   rawHttp, pollingHandshake, poll, RawWs, rawSocketIo, oversizedMessage, danglingAttachment,
-  slowConsumer, abandonedPolling, neverJoins,
+  slowConsumer, abandonedPolling, neverJoins, oversizedPost,
 } from "./lib/attacks.mjs";
 
 const [WS, POLLING, UPGRADE] = TRANSPORT_SETUPS;
@@ -166,6 +166,10 @@ describe("socket-level hostile input", () => {
       "a 1 MiB message in 64 frames of 16 KiB");
     assert.deepEqual(await oversizedMessage(url, { bytes: 80 * 1024, frameSize: 1024 }), { closed: true, acked: false },
       "80 KiB in small frames");
+    // Polling: the body is refused (413) and the session is closed.
+    const post = await oversizedPost(url, { bytes: 1 << 20 });
+    assert.equal(post.posted, 413);
+    assert.equal(post.after, 400, `the session is gone: ${post.afterText}`);
     await assertHealthy(url);
   });
 

@@ -330,6 +330,21 @@ export async function oversizedMessage(url, { bytes = 1 << 20, frameSize, waitMs
 }
 
 /**
+ * The polling variant: a session that joined the namespace POSTs one
+ * `subscribe` padded to `bytes`. Resolves with the POST's status and the
+ * status of a poll of that session afterwards.
+ */
+export async function oversizedPost(url, { bytes = 1 << 20, timeoutMs = 5000 } = {}) {
+  const { sid } = await abandonedPolling(url, { timeoutMs });
+  const trackingId = `big-${randomBytes(4).toString("hex")}`;
+  const skeleton = eventPacket("subscribe", { trackingId, pad: "" });
+  const body = eventPacket("subscribe", { trackingId, pad: "x".repeat(Math.max(0, bytes - skeleton.length)) });
+  const posted = await poll(url, sid, { method: "POST", body, timeoutMs });
+  const after = await poll(url, sid, { timeoutMs });
+  return { posted: posted.status, after: after.status, afterText: after.text };
+}
+
+/**
  * Sends a binary-event header announcing one attachment and never sends
  * the attachment. Resolves with whether the server closed the connection
  * within `waitMs`.
