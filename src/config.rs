@@ -118,7 +118,7 @@ pub struct Config {
 
     /// Engine.IO sessions one client address may hold at once; beyond it a
     /// new connection is refused with 429 RATE_LIMITED. Unset: no limit per
-    /// address. Behind a load balancer every client has its address.
+    /// address. Behind a load balancer every client has the balancer's address.
     #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_connections_per_ip: Option<u64>,
 

@@ -84,7 +84,9 @@ impl IntoResponse for Refusal {
 /// One session's slot, released when the last clone is dropped (the
 /// request head is cloned by engineioxide for a websocket upgrade).
 #[derive(Clone)]
-pub struct Slot(#[allow(dead_code)] Arc<Release>);
+pub struct Slot {
+    _release: Arc<Release>,
+}
 
 /// Gives the slot back on drop.
 struct Release {
@@ -132,10 +134,12 @@ impl ConnectionLimits {
         held.total += 1;
         // Moved, not set: several servers in one process (tests) add up.
         metrics::gauge!(telemetry::CONNECTIONS).increment(1.0);
-        Ok(Slot(Arc::new(Release {
-            limits: self.clone(),
-            ip: ip.filter(|_| self.max_per_ip.is_some()),
-        })))
+        Ok(Slot {
+            _release: Arc::new(Release {
+                limits: self.clone(),
+                ip: ip.filter(|_| self.max_per_ip.is_some()),
+            }),
+        })
     }
 
     fn release(&self, ip: Option<IpAddr>) {
