@@ -128,6 +128,27 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_RATE_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_burst: u32,
 
+    /// Engine.IO sessions (connected clients) this node holds at once;
+    /// beyond it a new connection is refused with 503 UNAVAILABLE. Keep it
+    /// below the process's open-file limit (`ulimit -n`) minus about 1000.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections: u64,
+
+    /// Engine.IO sessions one client address may hold at once; beyond it a
+    /// new connection is refused with 429 RATE_LIMITED. Unset: no limit per
+    /// address. Behind a load balancer every client has the balancer's address.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections_per_ip: Option<u64>,
+
+    /// Seconds between the server's Engine.IO pings to each client.
+    #[arg(long, env = "TIDINGS_PING_INTERVAL", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ping_interval: u64,
+
+    /// Seconds a client has to answer a ping before its session is closed
+    /// (a silent or vanished client, an abandoned polling session).
+    #[arg(long, env = "TIDINGS_PING_TIMEOUT", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ping_timeout: u64,
+
     /// Seconds to wait for in-flight work at shutdown before exiting anyway.
     #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,

@@ -26,8 +26,9 @@
 //!
 //! - [`model`]: the wire types: trackingIds, event ids, positions,
 //!   envelopes, codes.
-//! - [`http`]: the router, backfill (`GET /v1/events`), health, readiness,
-//!   metrics, and the HTTP error body.
+//! - [`http`]: the router, connection limits (in front of Socket.IO),
+//!   backfill (`GET /v1/events`), health, readiness, metrics, and the HTTP
+//!   error body.
 //! - [`auth`]: bearer keys, socket tokens and grants (token mode).
 //! - [`config`]: flags and `TIDINGS_*` variables.
 //! - [`memory_limit`]: the memory store's bound, `--memory-limit`, and its

@@ -62,6 +62,13 @@ pub const TOKENS_MINTED: &str = "tidings_tokens_minted_total";
 pub const SOCKETS: &str = "tidings_sockets";
 /// Gauge: subscriptions held by sockets on this node.
 pub const SUBSCRIPTIONS: &str = "tidings_subscriptions";
+/// Gauge: Engine.IO sessions holding a connection slot on this node
+/// (connected clients, and handshakes not yet joined or not yet reaped).
+pub const CONNECTIONS: &str = "tidings_connections";
+/// Counter: connection handshakes refused, labelled by `reason`:
+/// `node_limit` (`--max-connections`) or `ip_limit`
+/// (`--max-connections-per-ip`).
+pub const CONNECTIONS_REFUSED: &str = "tidings_connections_refused_total";
 /// Gauge: 1 while the store (Redis in cluster mode) answers, else 0.
 pub const STORE_UP: &str = "tidings_store_up";
 /// Gauge: histories, events and dedupe keys held by the memory store.
@@ -151,6 +158,14 @@ fn describe() {
     describe_counter!(SOCKET_ERRORS, "Error envelopes sent to sockets, by code");
     describe_gauge!(SOCKETS, "Connected sockets on this node");
     describe_gauge!(SUBSCRIPTIONS, "Subscriptions held by sockets on this node");
+    describe_gauge!(
+        CONNECTIONS,
+        "Engine.IO sessions holding a connection slot on this node"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connection handshakes refused, by reason (node_limit, ip_limit)"
+    );
     describe_gauge!(STORE_UP, "1 while the store answers pings, else 0");
     describe_gauge!(STORE_HISTORIES, "TrackingId histories in the memory store");
     describe_gauge!(STORE_EVENTS, "Events retained in the memory store");
