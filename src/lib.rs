@@ -27,7 +27,8 @@
 //! - [`model`]: the wire types: trackingIds, event ids, positions,
 //!   envelopes, codes.
 //! - [`http`]: the router, backfill (`GET /v1/events`), health, readiness,
-//!   metrics, and the HTTP error body.
+//!   metrics, and the HTTP error body; the connection loop that bounds slow
+//!   clients ([`http::serve`]), bounded body reads and strict query strings.
 //! - [`config`]: flags and `TIDINGS_*` variables.
 //! - [`telemetry`]: logging and the Prometheus metric names.
 //! - [`detach`]: frees hyper's read buffer of Socket.IO requests (memory

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::http::serve::{self, HttpTimeouts};
 use crate::http::{self, App, AppState, SOCKET_PATH, ingest::IngestTokens};
 use crate::hub::Hub;
 use crate::realtime::{self, Realtime};
@@ -68,6 +69,7 @@ pub struct Server {
     /// where Redis expires keys itself.
     memory: Option<Arc<MemoryStore>>,
     shutdown_timeout: Duration,
+    timeouts: HttpTimeouts,
 }
 
 impl Server {
@@ -144,6 +146,10 @@ impl Server {
             publications: stream,
             memory,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
+            timeouts: HttpTimeouts {
+                header_read: Duration::from_secs(config.header_read_timeout),
+                body_read: Duration::from_secs(config.body_read_timeout),
+            },
         })
     }
 
@@ -173,13 +179,14 @@ impl Server {
         let delivery = tokio::spawn(self.hub.run(self.publications));
         let keepalive = tokio::spawn(keepalive(self.app.store.clone()));
         let (stop_accepting, accepting) = tokio::sync::oneshot::channel::<()>();
-        let mut serve = tokio::spawn(
-            axum::serve(self.listener, self.router)
-                .with_graceful_shutdown(async {
-                    let _ = accepting.await;
-                })
-                .into_future(),
-        );
+        let mut serve = tokio::spawn(serve::serve(
+            self.listener,
+            self.router,
+            self.timeouts,
+            async {
+                let _ = accepting.await;
+            },
+        ));
         tracing::info!(%addr, "listening on {addr}");
 
         let result = tokio::select! {

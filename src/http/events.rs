@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
+use super::query::{QueryError, StrictQuery};
 use super::state::AppState;
 use crate::model::{ErrorCode, EventId, check_tracking_id};
 
@@ -38,9 +38,9 @@ struct EventsPage {
 /// envelopes after `since`, exactly as sockets receive them.
 pub async fn events(
     State(app): State<AppState>,
-    query: Result<Query<EventsQuery>, QueryRejection>,
+    query: Result<StrictQuery<EventsQuery>, QueryError>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid_payload(e.body_text()))?;
+    let StrictQuery(q) = query.map_err(bad_query)?;
     let tracking_id = q.tracking_id.ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -75,4 +75,15 @@ pub async fn events(
         truncated: page.truncated,
     })
     .into_response())
+}
+
+/// A query refused by [`StrictQuery`], with the code of the parameter at
+/// fault.
+fn bad_query(err: QueryError) -> ApiError {
+    let code = match err.parameter() {
+        Some("trackingId") => ErrorCode::InvalidTrackingId,
+        Some("since") => ErrorCode::InvalidSince,
+        _ => ErrorCode::InvalidPayload,
+    };
+    ApiError::new(StatusCode::BAD_REQUEST, code, err.to_string())
 }

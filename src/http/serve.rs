@@ -1,0 +1,180 @@
+//! The connection loop: accepts TCP connections and serves the router on
+//! each with hyper, where `axum::serve` offers no bounds on slow clients.
+//!
+//! - A request head must arrive within [`HttpTimeouts::header_read`]; the
+//!   same bound closes a keep-alive connection left idle between requests
+//!   (hyper starts the header timer as soon as it waits for a head).
+//! - A request body must arrive whole within [`HttpTimeouts::body_read`]
+//!   ([`DeadlineBody`]).
+//! - Websocket upgrades are served (`serve_connection_with_upgrades`);
+//!   an upgraded connection is no longer an HTTP connection and has no
+//!   such bounds.
+//! - Each request carries its peer's address as
+//!   `axum::extract::ConnectInfo<SocketAddr>`.
+//! - At shutdown the listener is dropped (new connections are refused),
+//!   every connection is told to finish its request in flight and close,
+//!   and [`serve`] returns once all have.
+//!
+//! Connections are served with hyper's HTTP/1 builder, not hyper-util's
+//! `auto` one: `auto` first reads the bytes that would tell HTTP/2 apart,
+//! outside hyper's header timeout, so a client that sends nothing would be
+//! held forever (and HTTP/2 is not compiled in anyway).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use super::body::DeadlineBody;
+
+/// Largest read buffer of a connection (hyper's default is about 400 KB).
+/// Bodies are read in chunks of at most this: with 400 KB buffers, clients
+/// streaming big bodies (drained after a `413`) left over 40 MB of freed
+/// buffers in the allocator; with 64 KB, about 15 MB.
+const MAX_READ_BUFFER: usize = 64 * 1024;
+
+/// How long a client may take to send what it owes.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimeouts {
+    /// To send a request head; also how long a keep-alive connection may
+    /// wait idle for its next request.
+    pub header_read: Duration,
+    /// To send a request body whole, from the end of its head.
+    pub body_read: Duration,
+}
+
+/// Serves `router` on `listener` until `stop` resolves, then lets the
+/// connections finish their requests in flight and returns.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    timeouts: HttpTimeouts,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let shutdown = Shutdown::new();
+    let mut stop = pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => connection(stream, peer, &router, timeouts, shutdown.watcher()),
+            Err(err) => accept_failed(err).await,
+        }
+    }
+    drop(listener);
+    shutdown.finish().await;
+    Ok(())
+}
+
+/// Tells every connection to shut down, and knows when all have.
+struct Shutdown {
+    signal: watch::Sender<bool>,
+    /// Each connection holds a receiver until it ends.
+    open: watch::Sender<()>,
+}
+
+/// A connection's end of [`Shutdown`].
+struct Watcher {
+    signal: watch::Receiver<bool>,
+    _open: watch::Receiver<()>,
+}
+
+impl Shutdown {
+    fn new() -> Self {
+        Shutdown {
+            signal: watch::channel(false).0,
+            open: watch::channel(()).0,
+        }
+    }
+
+    fn watcher(&self) -> Watcher {
+        Watcher {
+            signal: self.signal.subscribe(),
+            _open: self.open.subscribe(),
+        }
+    }
+
+    /// Signals every connection, then waits until all have ended.
+    async fn finish(self) {
+        self.signal.send_replace(true);
+        self.open.closed().await;
+    }
+}
+
+impl Watcher {
+    /// Resolves once shutdown is signalled (or the server is gone).
+    async fn shutting_down(&mut self) {
+        let _ = self.signal.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Serves one connection in its own task.
+fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: &Router,
+    timeouts: HttpTimeouts,
+    mut watcher: Watcher,
+) {
+    let service = router.clone().map_request(move |req: Request<Incoming>| {
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(ConnectInfo(peer));
+        Request::from_parts(
+            parts,
+            axum::body::Body::new(DeadlineBody::new(body, timeouts.body_read)),
+        )
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read)
+        .max_buf_size(MAX_READ_BUFFER);
+    tokio::spawn(async move {
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .with_upgrades();
+        let mut conn = pin!(conn);
+        let ended = tokio::select! {
+            ended = conn.as_mut() => ended,
+            () = watcher.shutting_down() => {
+                // Finishes the request in flight (if any), then closes.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(err) = ended {
+            // A client that went away or was too slow: routine.
+            tracing::debug!(%peer, "connection ended: {err}");
+        }
+        drop(watcher);
+    });
+}
+
+/// A failed `accept`. Errors about one connection (it was reset before we
+/// took it) are ignored; others, such as running out of file descriptors,
+/// are logged and the loop pauses a second so that it does not spin while
+/// nothing can be accepted (as hyper's and axum's loops do).
+async fn accept_failed(err: std::io::Error) {
+    use std::io::ErrorKind::*;
+    if matches!(
+        err.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("accept error: {err}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
