@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::body::read_bounded;
 use super::error::{ApiError, Detail};
-use super::ingest::read_body;
 use super::state::AppState;
 use crate::auth::{self, Access};
 use crate::model::{ErrorCode, check_tracking_id, now_ms};
@@ -74,7 +74,7 @@ async fn mint_token(
             "Socket tokens are not used: the server runs with --auth open",
         ));
     };
-    let bytes = read_body(body, app.max_body).await?;
+    let bytes = read_bounded(headers, body, app.max_body).await?;
     let request = parse_mint(&bytes, app.max_subscriptions)?;
     let minted = keys.mint(&request.tracking_ids, request.ttl_seconds, now_ms());
     metrics::counter!(telemetry::TOKENS_MINTED).increment(1);
