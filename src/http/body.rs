@@ -132,18 +132,26 @@ pub async fn read_bounded(
 
 /// The `413`; drains what the client is still sending.
 fn too_large(headers: &HeaderMap, body: Body, max_bytes: usize) -> ApiError {
+    let refusal = ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::PayloadTooLarge,
+        format!("Request body is larger than {max_bytes} bytes"),
+    );
+    refuse_unread(headers, body, refusal)
+}
+
+/// `refusal`, answered before the body was read (a wrong key, a node
+/// shutting down, a body too large): the body is drained in the background
+/// as for a `413`, so that a client writing it whole before reading gets
+/// the answer, and the connection closes.
+pub fn refuse_unread(headers: &HeaderMap, body: Body, refusal: ApiError) -> ApiError {
     let expects_continue = headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if !expects_continue {
         tokio::spawn(drain(body));
     }
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::PayloadTooLarge,
-        format!("Request body is larger than {max_bytes} bytes"),
-    )
-    .closing()
+    refusal.closing()
 }
 
 /// Reads and discards a body until it ends, fails (its deadline), or

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::body::read_bounded;
+use super::body::{read_bounded, refuse_unread};
 use super::error::{ApiError, Detail, Details};
 use super::state::AppState;
 use crate::model::{
@@ -67,11 +67,12 @@ async fn accept(
     body: Body,
 ) -> Result<Vec<Accepted>, ApiError> {
     // The token is checked before a byte of the body is read.
-    authorize(&app.ingest_tokens, headers)?;
+    if let Err(refusal) = authorize(&app.ingest_tokens, headers) {
+        return Err(refuse_unread(headers, body, refusal));
+    }
     if app.shutting_down() {
-        return Err(ApiError::unavailable(
-            "The server is shutting down; retry on another node",
-        ));
+        let refusal = ApiError::unavailable("The server is shutting down; retry on another node");
+        return Err(refuse_unread(headers, body, refusal));
     }
     let bytes = read_bounded(headers, body, app.max_body).await?;
     let items = parse_items(&bytes, app.max_batch)?;

@@ -14,7 +14,7 @@ import {
 import { startRedis } from "./lib/cluster.mjs";
 import {
   ATTACKS, rawConnection, nextResponse, within, ingestHead, writeAll, postWhole, bigBatch, detailBomb,
-  rssBytes, mib,
+  rssBytes, mib, FLOOD_CAP,
 } from "./lib/hostile.mjs";
 
 const MiB = 1024 * 1024;
@@ -41,6 +41,23 @@ describe("oversized ingest bodies get a readable 413", () => {
     assertHttpError({ status: r.status, body: r.json }, 413, "PAYLOAD_TOO_LARGE");
     assert.equal(r.headers.connection, "close", "the connection is closed after the 413");
     await assertNothingStored(server.url, trackingId);
+  });
+
+  test("the token-mint endpoint too, and early refusals: a 33 MiB body written whole before reading gets a readable 413 / 401", async (t) => {
+    const minting = await startServer(["--auth", "token", "--api-key", "mint-key-0123456789", "--token-secret", "mint-secret-0123456789abcdef"]);
+    t.after(() => minting.stop());
+    const body = Buffer.from(JSON.stringify({ trackingIds: Array.from({ length: 200000 }, (_, i) => "t".repeat(160) + i) }));
+    assert.ok(body.length > 32 * MiB);
+    const r = await postWhole(minting.url, "/v1/ws/tokens", body, { headers: { authorization: "Bearer mint-key-0123456789" } });
+    assert.equal(r.error, null, `the request must see no error (the server read the body), got ${r.error}`);
+    assertHttpError({ status: r.status, body: r.json }, 413, "PAYLOAD_TOO_LARGE");
+    // A wrong key is refused before the body is read, and that 401 is as
+    // readable (the body is drained the same way); so is ingest's.
+    for (const path of ["/v1/ws/tokens", "/v1/payments"]) {
+      const wrong = await postWhole(minting.url, path, body, { headers: { authorization: "Bearer nope" } });
+      assert.equal(wrong.error, null, `${path}: the request must see no error, got ${wrong.error}`);
+      assertHttpError({ status: wrong.status, body: wrong.json }, 401, "UNAUTHORIZED");
+    }
   });
 
   test("a declared 33 MiB Content-Length is answered 413 at once; the body sent after it is read and the connection closes cleanly", async () => {
@@ -284,7 +301,10 @@ describe("/readyz with Redis stopped", () => {
 
 describe("hostile clients at once", () => {
   test("all attacks for 15 s while honest sockets receive every payment in order; memory comes back down", async (t) => {
-    const server = await startServer();
+    // Short pings, so that a stalled connection is reset (and a slow consumer
+    // dropped) within the run; a bounded memory store; a per-address cap.
+    const server = await startServer(["--ping-interval", "5", "--ping-timeout", "5",
+      "--max-connections-per-ip", String(FLOOD_CAP), "--memory-limit", "4MiB"]);
     t.after(() => server.stop());
     const pid = server.proc.pid;
 

@@ -10,7 +10,13 @@
 import net from "node:net";
 import http from "node:http";
 import { readFileSync } from "node:fs";
-import { INGEST_TOKEN, payment, uid } from "./harness.mjs";
+import { INGEST_TOKEN, payment, uid, ingestOk } from "./harness.mjs";
+import { oversizedMessage, danglingAttachment, pollingHandshake, slowConsumer } from "./attacks.mjs";
+
+/** The per-address cap the combined test's server runs with (`--max-connections-per-ip`). */
+export const FLOOD_CAP = 30;
+/** The address the connection flood comes from (honest clients use 127.0.0.1). */
+export const FLOOD_ADDRESS = "127.0.0.3";
 
 const sleep = (ms, signal) => new Promise((resolve) => {
   const t = setTimeout(resolve, ms);
@@ -307,6 +313,70 @@ export const ATTACKS = [
       }
     },
     check: (stats) => only(stats, "answered400"),
+  },
+  {
+    name: "oversized websocket messages (1 MiB, in one frame and in 16 KiB frames)",
+    async run({ url }, signal, stats) {
+      for (let n = 0; !signal.aborted; n++) {
+        const r = await oversizedMessage(url, { frameSize: n % 2 ? 16 * 1024 : undefined })
+          .catch((e) => ({ error: e.message }));
+        const key = r.closed && !r.acked ? "closed" : `other:${JSON.stringify(r)}`;
+        stats[key] = (stats[key] ?? 0) + 1;
+        await sleep(50, signal);
+      }
+    },
+    check: (stats) => only(stats, "closed"),
+  },
+  {
+    name: "binary attachments announced and never sent",
+    async run({ url }, signal, stats) {
+      while (!signal.aborted) {
+        const r = await danglingAttachment(url).catch((e) => ({ error: e.message }));
+        const key = r.closed ? "closed" : `other:${JSON.stringify(r)}`;
+        stats[key] = (stats[key] ?? 0) + 1;
+        await sleep(50, signal);
+      }
+    },
+    check: (stats) => only(stats, "closed"),
+  },
+  {
+    name: `connection flood from ${FLOOD_ADDRESS} (abandoned polling sessions; cap ${FLOOD_CAP} per address)`,
+    async run({ url }, signal, stats) {
+      while (!signal.aborted) {
+        const r = await pollingHandshake(url, { localAddress: FLOOD_ADDRESS })
+          .catch((e) => ({ status: e.message }));
+        const key = r.sid ? "held" : r.status === 429 && r.body?.error?.code === "RATE_LIMITED" ? "refused429" : `other:${r.status}`;
+        stats[key] = (stats[key] ?? 0) + 1;
+        await sleep(20, signal);
+      }
+    },
+    // Abandoned sessions are reaped after the ping timeout, so more than the
+    // cap may be held over the whole run, never more at once (limits.test.mjs).
+    check: (stats) => (stats.held >= FLOOD_CAP && stats.refused429 > 0 && Object.keys(stats).length === 2
+      ? null : `expected held ≥ ${FLOOD_CAP} and refused429, got ${JSON.stringify(stats)}`),
+  },
+  {
+    name: "a slow consumer (stops reading; its trackingId gets payments in bulk until it is dropped)",
+    async run({ url }, signal, stats) {
+      const tid = `slow-${"x".repeat(200)}-${uid()}`;
+      const slow = await slowConsumer(url, tid);
+      let closed = false;
+      slow.closed.then(() => { closed = true; });
+      // Runs on after the others stopped, until the server drops it (bounded).
+      const deadline = Date.now() + 55000;
+      try {
+        while (!closed && Date.now() < deadline) {
+          const batch = Array.from({ length: 200 }, () => payment(tid, { signature: "S".repeat(200) + uid() }));
+          await ingestOk(url, batch);
+          stats.payments = (stats.payments ?? 0) + batch.length;
+          await sleep(100);
+        }
+      } finally {
+        slow.close();
+      }
+      stats.droppedByServer = closed;
+    },
+    check: (stats) => (stats.droppedByServer === true ? null : `the slow consumer was not dropped: ${JSON.stringify(stats)}`),
   },
 ];
 
