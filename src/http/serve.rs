@@ -75,6 +75,13 @@ pub async fn serve(
         match accepted {
             Ok((mut stream, peer)) => {
                 drop_when_stalled(&mut stream, timeouts.stall);
+                // Small frames go out at once: without it, a second small
+                // websocket frame written right after another (an ack, then
+                // a payment) waits for the client's delayed ACK, up to 40 ms
+                // on Linux. Node's HTTP server sets it too.
+                if let Err(err) = stream.set_nodelay(true) {
+                    tracing::debug!(%err, "cannot set TCP_NODELAY");
+                }
                 connection(stream, peer, &router, timeouts, shutdown.watcher())
             }
             Err(err) => accept_failed(err).await,
