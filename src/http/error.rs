@@ -65,6 +65,15 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The per-field details, when the error has them.
+    pub fn details(&self) -> Option<&[Detail]> {
+        self.details.as_deref()
+    }
 }
 
 impl From<StoreError> for ApiError {

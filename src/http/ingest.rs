@@ -104,8 +104,7 @@ async fn accept(
         ));
     }
     let bytes = read_body(body, app.max_body).await?;
-    let items = parse_items(&bytes, app.max_batch)?;
-    let payments = validate(&items)?;
+    let payments = parse_batch(&bytes, app.max_batch)?;
 
     let mut out: Vec<Option<Accepted>> = (0..payments.len()).map(|_| None).collect();
     for Group {
@@ -174,6 +173,15 @@ async fn read_body(body: Body, max_body: usize) -> Result<axum::body::Bytes, Api
             "Could not read the request body: {err}"
         ))),
     }
+}
+
+/// Parses and validates a whole ingest body, as `POST /v1/payments` does
+/// once the body is read: one object or an array of 1 to `max_batch`
+/// payments. Any bad item rejects the whole batch (`INVALID_PAYLOAD` with
+/// one detail per bad field; `PAYLOAD_TOO_LARGE` over `max_batch`). Public
+/// for the fuzz targets and property tests.
+pub fn parse_batch(bytes: &[u8], max_batch: usize) -> Result<Vec<NewPayment>, ApiError> {
+    validate(&parse_items(bytes, max_batch)?)
 }
 
 /// The body as a list of items: one object is a batch of one.
