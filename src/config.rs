@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
 
+use crate::memory_limit::MemoryLimit;
 use crate::store::RedisTarget;
 use crate::telemetry::LogFormat;
 
@@ -67,6 +68,13 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_DEDUPE_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub dedupe_ttl: u64,
 
+    /// Bytes the memory store may retain (events, dedupe keys, histories),
+    /// e.g. 1073741824, 512MiB or 2GiB; beyond it the oldest payments are
+    /// evicted. Default: a quarter of the cgroup's memory limit or of the
+    /// machine's memory. Memory mode only (Redis's maxmemory bounds Redis).
+    #[arg(long, env = "TIDINGS_MEMORY_LIMIT", conflicts_with = "redis_url")]
+    pub memory_limit: Option<MemoryLimit>,
+
     /// Subscriptions one socket may hold at once.
     #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_subscriptions: u64,
@@ -87,6 +95,16 @@ pub struct Config {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
+
+    /// (token mode) An HS256 secret for socket tokens; repeatable; the first
+    /// signs, all verify.
+    #[arg(
+        long = "token-secret",
+        env = "TIDINGS_TOKEN_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub token_secrets: Vec<String>,
 
     /// An origin browsers may call from; repeatable; `*` allows any.
     #[arg(
@@ -110,6 +128,27 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_RATE_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_burst: u32,
 
+    /// Engine.IO sessions (connected clients) this node holds at once;
+    /// beyond it a new connection is refused with 503 UNAVAILABLE. Keep it
+    /// below the process's open-file limit (`ulimit -n`) minus about 1000.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections: u64,
+
+    /// Engine.IO sessions one client address may hold at once; beyond it a
+    /// new connection is refused with 429 RATE_LIMITED. Unset: no limit per
+    /// address. Behind a load balancer every client has the balancer's address.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections_per_ip: Option<u64>,
+
+    /// Seconds between the server's Engine.IO pings to each client.
+    #[arg(long, env = "TIDINGS_PING_INTERVAL", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ping_interval: u64,
+
+    /// Seconds a client has to answer a ping before its session is closed
+    /// (a silent or vanished client, an abandoned polling session).
+    #[arg(long, env = "TIDINGS_PING_TIMEOUT", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ping_timeout: u64,
+
     /// Seconds to wait for in-flight work at shutdown before exiting anyway.
     #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,
@@ -131,8 +170,10 @@ pub enum ConfigError {
     DedupeShorterThanHistory { dedupe: u64, history: u64 },
     #[error("--ingest-token values must not be empty")]
     EmptyIngestToken,
-    #[error("--auth token is not available in this version; use --auth open")]
-    TokenModeUnavailable,
+    #[error("--auth token needs at least one --token-secret (every node of a cluster the same)")]
+    TokenModeWithoutSecret,
+    #[error("--api-key and --token-secret values must not be empty")]
+    EmptySecret,
     #[error(
         "invalid --cors-origin {0:?}: expected `*` or an origin such as https://app.example.com"
     )]
@@ -151,8 +192,12 @@ impl Config {
         if self.ingest_tokens.iter().any(|t| t.trim().is_empty()) {
             return Err(ConfigError::EmptyIngestToken);
         }
-        if self.auth == AuthMode::Token {
-            return Err(ConfigError::TokenModeUnavailable);
+        let secrets = self.api_keys.iter().chain(&self.token_secrets);
+        if secrets.into_iter().any(|s| s.trim().is_empty()) {
+            return Err(ConfigError::EmptySecret);
+        }
+        if self.auth == AuthMode::Token && self.token_secrets.is_empty() {
+            return Err(ConfigError::TokenModeWithoutSecret);
         }
         for origin in &self.cors_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {

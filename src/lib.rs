@@ -26,9 +26,13 @@
 //!
 //! - [`model`]: the wire types: trackingIds, event ids, positions,
 //!   envelopes, codes.
-//! - [`http`]: the router, backfill (`GET /v1/events`), health, readiness,
-//!   metrics, and the HTTP error body.
+//! - [`http`]: the router, connection limits (in front of Socket.IO),
+//!   backfill (`GET /v1/events`), health, readiness, metrics, and the HTTP
+//!   error body.
+//! - [`auth`]: bearer keys, socket tokens and grants (token mode).
 //! - [`config`]: flags and `TIDINGS_*` variables.
+//! - [`memory_limit`]: the memory store's bound, `--memory-limit`, and its
+//!   default from the machine's memory.
 //! - [`telemetry`]: logging and the Prometheus metric names.
 //! - [`detach`]: frees hyper's read buffer of Socket.IO requests (memory
 //!   per connection).
@@ -38,10 +42,12 @@
 //! Dependencies point one way: `server` → `http`, `realtime` → `hub` →
 //! `store` → `model`, `telemetry`.
 
+pub mod auth;
 pub mod config;
 pub mod detach;
 pub mod http;
 pub mod hub;
+pub mod memory_limit;
 pub mod model;
 pub mod realtime;
 pub mod server;

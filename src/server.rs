@@ -7,13 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use socketioxide::SocketIo;
+use axum::serve::ListenerExt;
+use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::auth::{Access, BearerKeys, TokenKeys};
+use crate::config::{AuthMode, Config, ConfigError};
+use crate::http::connections::ConnectionLimits;
 use crate::http::{self, App, AppState, SOCKET_PATH, ingest::IngestTokens};
 use crate::hub::Hub;
+use crate::memory_limit;
 use crate::realtime::{self, Realtime};
 use crate::store::{
     HistoryStore, MemoryStore, PublicationStream, Publications, RedisStore, Retention, StoreError,
@@ -31,8 +35,9 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 /// traffic; it is only a bound (memory is used by packets actually queued).
 const LIVE_BUFFER: usize = 1024;
 
-/// Largest Engine.IO payload a client may send (a polling POST or a
-/// websocket message). Subscribe payloads are a few hundred bytes.
+/// Largest Engine.IO payload a client may send (a polling POST, or a
+/// websocket message and each of its frames: a larger one closes the
+/// connection). Subscribe payloads are a few hundred bytes.
 const MAX_SOCKET_MESSAGE: u64 = 64 * 1024;
 
 /// Pending connections the kernel may queue before we accept them.
@@ -68,6 +73,9 @@ pub struct Server {
     /// where Redis expires keys itself.
     memory: Option<Arc<MemoryStore>>,
     shutdown_timeout: Duration,
+    /// How long a connection's writes may make no progress before the
+    /// kernel resets it (see [`drop_when_stalled`]).
+    stall_timeout: Duration,
 }
 
 impl Server {
@@ -88,7 +96,15 @@ impl Server {
         let (publications, stream) = Publications::channel(config.delivery_buffer as usize);
         let (store, memory): (Arc<dyn HistoryStore>, _) = match config.redis_target() {
             None => {
-                let memory = Arc::new(MemoryStore::new(retention, publications.clone()));
+                let (limit, source) = memory_limit::resolve(config.memory_limit);
+                tracing::info!(
+                    bytes = limit,
+                    ?source,
+                    "memory store bounded to {limit} bytes; the oldest payments are evicted beyond it"
+                );
+                let memory = Arc::new(
+                    MemoryStore::new(retention, publications.clone()).with_memory_limit(limit),
+                );
                 (memory.clone(), Some(memory))
             }
             Some(target) => {
@@ -105,31 +121,77 @@ impl Server {
             .req_path(SOCKET_PATH)
             .max_buffer_size(history_limit + LIVE_BUFFER)
             .max_payload(MAX_SOCKET_MESSAGE)
+            // tungstenite's defaults (64 MiB messages, 16 MiB frames) would let
+            // one client make the server buffer megabytes before any check.
+            .ws_max_message_size(MAX_SOCKET_MESSAGE as usize)
+            .ws_max_frame_size(MAX_SOCKET_MESSAGE as usize)
+            // No event of the contract carries binary data: a packet that
+            // announces attachments closes the connection at once instead
+            // of the server holding attachments (up to 10 MB for a minute
+            // by default) until they arrive.
+            .with_parser(
+                ParserConfig::common()
+                    .max_incoming_binaries(0)
+                    .max_incoming_binary_buf_size(0),
+            )
+            // A silent client (vanished, or an abandoned polling session) is
+            // closed after a ping it does not answer; so is one whose
+            // outgoing buffer is full when a ping is due (the close completes
+            // once its stalled connection is reset: `drop_when_stalled`).
+            .ping_interval(Duration::from_secs(config.ping_interval))
+            .ping_timeout(Duration::from_secs(config.ping_timeout))
+            // A session that has not joined the namespace by then is closed
+            // (socket.io-client joins at once); with the default pings, 45 s,
+            // socket.io's own default.
+            .connect_timeout(Duration::from_secs(
+                config.ping_interval + config.ping_timeout,
+            ))
             // Clients send a few small events; a 4 KB websocket read buffer
             // per connection would be most of an idle socket's memory.
             .ws_read_buffer_size(WS_READ_BUFFER)
             .build_layer();
         let hub = Hub::new(io.clone(), store.clone(), history_limit);
+        let access = match config.auth {
+            AuthMode::Open => Access::Open,
+            AuthMode::Token => Access::Token(Arc::new(
+                TokenKeys::new(&config.token_secrets).ok_or(ConfigError::TokenModeWithoutSecret)?,
+            )),
+        };
         realtime::register(
             &io,
             Arc::new(Realtime::new(
                 hub.clone(),
+                access.clone(),
                 config.max_subscriptions as usize,
                 config.rate_limit,
                 config.rate_burst,
             )),
         );
-        let app: AppState = Arc::new(App::new(
-            store,
-            IngestTokens::new(&config.ingest_tokens),
-            config.max_body as usize,
-            config.max_batch as usize,
-            telemetry::metrics_handle(),
-            // One node: a 202 means this node's sockets have been handed the
-            // payments. A cluster node cannot promise that for other nodes.
-            config.redis_url.is_none().then_some(publications),
-        ));
-        let router = http::app(app.clone(), sio_layer, &config.cors_origins);
+        let app: AppState = Arc::new(
+            App::new(
+                store,
+                IngestTokens::new(&config.ingest_tokens),
+                config.max_body as usize,
+                config.max_batch as usize,
+                telemetry::metrics_handle(),
+                // One node: a 202 means this node's sockets have been handed the
+                // payments. A cluster node cannot promise that for other nodes.
+                config.redis_url.is_none().then_some(publications),
+            )
+            .with_access(
+                access,
+                BearerKeys::new(&config.api_keys),
+                config.max_subscriptions as usize,
+            ),
+        );
+        let connections = ConnectionLimits::new(
+            SOCKET_PATH,
+            usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+            config
+                .max_connections_per_ip
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        );
+        let router = http::app(app.clone(), sio_layer, connections, &config.cors_origins);
 
         let listener = listen(config.listen).map_err(|source| StartError::Bind {
             addr: config.listen,
@@ -144,6 +206,8 @@ impl Server {
             publications: stream,
             memory,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
+            // As long as a silent client may take to answer a ping.
+            stall_timeout: Duration::from_secs(config.ping_interval + config.ping_timeout),
         })
     }
 
@@ -181,11 +245,17 @@ impl Server {
         let keepalive = tokio::spawn(keepalive(self.app.store.clone()));
         let (stop_accepting, accepting) = tokio::sync::oneshot::channel::<()>();
         let mut serve = tokio::spawn(
-            axum::serve(self.listener, self.router)
-                .with_graceful_shutdown(async {
-                    let _ = accepting.await;
-                })
-                .into_future(),
+            // The peer address reaches handlers (the per-address limit).
+            axum::serve(
+                self.listener
+                    .tap_io(move |tcp| drop_when_stalled(tcp, self.stall_timeout)),
+                self.router
+                    .into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = accepting.await;
+            })
+            .into_future(),
         );
         tracing::info!(%addr, "listening on {addr}");
 
@@ -250,6 +320,24 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(ACCEPT_BACKLOG)
+}
+
+/// A peer that stops reading (its receive window stays closed) or
+/// vanishes with data unacknowledged has its connection reset by the kernel
+/// after `after` (`TCP_USER_TIMEOUT`, which also bounds zero-window
+/// probing). Without it, a websocket whose client stopped reading is never
+/// closed: engineioxide's writer waits forever on the full TCP buffer while
+/// holding the session's queue, so even a heartbeat failure cannot finish
+/// closing it, and the socket, its subscriptions and its connection slot
+/// stay. With it the write fails, the session closes and everything is
+/// released.
+fn drop_when_stalled(tcp: &mut tokio::net::TcpStream, after: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(err) = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(after)) {
+        tracing::debug!(%err, "cannot set TCP_USER_TIMEOUT");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, after);
 }
 
 /// Pings the store every second: a Redis connection that broke is noticed

@@ -53,16 +53,34 @@ pub const TOPICS: &str = "tidings_topics";
 pub const REPLAYED: &str = "tidings_replayed_events_total";
 /// Counter: socket errors sent, labelled by `code`.
 pub const SOCKET_ERRORS: &str = "tidings_socket_errors_total";
+/// Counter: socket connections refused in token mode for want of a valid
+/// token (`UNAUTHORIZED`).
+pub const CONNECTS_UNAUTHORIZED: &str = "tidings_connects_unauthorized_total";
+/// Counter: socket tokens minted by `POST /v1/ws/tokens`.
+pub const TOKENS_MINTED: &str = "tidings_tokens_minted_total";
 /// Gauge: connected sockets on this node.
 pub const SOCKETS: &str = "tidings_sockets";
 /// Gauge: subscriptions held by sockets on this node.
 pub const SUBSCRIPTIONS: &str = "tidings_subscriptions";
+/// Gauge: Engine.IO sessions holding a connection slot on this node
+/// (connected clients, and handshakes not yet joined or not yet reaped).
+pub const CONNECTIONS: &str = "tidings_connections";
+/// Counter: connection handshakes refused, labelled by `reason`:
+/// `node_limit` (`--max-connections`) or `ip_limit`
+/// (`--max-connections-per-ip`).
+pub const CONNECTIONS_REFUSED: &str = "tidings_connections_refused_total";
 /// Gauge: 1 while the store (Redis in cluster mode) answers, else 0.
 pub const STORE_UP: &str = "tidings_store_up";
 /// Gauge: histories, events and dedupe keys held by the memory store.
 pub const STORE_HISTORIES: &str = "tidings_store_histories";
 pub const STORE_EVENTS: &str = "tidings_store_events";
 pub const STORE_DEDUPE_KEYS: &str = "tidings_store_dedupe_keys";
+/// Gauge: the memory store's estimate of the bytes it retains (bounded by
+/// `--memory-limit`).
+pub const STORE_MEMORY_BYTES: &str = "tidings_store_memory_bytes";
+/// Counter: payments (event and dedupe key) the memory store evicted,
+/// oldest first, to keep within `--memory-limit`.
+pub const STORE_EVICTIONS: &str = "tidings_store_evictions_total";
 
 /// Installs the global `tracing` subscriber. `RUST_LOG` filters (default
 /// `info`). Pretty output on a terminal, JSON otherwise, unless `format`
@@ -108,6 +126,11 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge};
     describe_counter!(PAYMENTS_STORED, "Payments stored (duplicates excluded)");
     describe_counter!(
+        CONNECTS_UNAUTHORIZED,
+        "Socket connections refused in token mode for want of a valid token"
+    );
+    describe_counter!(TOKENS_MINTED, "Socket tokens minted");
+    describe_counter!(
         PAYMENTS_DUPLICATE,
         "Ingested payments answered as duplicates"
     );
@@ -135,11 +158,27 @@ fn describe() {
     describe_counter!(SOCKET_ERRORS, "Error envelopes sent to sockets, by code");
     describe_gauge!(SOCKETS, "Connected sockets on this node");
     describe_gauge!(SUBSCRIPTIONS, "Subscriptions held by sockets on this node");
+    describe_gauge!(
+        CONNECTIONS,
+        "Engine.IO sessions holding a connection slot on this node"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connection handshakes refused, by reason (node_limit, ip_limit)"
+    );
     describe_gauge!(STORE_UP, "1 while the store answers pings, else 0");
     describe_gauge!(STORE_HISTORIES, "TrackingId histories in the memory store");
     describe_gauge!(STORE_EVENTS, "Events retained in the memory store");
     describe_gauge!(
         STORE_DEDUPE_KEYS,
         "Idempotency keys remembered by the memory store"
+    );
+    describe_gauge!(
+        STORE_MEMORY_BYTES,
+        "Estimated bytes retained by the memory store (bounded by --memory-limit)"
+    );
+    describe_counter!(
+        STORE_EVICTIONS,
+        "Payments evicted by the memory store, oldest first, to keep within --memory-limit"
     );
 }

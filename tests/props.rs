@@ -15,6 +15,7 @@ use axum::http::{Request, StatusCode, header};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
+use tidings::http::connections::ConnectionLimits;
 use tidings::http::ingest::{IngestTokens, MAX_KEY_BYTES, MAX_TIMESTAMP_SECONDS, parse_batch};
 use tidings::http::{self, App, SOCKET_PATH};
 use tidings::model::{
@@ -272,7 +273,8 @@ static NODE: LazyLock<Node> = LazyLock::new(|| {
             tidings::telemetry::metrics_handle(),
             None,
         ));
-        http::app(app, layer, &["*".to_owned()])
+        let connections = ConnectionLimits::new(SOCKET_PATH, usize::MAX, None);
+        http::app(app, layer, connections, &["*".to_owned()])
     });
     Node {
         rt,
@@ -330,7 +332,7 @@ proptest! {
         single: bool,
     ) {
         let body = body_of(&items, single).to_string();
-        let parsed = parse_batch(body.as_bytes(), MAX_BATCH).map_err(|e| e.details().map(<[_]>::to_vec));
+        let parsed = parse_batch(body.as_bytes(), MAX_BATCH).map_err(|e| e.details().to_vec());
         let expected: Vec<NewPayment> = items.iter().map(|v| v.payment.clone()).collect();
         prop_assert_eq!(parsed, Ok(expected));
     }
@@ -348,7 +350,7 @@ proptest! {
 
         let err = parse_batch(body.to_string().as_bytes(), MAX_BATCH).unwrap_err();
         prop_assert_eq!(err.code(), ErrorCode::InvalidPayload);
-        let details = err.details().unwrap();
+        let details = err.details();
         prop_assert!(!details.is_empty());
         prop_assert!(details.iter().all(|d| d.index == at), "{:?}", details);
 

@@ -216,6 +216,158 @@ async fn a_full_queue_reports_what_it_dropped() {
     assert_eq!(next_seq(&mut rx).await.1, 1);
 }
 
+/// A signature as long as a real one (88 base58 characters), unique per
+/// `n`: dedupe keys cost what they cost in production.
+fn long_sig(n: usize) -> String {
+    format!("{n:0>88}")
+}
+
+/// A memory store bounded to `limit` bytes, with room for 1000 events per
+/// trackingId and nothing expiring during the test.
+fn bounded_store(limit: u64) -> (MemoryStore, PublicationStream) {
+    let (publications, rx) = Publications::channel(1_000_000);
+    let store = MemoryStore::new(retention(1000), publications).with_memory_limit(limit);
+    (store, rx)
+}
+
+/// Filled far beyond its bound with payments for many trackingIds, the
+/// memory store never accounts more than the bound after an append, keeps
+/// the newest payments and evicts the oldest across all trackingIds (every
+/// evicted payment is older than every retained one), keeps each retained
+/// history contiguous and in its epoch, answers a `since` into evicted
+/// events truncated with what is retained, and no longer dedupes an evicted
+/// payment while still deduping a retained one.
+#[tokio::test]
+async fn the_memory_store_stays_within_its_bound_evicting_the_oldest_first() {
+    const LIMIT: u64 = 512 * 1024;
+    const TIDS: usize = 100;
+    const ROUNDS: usize = 60;
+    let (store, _rx) = bounded_store(LIMIT);
+    let tid = |t: usize| format!("bound-{t}");
+    // first[t]: tid t's first id; payment (round r, tid t) is global number
+    // r * TIDS + t, its seq r + 1.
+    let mut first = Vec::new();
+    for r in 0..ROUNDS {
+        for t in 0..TIDS {
+            let sig = long_sig(r * TIDS + t);
+            let out = append(&store, &tid(t), &[&sig]).await;
+            assert!(matches!(out[0], Appended::Stored(_)));
+            assert_eq!(out[0].id().seq, r as u64 + 1);
+            if r == 0 {
+                first.push(out[0].id());
+            }
+            assert!(
+                store.memory_bytes() <= LIMIT as usize,
+                "{} bytes accounted over a bound of {LIMIT}",
+                store.memory_bytes()
+            );
+        }
+    }
+    assert!(store.evictions() > 0);
+    let (mut newest_evicted, mut oldest_retained) = (None::<usize>, usize::MAX);
+    let mut retained = 0;
+    for (t, first_id) in first.iter().enumerate() {
+        let page = store.read(&tid(t), None, 1000).await.unwrap();
+        let seqs: Vec<u64> = page.events.iter().map(|e| e.id.seq).collect();
+        assert_eq!(
+            seqs.last(),
+            Some(&(ROUNDS as u64)),
+            "tid {t} keeps its newest"
+        );
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "contiguous: {seqs:?}"
+        );
+        assert!(page.events.iter().all(|e| e.id.epoch == first_id.epoch));
+        assert_eq!(page.position.id().map(|id| id.seq), Some(ROUNDS as u64));
+        retained += seqs.len();
+        let first_seq = seqs[0] as usize;
+        oldest_retained = oldest_retained.min((first_seq - 1) * TIDS + t);
+        if first_seq > 1 {
+            newest_evicted = newest_evicted.max(Some((first_seq - 2) * TIDS + t));
+        }
+        // A since into what was evicted: truncated, from the oldest retained.
+        let page = store.read(&tid(t), Some(*first_id), 1000).await.unwrap();
+        assert_eq!(page.truncated, first_seq > 2, "tid {t} from {first_seq}");
+        assert_eq!(page.events.first().map(|e| e.id.seq), Some(seqs[0].max(2)));
+    }
+    let newest_evicted = newest_evicted.expect("the oldest payments were evicted");
+    assert!(
+        newest_evicted < oldest_retained,
+        "payment {newest_evicted} was evicted while the older {oldest_retained} is retained"
+    );
+    assert!(
+        retained < ROUNDS * TIDS / 2,
+        "only {retained} of {} retained",
+        ROUNDS * TIDS
+    );
+    // The oldest payment's key was evicted with it: it is stored again. A
+    // retained one is still a duplicate.
+    let again = append(&store, &tid(0), &[&long_sig(0)]).await;
+    assert!(matches!(again[0], Appended::Stored(_)));
+    let newest = long_sig((ROUNDS - 1) * TIDS + TIDS - 1);
+    let again = append(&store, &tid(TIDS - 1), &[&newest]).await;
+    assert!(matches!(again[0], Appended::Duplicate(id) if id.seq == ROUNDS as u64));
+}
+
+/// A history evicted entirely behaves like an expired one: a `since` into
+/// it reads truncated and empty, and the next payment starts a new, larger
+/// epoch at seq 1.
+#[tokio::test]
+async fn a_history_evicted_entirely_starts_a_new_larger_epoch() {
+    let (store, _rx) = bounded_store(64 * 1024);
+    let old = append(&store, "gone", &["g1", "g2"]).await[1].id();
+    let mut n = 0;
+    while store
+        .read("gone", None, 10)
+        .await
+        .unwrap()
+        .position
+        .id()
+        .is_some()
+    {
+        append(&store, &format!("filler-{n}"), &[&long_sig(n)]).await;
+        n += 1;
+        assert!(n < 10_000, "the oldest history is never evicted");
+    }
+    let page = store.read("gone", Some(old), 10).await.unwrap();
+    assert!(page.truncated && page.events.is_empty());
+    let fresh = append(&store, "gone", &["g1"]).await;
+    assert!(
+        matches!(fresh[0], Appended::Stored(_)),
+        "its key went with it"
+    );
+    let fresh = fresh[0].id();
+    assert!(fresh.epoch > old.epoch, "{fresh} after {old}");
+    assert_eq!(fresh.seq, 1);
+    let page = store.read("gone", Some(old), 10).await.unwrap();
+    assert!(page.truncated);
+    assert_eq!(
+        page.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![fresh]
+    );
+}
+
+/// A bound below one payment evicts each history within the millisecond
+/// that created it: the next one still gets a larger epoch, so no id is
+/// ever issued twice.
+#[tokio::test]
+async fn a_history_evicted_in_the_millisecond_it_was_created_never_reuses_its_epoch() {
+    let (store, _rx) = bounded_store(1);
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let out = append(&store, "flash", &[&format!("f{i}")]).await;
+        assert!(matches!(out[0], Appended::Stored(_)));
+        ids.push(out[0].id());
+        assert_eq!(store.memory_bytes(), 0, "everything evicted");
+    }
+    assert!(
+        ids.windows(2)
+            .all(|w| w[1].epoch > w[0].epoch && w[1].seq == 1),
+        "{ids:?}"
+    );
+}
+
 /// Two nodes appending for one trackingId at once never share or skip a
 /// seq, and a third node receives the publications in seq order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -70,9 +70,12 @@ impl ApiError {
         self.code
     }
 
-    /// The per-field details, when the error has them.
-    pub fn details(&self) -> Option<&[Detail]> {
-        self.details.as_deref()
+    pub fn details(&self) -> &[Detail] {
+        self.details.as_deref().unwrap_or_default()
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
 }
 

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::auth;
 use crate::model::{ErrorCode, EventId, check_tracking_id};
 
 /// Default and largest page of `GET /v1/events`.
@@ -24,6 +25,8 @@ pub struct EventsQuery {
     tracking_id: Option<String>,
     since: Option<String>,
     limit: Option<String>,
+    /// Token mode: the socket token, when not sent as a bearer header.
+    token: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -38,9 +41,16 @@ struct EventsPage {
 /// envelopes after `since`, exactly as sockets receive them.
 pub async fn events(
     State(app): State<AppState>,
+    headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_payload(e.body_text()))?;
+    // Token mode: who is asking comes before what is asked.
+    let token = auth::bearer(&headers).or(q.token.as_deref());
+    let grant = app
+        .access
+        .grant(token)
+        .map_err(|e| ApiError::unauthorized(format!("{e}")))?;
     let tracking_id = q.tracking_id.ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -50,6 +60,11 @@ pub async fn events(
     })?;
     check_tracking_id(&tracking_id)
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidTrackingId, m))?;
+    if grant.is_some_and(|g| !g.covers(&tracking_id)) {
+        return Err(ApiError::forbidden(
+            "The token does not cover this trackingId",
+        ));
+    }
     let since = match q.since.as_deref() {
         None | Some("") => None,
         Some(s) => Some(

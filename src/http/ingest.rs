@@ -11,13 +11,11 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::error::{ApiError, Detail};
 use super::state::AppState;
@@ -35,36 +33,8 @@ pub const MAX_TIMESTAMP_SECONDS: u64 = 253_402_300_799;
 /// Longest `signature` or `idempotencyKey`, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
 
-/// The ingest tokens, kept only as SHA-256 digests so that comparing them is
-/// constant-time and independent of their lengths.
-#[derive(Clone, Default)]
-pub struct IngestTokens(Vec<[u8; 32]>);
-
-impl IngestTokens {
-    pub fn new<S: AsRef<str>>(tokens: &[S]) -> Self {
-        IngestTokens(tokens.iter().map(|t| digest(t.as_ref())).collect())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Whether `presented` is one of the tokens. Compares against every
-    /// token, whichever matches.
-    fn accepts(&self, presented: &str) -> bool {
-        let presented = digest(presented);
-        self.0
-            .iter()
-            .fold(subtle::Choice::from(0), |found, t| {
-                found | t.ct_eq(&presented)
-            })
-            .into()
-    }
-}
-
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
+/// The ingest tokens (`--ingest-token`).
+pub use crate::auth::BearerKeys as IngestTokens;
 
 /// One entry of a `202` answer, in request order.
 #[derive(Debug, Serialize)]
@@ -145,13 +115,7 @@ fn authorize(tokens: &IngestTokens, headers: &HeaderMap) -> Result<(), ApiError>
             "Ingest is disabled: the server has no --ingest-token",
         ));
     }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
+    let presented = crate::auth::bearer(headers);
     match presented {
         Some(token) if tokens.accepts(token) => Ok(()),
         Some(_) => Err(ApiError::unauthorized("Invalid ingest token")),
@@ -161,7 +125,7 @@ fn authorize(tokens: &IngestTokens, headers: &HeaderMap) -> Result<(), ApiError>
     }
 }
 
-async fn read_body(body: Body, max_body: usize) -> Result<axum::body::Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, max_body: usize) -> Result<axum::body::Bytes, ApiError> {
     match Limited::new(body, max_body).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
@@ -459,12 +423,5 @@ mod tests {
         let p = validate_item(0, &with("idempotencyKey", json!("k")), &mut details).unwrap();
         assert_eq!(p.dedupe, DedupeKey::Idempotency("k".into()));
         assert_eq!(p.data.signature.as_deref(), Some("sig"));
-    }
-
-    #[test]
-    fn tokens_match_exactly() {
-        let tokens = IngestTokens::new(&["alpha", "beta"]);
-        assert!(tokens.accepts("alpha") && tokens.accepts("beta"));
-        assert!(!tokens.accepts("alph") && !tokens.accepts("alphaa") && !tokens.accepts(""));
     }
 }

@@ -2,22 +2,28 @@
 //! operations endpoints around the Socket.IO layer, and the middleware
 //! every request passes (CORS, request ids, tracing).
 //!
+//! - [`connections`]: connection limits, in front of the Socket.IO layer.
 //! - [`ingest`]: `POST /v1/payments` (contract section 3).
 //! - [`events`]: `GET /v1/events` (section 4).
+//! - [`tokens`]: `POST /v1/ws/tokens`, socket tokens (section 5).
 //! - [`ops`]: health, readiness, metrics (section 6).
 //! - [`error`]: the error body every endpoint answers with.
 //! - [`state`]: what the handlers share.
 
+pub mod connections;
 pub mod error;
 pub mod events;
 pub mod ingest;
 pub mod ops;
 pub mod state;
+pub mod tokens;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, Request, header};
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use socketioxide::layer::SocketIoLayer;
 use tower::util::MapRequestLayer;
@@ -26,23 +32,34 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::detach::detach_head;
+use connections::{ConnectionLimits, limit_connections};
 pub use state::{App, AppState};
 
 /// The Socket.IO endpoint path (contract section 1).
 pub const SOCKET_PATH: &str = "/ws/v1";
 
-/// Every route, the Socket.IO layer at [`SOCKET_PATH`], and the middleware.
-pub fn app(state: AppState, socket_io: SocketIoLayer, cors_origins: &[String]) -> Router {
+/// Every route, the Socket.IO layer at [`SOCKET_PATH`] behind the
+/// connection limits, and the middleware.
+pub fn app(
+    state: AppState,
+    socket_io: SocketIoLayer,
+    connections: Arc<ConnectionLimits>,
+    cors_origins: &[String],
+) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/v1/payments", post(ingest::ingest))
         .route("/v1/events", get(events::events))
+        .route("/v1/ws/tokens", post(tokens::mint))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
         .with_state(state)
         .layer(socket_io)
+        // In front of the Socket.IO layer: a refused handshake never
+        // reaches engineioxide.
+        .layer(from_fn_with_state(connections, limit_connections))
         .layer(MapRequestLayer::new(detach_head(SOCKET_PATH)))
         .layer(cors(cors_origins))
         .layer(

@@ -7,12 +7,19 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 
 use super::ingest::IngestTokens;
+use crate::auth::{Access, BearerKeys};
 use crate::store::{HistoryStore, Publications};
 
 /// What the HTTP handlers share.
 pub struct App {
     pub store: Arc<dyn HistoryStore>,
     pub ingest_tokens: IngestTokens,
+    /// Who may watch a trackingId over backfill (contract section 5).
+    pub access: Access,
+    /// Keys that may mint socket tokens.
+    pub api_keys: BearerKeys,
+    /// Entries a minted token may name (`--max-subscriptions`).
+    pub max_subscriptions: usize,
     pub max_body: usize,
     pub max_batch: usize,
     pub metrics: PrometheusHandle,
@@ -37,6 +44,9 @@ impl App {
         App {
             store,
             ingest_tokens,
+            access: Access::Open,
+            api_keys: BearerKeys::default(),
+            max_subscriptions: 0,
             max_body,
             max_batch,
             metrics,
@@ -44,6 +54,20 @@ impl App {
             shutting_down: AtomicBool::new(false),
             ingests: InFlight::default(),
         }
+    }
+
+    /// Token mode: backfill needs a token, and `api_keys` may mint tokens
+    /// naming up to `max_subscriptions` entries.
+    pub fn with_access(
+        mut self,
+        access: Access,
+        api_keys: BearerKeys,
+        max_subscriptions: usize,
+    ) -> Self {
+        self.access = access;
+        self.api_keys = api_keys;
+        self.max_subscriptions = max_subscriptions;
+        self
     }
 
     /// From now on ingest answers `503` and `/readyz` is unready.

@@ -23,6 +23,7 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 
+use crate::auth::{Access, Grant, TokenError};
 use crate::hub::Hub;
 use crate::telemetry;
 use session::{Command, Op, Session};
@@ -30,6 +31,8 @@ use session::{Command, Op, Session};
 /// What the protocol handlers share, for every socket.
 pub struct Realtime {
     pub hub: Arc<Hub>,
+    /// Who may connect and what they may watch (contract section 5).
+    pub access: Access,
     pub max_subscriptions: usize,
     pub rate: Quota,
     /// One clock for every socket's rate limiter: creating a clock per
@@ -39,11 +42,18 @@ pub struct Realtime {
 }
 
 impl Realtime {
-    pub fn new(hub: Arc<Hub>, max_subscriptions: usize, per_second: u32, burst: u32) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        access: Access,
+        max_subscriptions: usize,
+        per_second: u32,
+        burst: u32,
+    ) -> Self {
         let per_second = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         Realtime {
             hub,
+            access,
             max_subscriptions,
             rate: Quota::per_second(per_second).allow_burst(burst),
             clock: QuantaClock::default(),
@@ -54,9 +64,20 @@ impl Realtime {
 /// Registers the namespace `/` and its handlers on `io`.
 pub fn register(io: &SocketIo, realtime: Arc<Realtime>) {
     let attaching = realtime.clone();
-    let middleware = move |socket: SocketRef| {
-        attach(&socket, attaching.clone());
-        std::future::ready(Ok::<(), std::convert::Infallible>(()))
+    let middleware = move |socket: SocketRef, TryData(auth): TryData<Value>| {
+        let token = handshake_token(&socket, auth.ok().as_ref());
+        let admitted = match attaching.access.grant(token.as_deref()) {
+            Ok(grant) => {
+                attach(&socket, attaching.clone(), grant);
+                Ok(())
+            }
+            Err(err) => {
+                metrics::counter!(telemetry::CONNECTS_UNAUTHORIZED).increment(1);
+                tracing::debug!(socket_id = %socket.id, "connection refused: {err}");
+                Err(Unauthorized(err))
+            }
+        };
+        std::future::ready(admitted)
     };
     // socketioxide sends the connect answer, then marks the socket
     // connected, then calls this: a command that arrived in between waited
@@ -71,10 +92,29 @@ pub fn register(io: &SocketIo, realtime: Arc<Realtime>) {
     io.ns("/", on_connect.with(middleware));
 }
 
-/// Sets up one socket: its session and event handlers.
-fn attach(socket: &SocketRef, realtime: Arc<Realtime>) {
+/// A refused connection; socket.io-client's `connect_error` gets this
+/// message (it carries nothing else), so it starts with the code.
+#[derive(Debug, thiserror::Error)]
+#[error("UNAUTHORIZED: {0}")]
+struct Unauthorized(TokenError);
+
+/// The token a connecting socket presents: handshake auth `{ token }`
+/// first, else the `token` query parameter of its handshake request.
+fn handshake_token(socket: &SocketRef, auth: Option<&Value>) -> Option<String> {
+    if let Some(token) = auth.and_then(|a| a.get("token")).and_then(Value::as_str) {
+        return Some(token.to_owned());
+    }
+    let query = socket.req_parts().uri.query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// Sets up one socket: its session and event handlers. `grant` bounds what
+/// it may subscribe to (token mode) for the life of the connection.
+fn attach(socket: &SocketRef, realtime: Arc<Realtime>, grant: Option<Grant>) {
     metrics::gauge!(telemetry::SOCKETS).increment(1.0);
-    let session = Arc::new(Session::new(realtime.rate, &realtime.clock));
+    let session = Arc::new(Session::new(realtime.rate, &realtime.clock, grant));
     socket.extensions.insert(session.clone());
     for op in [Op::Subscribe, Op::Unsubscribe] {
         let (session, realtime) = (session.clone(), realtime.clone());

@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use super::Realtime;
 use super::protocol::{SubscribeRequest, refusal, reply, reply_error};
+use crate::auth::Grant;
 use crate::model::{Envelope, ErrorCode};
 use crate::telemetry;
 
@@ -52,6 +53,8 @@ pub struct Command {
 /// One socket's protocol state.
 pub struct Session {
     limiter: DefaultDirectRateLimiter,
+    /// Token mode: what the socket's token covers.
+    grant: Option<Grant>,
     state: Mutex<State>,
 }
 
@@ -69,9 +72,10 @@ struct State {
 }
 
 impl Session {
-    pub fn new(rate: Quota, clock: &QuantaClock) -> Self {
+    pub fn new(rate: Quota, clock: &QuantaClock, grant: Option<Grant>) -> Self {
         Session {
             limiter: RateLimiter::direct_with_clock(rate, clock.clone()),
+            grant,
             state: Mutex::new(State::default()),
         }
     }
@@ -156,6 +160,13 @@ impl Session {
             Err(refused) => return reply_error(socket, cmd.ack, None, refused),
         };
         let tid = req.tracking_id;
+        if self.grant.as_ref().is_some_and(|g| !g.covers(&tid)) {
+            let refused = (
+                ErrorCode::Forbidden,
+                "The token does not cover this trackingId".to_owned(),
+            );
+            return reply_error(socket, cmd.ack, Some(&tid), refused);
+        }
         {
             let state = self.state();
             if !state.subscriptions.contains(&tid)

@@ -4,9 +4,11 @@
 //!
 //! Epochs are milliseconds of a clock that never goes backwards within the
 //! process ([`Clock`]); several histories may share one. A history is
-//! created afresh only after the previous one of its trackingId expired
-//! entirely, which takes at least `--history-ttl` (≥ 1 s) on that same
-//! clock, so its epoch is larger. Across a restart, epochs come from the
+//! created afresh only after the previous one of its trackingId was removed
+//! (expired entirely, or evicted to keep within the memory limit), and its
+//! epoch must be larger than that of every history removed from its shard:
+//! an append waits for the clock to pass it (at most a millisecond, as no
+//! epoch is ahead of the clock). Across a restart, epochs come from the
 //! wall clock again, which has moved past every earlier epoch (none ran
 //! ahead of it): this assumes the system clock does not step back by more
 //! than the restart took.
@@ -14,8 +16,9 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -24,10 +27,28 @@ use super::{
     resolve_since,
 };
 use crate::model::{DedupeKey, EventId, NewPayment, Position, StoredEvent, now_ms};
+use crate::telemetry;
 
 /// Independent locks over the trackingId space, so that appends for
 /// different trackingIds rarely contend. No lock is held across an await.
 const SHARDS: usize = 64;
+
+/// Estimated bytes one retained event costs beyond its envelope's text: its
+/// entry in the history's queue. The constants are calibrated against the
+/// process's resident memory in `load-tests/results/sizing-*.txt`.
+const EVENT_OVERHEAD: usize = 40;
+
+/// Estimated bytes one dedupe key costs beyond twice its text (it is held
+/// in the key map and in the expiry queue): the map's entry and spare
+/// capacity, the queue's entry and two allocations.
+const KEY_OVERHEAD: usize = 350;
+
+/// Estimated bytes one history costs beyond its trackingId: the entry in
+/// its shard's map, its queues' and map's first allocations.
+const HISTORY_OVERHEAD: usize = 850;
+
+/// Bytes one entry of the store-wide acceptance order costs.
+const ORDER_ENTRY: usize = std::mem::size_of::<Evictable>();
 
 /// Wall-clock milliseconds that never go backwards within this process:
 /// acceptance times, expiry and epochs all read it, so that an expired
@@ -46,16 +67,53 @@ impl Clock {
 }
 
 /// An in-memory [`HistoryStore`].
+///
+/// Its memory is bounded as a whole (`--memory-limit`): it accounts an
+/// estimate of the bytes it retains (events, dedupe keys, histories) and,
+/// when an append takes it over the bound, evicts the oldest payments across
+/// all trackingIds, in acceptance order, until it is under again. An evicted
+/// payment loses its event and its dedupe key; a history left with neither
+/// is removed, exactly as if it had expired.
 pub struct MemoryStore {
     retention: Retention,
     publications: Publications,
-    shards: Box<[Mutex<HashMap<String, History>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     clock: Clock,
+    /// Bytes the accounting may reach before eviction starts.
+    limit: usize,
+    /// Accounted bytes: every history's `bytes` plus the order's entries.
+    /// Changed under the lock of what it accounts, so it never wraps.
+    used: AtomicUsize,
+    /// Every stored payment, oldest first: where eviction starts. Entries
+    /// whose payment is already gone (expired, dropped by the history limit)
+    /// are skipped when reached, and trimmed by age in [`MemoryStore::sweep`].
+    order: Mutex<VecDeque<Evictable>>,
+    /// Payments evicted so far.
+    evictions: AtomicU64,
+}
+
+/// The histories of one shard of the trackingId space.
+#[derive(Default)]
+struct Shard {
+    histories: HashMap<Arc<str>, History>,
+    /// The largest epoch of a history removed from this shard (expired or
+    /// evicted). A history created afresh needs a larger one: eviction can
+    /// remove a history within the millisecond that created it.
+    removed_epoch: u64,
+}
+
+/// One stored payment in the store-wide acceptance order.
+struct Evictable {
+    tracking_id: Arc<str>,
+    epoch: u64,
+    seq: u64,
+    accepted_ms: u64,
 }
 
 /// One trackingId's history and dedupe keys.
 struct History {
+    tracking_id: Arc<str>,
     epoch: u64,
     last_seq: u64,
     /// Retained events, oldest first, with contiguous seqs.
@@ -63,25 +121,88 @@ struct History {
     dedupe: HashMap<DedupeKey, EventId>,
     /// Dedupe keys in order of expiry (insertion order, as the TTL is fixed).
     dedupe_expiry: VecDeque<(u64, DedupeKey)>,
+    /// The estimated bytes this history retains, itself included.
+    bytes: usize,
+}
+
+fn event_cost(event: &StoredEvent) -> usize {
+    event.envelope.get().len() + EVENT_OVERHEAD
+}
+
+fn key_cost(key: &DedupeKey) -> usize {
+    let text = match key {
+        DedupeKey::Idempotency(k) | DedupeKey::Signature(k) => k.len(),
+    };
+    2 * text + KEY_OVERHEAD
 }
 
 impl History {
+    fn new(tracking_id: Arc<str>, epoch: u64) -> Self {
+        History {
+            bytes: tracking_id.len() + HISTORY_OVERHEAD,
+            tracking_id,
+            epoch,
+            last_seq: 0,
+            events: VecDeque::new(),
+            dedupe: HashMap::new(),
+            dedupe_expiry: VecDeque::new(),
+        }
+    }
+
+    fn push(&mut self, event: StoredEvent, key: DedupeKey, dedupe_until: u64) {
+        self.bytes += event_cost(&event) + key_cost(&key);
+        self.dedupe.insert(key.clone(), event.id);
+        self.events.push_back(event);
+        self.dedupe_expiry.push_back((dedupe_until, key));
+    }
+
+    fn pop_event(&mut self) {
+        if let Some(event) = self.events.pop_front() {
+            self.bytes -= event_cost(&event);
+        }
+    }
+
+    fn pop_key(&mut self) {
+        if let Some((_, key)) = self.dedupe_expiry.pop_front() {
+            self.dedupe.remove(&key);
+            self.bytes -= key_cost(&key);
+        }
+    }
+
     fn prune(&mut self, now: u64, retention: &Retention) {
         while self.events.len() > retention.max_events {
-            self.events.pop_front();
+            self.pop_event();
         }
         while self
             .events
             .front()
             .is_some_and(|ev| ev.accepted_ms.saturating_add(retention.history_ttl_ms) <= now)
         {
-            self.events.pop_front();
+            self.pop_event();
         }
         while self.dedupe_expiry.front().is_some_and(|(at, _)| *at <= now) {
-            if let Some((_, key)) = self.dedupe_expiry.pop_front() {
-                self.dedupe.remove(&key);
-            }
+            self.pop_key();
         }
+    }
+
+    /// Drops the event and dedupe key of every payment up to `seq` (the
+    /// oldest ones: both queues are in seq order). Whether anything was
+    /// still retained.
+    fn evict_through(&mut self, seq: u64) -> bool {
+        let mut evicted = false;
+        while self.events.front().is_some_and(|ev| ev.id.seq <= seq) {
+            self.pop_event();
+            evicted = true;
+        }
+        while self.dedupe_expiry.front().is_some_and(|(_, key)| {
+            self.dedupe
+                .get(key)
+                .is_none_or(|original| original.seq <= seq)
+        }) {
+            self.pop_key();
+            evicted = true;
+        }
+        evicted
     }
 
     fn is_empty(&self) -> bool {
@@ -123,93 +244,127 @@ impl History {
     }
 }
 
+/// The id of a history's last stored event.
+fn event_id_of(history: &History) -> EventId {
+    EventId {
+        epoch: history.epoch,
+        seq: history.last_seq,
+    }
+}
+
+/// Why an append must be tried again shortly.
+struct EpochTaken;
+
 impl MemoryStore {
     /// A store whose publications go to `publications` (this node is the
-    /// only node, so everything is published to it).
+    /// only node, so everything is published to it), without a memory
+    /// bound until [`MemoryStore::with_memory_limit`] sets one.
     pub fn new(retention: Retention, publications: Publications) -> Self {
         MemoryStore {
             retention,
             publications,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
             clock: Clock::default(),
+            limit: usize::MAX,
+            used: AtomicUsize::new(0),
+            order: Mutex::new(VecDeque::new()),
+            evictions: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, tracking_id: &str) -> std::sync::MutexGuard<'_, HashMap<String, History>> {
+    /// Bounds the bytes this store accounts to `bytes`: beyond it, the
+    /// oldest payments are evicted.
+    pub fn with_memory_limit(mut self, bytes: u64) -> Self {
+        self.limit = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self
+    }
+
+    /// The estimated bytes retained now (never above the limit once an
+    /// append has returned, unless appends are under way).
+    pub fn memory_bytes(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Payments evicted to keep within the memory limit, since start.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    fn shard(&self, tracking_id: &str) -> MutexGuard<'_, Shard> {
         let idx = (self.hasher.hash_one(tracking_id) as usize) % SHARDS;
         // A panic while holding a shard cannot leave a history half-written
         // in a way later calls rely on, so a poisoned lock is still usable.
         self.shards[idx].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Drops expired events and keys everywhere, and histories left empty.
-    /// Run periodically; reads and appends also prune what they touch.
-    pub fn sweep(&self) -> SweepStats {
-        let now = self.clock.now();
-        let mut stats = SweepStats::default();
-        for shard in self.shards.iter() {
-            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-            map.retain(|_, h| {
-                h.prune(now, &self.retention);
-                !h.is_empty()
-            });
-            stats.histories += map.len();
-            stats.events += map.values().map(|h| h.events.len()).sum::<usize>();
-            stats.dedupe_keys += map.values().map(|h| h.dedupe.len()).sum::<usize>();
-        }
-        stats
+    fn order(&self) -> MutexGuard<'_, VecDeque<Evictable>> {
+        self.order.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-/// What a [`MemoryStore::sweep`] left in memory.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SweepStats {
-    pub histories: usize,
-    pub events: usize,
-    pub dedupe_keys: usize,
-}
+    /// Applies a change of accounted bytes from `before` to `after`; called
+    /// under the lock of what changed, so a later decrease never comes first.
+    fn account(&self, before: usize, after: usize) {
+        if after >= before {
+            self.used.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.used.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
 
-#[async_trait]
-impl HistoryStore for MemoryStore {
-    async fn append(
+    fn report(&self) {
+        metrics::gauge!(telemetry::STORE_MEMORY_BYTES).set(self.memory_bytes() as f64);
+    }
+
+    /// Appends under the shard lock, or answers [`EpochTaken`] when the
+    /// history must be created afresh but the clock has not yet passed the
+    /// epoch of one removed from the shard in this same millisecond.
+    fn try_append(
         &self,
         tracking_id: &str,
         payments: &[NewPayment],
-    ) -> Result<Vec<Appended>, StoreError> {
-        let mut map = self.shard(tracking_id);
+    ) -> Result<Vec<Appended>, EpochTaken> {
+        let mut shard = self.shard(tracking_id);
+        let Shard {
+            histories,
+            removed_epoch,
+        } = &mut *shard;
         // Under the lock that orders this trackingId's appends, so that
         // acceptance times never decrease along its history.
         let accepted_ms = self.clock.now();
-        let history = match map.get_mut(tracking_id) {
-            Some(h) => h,
-            None => map.entry(tracking_id.to_owned()).or_insert(History {
-                epoch: accepted_ms,
-                last_seq: 0,
-                events: VecDeque::new(),
-                dedupe: HashMap::new(),
-                dedupe_expiry: VecDeque::new(),
-            }),
+        let (history, before) = match histories.get_mut(tracking_id) {
+            Some(h) => {
+                let before = h.bytes;
+                (h, before)
+            }
+            None => {
+                if accepted_ms <= *removed_epoch {
+                    return Err(EpochTaken);
+                }
+                let key: Arc<str> = Arc::from(tracking_id);
+                let fresh = History::new(key.clone(), accepted_ms);
+                (histories.entry(key).or_insert(fresh), 0)
+            }
         };
         history.prune(accepted_ms, &self.retention);
         let dedupe_until = accepted_ms.saturating_add(self.retention.dedupe_ttl_ms);
         let mut out = Vec::with_capacity(payments.len());
+        let mut stored = Vec::new();
         for payment in payments {
             if let Some(original) = history.dedupe.get(&payment.dedupe) {
                 out.push(Appended::Duplicate(*original));
                 continue;
             }
             history.last_seq += 1;
-            let id = EventId {
-                epoch: history.epoch,
-                seq: history.last_seq,
-            };
+            let id = event_id_of(history);
             let event = StoredEvent::new(id, accepted_ms, &payment.data);
-            history.events.push_back(event.clone());
-            history.dedupe.insert(payment.dedupe.clone(), id);
-            history
-                .dedupe_expiry
-                .push_back((dedupe_until, payment.dedupe.clone()));
+            history.push(event.clone(), payment.dedupe.clone(), dedupe_until);
+            stored.push(Evictable {
+                tracking_id: history.tracking_id.clone(),
+                epoch: id.epoch,
+                seq: id.seq,
+                accepted_ms,
+            });
             // Published under the shard lock: a trackingId's events enter
             // the queue in seq order.
             self.publications.publish(Publication {
@@ -220,7 +375,150 @@ impl HistoryStore for MemoryStore {
             out.push(Appended::Stored(event));
         }
         history.prune(accepted_ms, &self.retention);
+        self.account(before, history.bytes);
+        if !stored.is_empty() {
+            let mut order = self.order();
+            // Accounted before the entries can be popped (and subtracted).
+            self.used
+                .fetch_add(stored.len() * ORDER_ENTRY, Ordering::Relaxed);
+            order.extend(stored);
+        }
         Ok(out)
+    }
+
+    /// Evicts the oldest payments until the accounting is within the limit
+    /// (or nothing is left to evict). Amortised O(1) per stored payment:
+    /// each order entry is popped once. Takes no lock while holding another.
+    fn evict_to_limit(&self) {
+        let mut evicted = 0;
+        while self.used.load(Ordering::Relaxed) > self.limit {
+            let Some(oldest) = self.order().pop_front() else {
+                break;
+            };
+            self.used.fetch_sub(ORDER_ENTRY, Ordering::Relaxed);
+            if self.evict(&oldest) {
+                evicted += 1;
+            }
+        }
+        if evicted > 0 {
+            self.evictions.fetch_add(evicted, Ordering::Relaxed);
+            metrics::counter!(telemetry::STORE_EVICTIONS).increment(evicted);
+            tracing::debug!(
+                evicted,
+                bytes = self.memory_bytes(),
+                "memory limit reached: evicted the oldest payments"
+            );
+        }
+    }
+
+    /// Drops `oldest`'s event and dedupe key if its history still holds
+    /// them, and the history itself if that leaves it empty.
+    fn evict(&self, oldest: &Evictable) -> bool {
+        let now = self.clock.now();
+        let mut shard = self.shard(&oldest.tracking_id);
+        let Shard {
+            histories,
+            removed_epoch,
+        } = &mut *shard;
+        let Some(history) = histories.get_mut(&*oldest.tracking_id) else {
+            return false;
+        };
+        if history.epoch != oldest.epoch {
+            return false;
+        }
+        let before = history.bytes;
+        history.prune(now, &self.retention);
+        let evicted = history.evict_through(oldest.seq);
+        if history.is_empty() {
+            *removed_epoch = (*removed_epoch).max(history.epoch);
+            histories.remove(&*oldest.tracking_id);
+            self.account(before, 0);
+        } else {
+            self.account(before, history.bytes);
+        }
+        evicted
+    }
+
+    /// Drops expired events and keys everywhere, and histories left empty.
+    /// Run periodically; reads and appends also prune what they touch.
+    pub fn sweep(&self) -> SweepStats {
+        let now = self.clock.now();
+        let mut stats = SweepStats::default();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let Shard {
+                histories,
+                removed_epoch,
+            } = &mut *shard;
+            histories.retain(|_, h| {
+                let before = h.bytes;
+                h.prune(now, &self.retention);
+                if h.is_empty() {
+                    *removed_epoch = (*removed_epoch).max(h.epoch);
+                    self.account(before, 0);
+                    false
+                } else {
+                    self.account(before, h.bytes);
+                    true
+                }
+            });
+            stats.histories += histories.len();
+            stats.events += histories.values().map(|h| h.events.len()).sum::<usize>();
+            stats.dedupe_keys += histories.values().map(|h| h.dedupe.len()).sum::<usize>();
+        }
+        // Entries older than the dedupe window name payments that are gone
+        // (history_ttl ≤ dedupe_ttl): without this, a store that never
+        // reaches its limit would keep one per payment ever stored.
+        let mut order = self.order();
+        let mut trimmed = 0;
+        while order
+            .front()
+            .is_some_and(|e| e.accepted_ms.saturating_add(self.retention.dedupe_ttl_ms) <= now)
+        {
+            order.pop_front();
+            trimmed += 1;
+        }
+        self.used
+            .fetch_sub(trimmed * ORDER_ENTRY, Ordering::Relaxed);
+        if order.capacity() > 2 * order.len() + 1024 {
+            order.shrink_to_fit();
+        }
+        drop(order);
+        stats.memory_bytes = self.memory_bytes();
+        self.report();
+        stats
+    }
+}
+
+/// What a [`MemoryStore::sweep`] left in memory.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SweepStats {
+    pub histories: usize,
+    pub events: usize,
+    pub dedupe_keys: usize,
+    /// The estimated bytes retained (see [`MemoryStore::memory_bytes`]).
+    pub memory_bytes: usize,
+}
+
+#[async_trait]
+impl HistoryStore for MemoryStore {
+    async fn append(
+        &self,
+        tracking_id: &str,
+        payments: &[NewPayment],
+    ) -> Result<Vec<Appended>, StoreError> {
+        loop {
+            match self.try_append(tracking_id, payments) {
+                Ok(out) => {
+                    self.evict_to_limit();
+                    self.report();
+                    return Ok(out);
+                }
+                // The clock passes the removed epoch within a millisecond
+                // (no epoch is ahead of it).
+                Err(EpochTaken) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
     }
 
     async fn read(
@@ -230,10 +528,12 @@ impl HistoryStore for MemoryStore {
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
         let now = self.clock.now();
-        let mut map = self.shard(tracking_id);
-        match map.get_mut(tracking_id) {
+        let mut shard = self.shard(tracking_id);
+        match shard.histories.get_mut(tracking_id) {
             Some(history) => {
+                let before = history.bytes;
                 history.prune(now, &self.retention);
+                self.account(before, history.bytes);
                 history.read(since, limit, now)
             }
             None => {
@@ -343,6 +643,69 @@ mod tests {
             .id();
         assert!(fresh.epoch > last.epoch, "{fresh} after {last}");
         assert_ne!(fresh, last);
+    }
+
+    impl MemoryStore {
+        /// The bytes the accounting should hold, recounted from scratch.
+        fn recount(&self) -> usize {
+            let histories: usize = self
+                .shards
+                .iter()
+                .map(|shard| {
+                    let shard = shard.lock().unwrap();
+                    shard
+                        .histories
+                        .values()
+                        .map(|h| {
+                            h.tracking_id.len()
+                                + HISTORY_OVERHEAD
+                                + h.events.iter().map(event_cost).sum::<usize>()
+                                + h.dedupe_expiry
+                                    .iter()
+                                    .map(|(_, k)| key_cost(k))
+                                    .sum::<usize>()
+                        })
+                        .sum::<usize>()
+                })
+                .sum();
+            histories + self.order().len() * ORDER_ENTRY
+        }
+    }
+
+    /// The running accounting matches a recount through appends that
+    /// evict, duplicates, the history limit, concurrent appends, expiry and
+    /// sweeps, and returns to zero once everything has expired.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_accounting_matches_what_is_held_and_returns_to_zero() {
+        // Room for the newest ~300 payments of 28 trackingIds: some keep
+        // more than the history limit (10) of payments, so events are also
+        // dropped by count from histories that stay.
+        let store = Arc::new(store().with_memory_limit(256 * 1024));
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..4 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                for i in 0..300 {
+                    let tid = format!("w{worker}-{}", i % 7);
+                    let batch = [
+                        payment(&tid, &format!("{worker}-{i}")),
+                        payment(&tid, &format!("{worker}-{i}")),
+                        payment(&tid, &format!("{worker}-{i}-b")),
+                    ];
+                    store.append(&tid, &batch).await.unwrap();
+                }
+            });
+        }
+        tasks.join_all().await;
+        assert!(store.evictions() > 0, "the limit was reached");
+        assert_eq!(store.memory_bytes(), store.recount());
+        assert!(store.memory_bytes() <= 256 * 1024);
+        store.sweep();
+        assert_eq!(store.memory_bytes(), store.recount());
+        store.clock.advance(120_000);
+        let left = store.sweep();
+        assert_eq!((left.histories, left.memory_bytes), (0, 0));
+        assert_eq!(store.order().len(), 0, "expired order entries are trimmed");
     }
 
     /// A clock stepped back does not move this store's clock back.

@@ -95,10 +95,14 @@ pub enum StoreError {
 ///   whose [`DedupeKey`](crate::model::DedupeKey) was seen for the same
 ///   trackingId is not stored again: `append` answers
 ///   [`Appended::Duplicate`] with the original's id. This includes a
-///   repetition inside one call.
+///   repetition inside one call. (Unless the payment was evicted under a
+///   memory bound, below: its key is then forgotten with it.)
 /// - **Bounded retention.** At most `max_events` events per trackingId are
 ///   kept, none older than `history_ttl_ms`; memory for dedupe keys is bounded
-///   by `dedupe_ttl_ms`. Dropping old events never renumbers the rest.
+///   by `dedupe_ttl_ms`. Dropping old events never renumbers the rest. A
+///   store with a bound on its memory as a whole ([`MemoryStore`]) may drop
+///   the oldest payments (event and key) earlier, across trackingIds: to
+///   readers that is the same as an earlier expiry.
 /// - **Epochs: never the same id twice.** When a trackingId's history is
 ///   created afresh (first payment, after it expired entirely, after a
 ///   restart of a memory store, after the storage was wiped, restarted or

@@ -15,6 +15,9 @@ import {
 const CHROMIUM = process.env.TIDINGS_CHROMIUM ?? "/usr/bin/chromium";
 const BUNDLE = path.join(E2E_DIR, "node_modules/socket.io-client/dist/socket.io.min.js");
 
+const BROWSER_API_KEY = "browser-api-key-0123456789";
+const BROWSER_SECRET = "browser-token-secret-0123456789abcdef";
+
 const PAGE = `<!doctype html>
 <html><head><meta charset="utf-8"><title>tidings e2e</title>
 <script src="/socket.io.min.js"></script></head>
@@ -46,6 +49,7 @@ function startPageServer() {
 
 describe("browser (headless Chromium, cross-origin)", () => {
   let server;
+  let tokenServer;
   let pages;
   let browser;
 
@@ -59,6 +63,7 @@ describe("browser (headless Chromium, cross-origin)", () => {
         `Chromium not found at ${CHROMIUM}: install it (apt-get install chromium) or set TIDINGS_CHROMIUM`);
       assert.ok(existsSync(BUNDLE), `socket.io-client browser bundle missing at ${BUNDLE}: run npm install`);
       server = await startServer();
+      tokenServer = await startServer(["--auth", "token", "--api-key", BROWSER_API_KEY, "--token-secret", BROWSER_SECRET]);
       pages = await startPageServer();
       browser = await withTimeout(chromium.launch({
         executablePath: CHROMIUM,
@@ -79,6 +84,7 @@ describe("browser (headless Chromium, cross-origin)", () => {
     await browser?.close().catch(() => {});
     await pages?.close();
     await server?.stop();
+    await tokenServer?.stop();
   });
 
   /** Opens the page and connects a socket in it with `transports` (undefined: default). */
@@ -182,6 +188,72 @@ describe("browser (headless Chromium, cross-origin)", () => {
       assert.equal(result.firstTransport, "polling");
       assert.equal(result.upgradedTo, null, "no upgrade with transports: [polling]");
       assert.equal(result.transport, "polling");
+      assert.deepEqual(errors, [], "no page errors");
+    } finally {
+      await page.close();
+    }
+  });
+
+  test("token mode: a page on another origin connects with a token, gets FORBIDDEN outside it, backfills with it", async () => {
+    requireSetup();
+    const id = uid("browser-tok");
+    const other = uid("browser-tok-other");
+    // The payment platform's backend mints the token and hands it to its page.
+    const minted = await fetch(`${tokenServer.url}/v1/ws/tokens`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${BROWSER_API_KEY}`, "content-type": "application/json" },
+      body: JSON.stringify({ trackingIds: [id] }),
+      signal: AbortSignal.timeout(5000),
+    });
+    assert.equal(minted.status, 201);
+    const { token } = await minted.json();
+    const page = await browser.newPage();
+    page.setDefaultTimeout(15000);
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(String(e)));
+    try {
+      await page.goto(pages.url + "/");
+      const refused = await page.evaluate(({ url, path }) => new Promise((resolve) => {
+        const s = window.io(url, { path, forceNew: true, reconnection: false });
+        const t = setTimeout(() => resolve("timed out"), 10000);
+        s.once("connect", () => { clearTimeout(t); s.close(); resolve("connected"); });
+        s.once("connect_error", (e) => { clearTimeout(t); s.close(); resolve(e.message); });
+      }), { url: tokenServer.url, path: WS_PATH });
+      assert.match(refused, /^UNAUTHORIZED/, "no token: refused");
+      const answers = await page.evaluate(({ url, path, token, id, other }) => new Promise((resolve, reject) => {
+        const s = window.io(url, { path, forceNew: true, reconnection: false, auth: { token } });
+        window.socket = s;
+        window.received = [];
+        s.on("payment", (p) => window.received.push(p));
+        const t = setTimeout(() => reject(new Error("connect/subscribe timed out")), 10000);
+        s.once("connect_error", (e) => { clearTimeout(t); reject(new Error("connect_error: " + e.message)); });
+        s.once("connect", () => {
+          s.emit("subscribe", { trackingId: id }, (mine) => {
+            s.emit("subscribe", { trackingId: other }, (theirs) => { clearTimeout(t); resolve({ mine, theirs }); });
+          });
+        });
+      }), { url: tokenServer.url, path: WS_PATH, token, id, other });
+      assert.equal(answers.mine.type, "ack");
+      assert.equal(answers.theirs.type, "error");
+      assert.equal(answers.theirs.data.code, "FORBIDDEN");
+      const item = payment(id);
+      const [r] = await ingestOk(tokenServer.url, item);
+      await page.waitForFunction((eid) => window.received.some((p) => p.id === eid), r.id, { timeout: 10000 });
+      const bf = await page.evaluate(async ({ url, id, other, token }) => {
+        const get = async (tid) => {
+          const res = await fetch(`${url}/v1/events?trackingId=${encodeURIComponent(tid)}`,
+            { headers: { authorization: `Bearer ${token}` } });
+          return { status: res.status, body: await res.json() };
+        };
+        const noToken = await fetch(`${url}/v1/events?trackingId=${encodeURIComponent(id)}`);
+        return { mine: await get(id), theirs: await get(other), noToken: noToken.status, received: window.received };
+      }, { url: tokenServer.url, id, other, token });
+      assert.equal(bf.mine.status, 200);
+      assert.deepEqual(bf.mine.body.data, bf.received, "backfill (with the token, cross-origin) equals what the socket got");
+      assertPayment(bf.received[0], item, r);
+      assert.equal(bf.theirs.status, 403);
+      assert.equal(bf.theirs.body.error.code, "FORBIDDEN");
+      assert.equal(bf.noToken, 401);
       assert.deepEqual(errors, [], "no page errors");
     } finally {
       await page.close();

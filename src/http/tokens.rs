@@ -1,0 +1,268 @@
+//! Minting socket tokens (contract section 5): `POST /v1/ws/tokens`.
+//!
+//! A backend holding an API key asks for a token naming the trackingIds a
+//! browser may watch, and hands it to that browser. The key is checked
+//! before a byte of the body is read.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::error::{ApiError, Detail};
+use super::ingest::read_body;
+use super::state::AppState;
+use crate::auth::{self, Access};
+use crate::model::{ErrorCode, check_tracking_id, now_ms};
+use crate::telemetry;
+
+/// `ttlSeconds` when the request does not say.
+pub const DEFAULT_TTL_SECONDS: u64 = 60;
+/// Largest `ttlSeconds`.
+pub const MAX_TTL_SECONDS: u64 = 3600;
+
+const FIELDS: [&str; 2] = ["trackingIds", "ttlSeconds"];
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MintedBody {
+    token: String,
+    expires_at: u64,
+}
+
+/// A valid mint request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MintRequest {
+    pub tracking_ids: Vec<String>,
+    pub ttl_seconds: u64,
+}
+
+/// `POST /v1/ws/tokens`.
+pub async fn mint(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match mint_token(&app, &headers, body).await {
+        Ok(minted) => (StatusCode::CREATED, Json(minted)).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn mint_token(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<MintedBody, ApiError> {
+    if app.api_keys.is_empty() {
+        return Err(ApiError::unauthorized(
+            "Token minting is disabled: the server has no --api-key",
+        ));
+    }
+    match auth::bearer(headers) {
+        Some(key) if app.api_keys.accepts(key) => {}
+        Some(_) => return Err(ApiError::unauthorized("Invalid API key")),
+        None => {
+            return Err(ApiError::unauthorized(
+                "Missing Authorization: Bearer <api key>",
+            ));
+        }
+    }
+    let Access::Token(keys) = &app.access else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "Socket tokens are not used: the server runs with --auth open",
+        ));
+    };
+    let bytes = read_body(body, app.max_body).await?;
+    let request = parse_mint(&bytes, app.max_subscriptions)?;
+    let minted = keys.mint(&request.tracking_ids, request.ttl_seconds, now_ms());
+    metrics::counter!(telemetry::TOKENS_MINTED).increment(1);
+    Ok(MintedBody {
+        token: minted.token,
+        expires_at: minted.expires_at_ms,
+    })
+}
+
+/// Parses and validates a mint body; every bad field is a detail of one
+/// `400 INVALID_PAYLOAD`.
+pub fn parse_mint(bytes: &[u8], max_entries: usize) -> Result<MintRequest, ApiError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid_payload(format!("Request body is not valid JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(ApiError::invalid_payload(
+            "Request body must be an object: { \"trackingIds\": [...], \"ttlSeconds\": 60 }",
+        ));
+    };
+    let mut details = Vec::new();
+    let mut bad = |field: &str, message: String| {
+        details.push(Detail {
+            index: 0,
+            field: Some(field.to_owned()),
+            message,
+        })
+    };
+    for name in fields.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
+        bad(name, format!("Unknown field {name:?}"));
+    }
+    let tracking_ids = match fields.get("trackingIds") {
+        Some(Value::Array(entries)) if entries.is_empty() || entries.len() > max_entries => {
+            bad(
+                "trackingIds",
+                format!("trackingIds must hold 1 to {max_entries} entries"),
+            );
+            Vec::new()
+        }
+        Some(Value::Array(entries)) => {
+            let mut ids = Vec::with_capacity(entries.len());
+            for (at, entry) in entries.iter().enumerate() {
+                match entry.as_str().map(check_entry) {
+                    Some(Ok(())) => ids.push(entry.as_str().unwrap_or_default().to_owned()),
+                    Some(Err(why)) => bad("trackingIds", format!("trackingIds[{at}]: {why}")),
+                    None => bad(
+                        "trackingIds",
+                        format!("trackingIds[{at}]: must be a string"),
+                    ),
+                }
+            }
+            ids
+        }
+        Some(_) => {
+            bad("trackingIds", "trackingIds must be an array".to_owned());
+            Vec::new()
+        }
+        None => {
+            bad("trackingIds", "trackingIds is required".to_owned());
+            Vec::new()
+        }
+    };
+    let ttl_seconds = match fields.get("ttlSeconds") {
+        None | Some(Value::Null) => DEFAULT_TTL_SECONDS,
+        Some(v) => match v.as_u64() {
+            Some(n @ 1..=MAX_TTL_SECONDS) => n,
+            _ => {
+                bad(
+                    "ttlSeconds",
+                    format!("ttlSeconds must be an integer from 1 to {MAX_TTL_SECONDS}"),
+                );
+                DEFAULT_TTL_SECONDS
+            }
+        },
+    };
+    if !details.is_empty() {
+        let count = details.len();
+        return Err(ApiError::invalid_payload(format!(
+            "{count} invalid field(s); no token was minted"
+        ))
+        .with_details(details));
+    }
+    Ok(MintRequest {
+        tracking_ids,
+        ttl_seconds,
+    })
+}
+
+/// An entry of `trackingIds`: a trackingId, or a prefix ending in `*`.
+fn check_entry(entry: &str) -> Result<(), &'static str> {
+    match entry.strip_suffix('*') {
+        Some("") => {
+            Err("a lone * is refused: name trackingIds or a prefix such as \"merchant-42:*\"")
+        }
+        Some(prefix) => check_tracking_id(prefix),
+        None => check_tracking_id(entry),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<MintRequest, Vec<(Option<String>, String)>> {
+        parse_mint(v.to_string().as_bytes(), 3).map_err(|e| {
+            e.details()
+                .iter()
+                .map(|d| (d.field.clone(), d.message.clone()))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn good_requests() {
+        assert_eq!(
+            parse(json!({ "trackingIds": ["a", "m:*"] })).unwrap(),
+            MintRequest {
+                tracking_ids: vec!["a".into(), "m:*".into()],
+                ttl_seconds: 60
+            }
+        );
+        assert_eq!(
+            parse(json!({ "trackingIds": ["a"], "ttlSeconds": 3600 }))
+                .unwrap()
+                .ttl_seconds,
+            3600
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_the_field_and_position() {
+        let cases = [
+            (json!({}), "trackingIds", "required"),
+            (json!({ "trackingIds": [] }), "trackingIds", "1 to 3"),
+            (
+                json!({ "trackingIds": ["a", "b", "c", "d"] }),
+                "trackingIds",
+                "1 to 3",
+            ),
+            (json!({ "trackingIds": "a" }), "trackingIds", "array"),
+            (
+                json!({ "trackingIds": ["a", "*"] }),
+                "trackingIds",
+                "trackingIds[1]",
+            ),
+            (
+                json!({ "trackingIds": ["a", 5] }),
+                "trackingIds",
+                "trackingIds[1]",
+            ),
+            (
+                json!({ "trackingIds": ["", "a"] }),
+                "trackingIds",
+                "trackingIds[0]",
+            ),
+            (
+                json!({ "trackingIds": ["a"], "ttlSeconds": 0 }),
+                "ttlSeconds",
+                "1 to 3600",
+            ),
+            (
+                json!({ "trackingIds": ["a"], "ttlSeconds": 3601 }),
+                "ttlSeconds",
+                "1 to 3600",
+            ),
+            (
+                json!({ "trackingIds": ["a"], "ttlSeconds": 1.5 }),
+                "ttlSeconds",
+                "1 to 3600",
+            ),
+            (
+                json!({ "trackingIds": ["a"], "ttlSeconds": "60" }),
+                "ttlSeconds",
+                "1 to 3600",
+            ),
+            (
+                json!({ "trackingIds": ["a"], "tids": [] }),
+                "tids",
+                "Unknown",
+            ),
+        ];
+        for (body, field, message) in cases {
+            let details = parse(body.clone()).unwrap_err();
+            assert_eq!(details.len(), 1, "{body}: {details:?}");
+            assert_eq!(details[0].0.as_deref(), Some(field), "{body}");
+            assert!(details[0].1.contains(message), "{body}: {details:?}");
+        }
+        assert!(parse_mint(b"[1]", 3).is_err());
+        assert!(parse_mint(b"{", 3).is_err());
+    }
+}
