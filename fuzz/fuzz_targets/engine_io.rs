@@ -70,6 +70,14 @@ struct Harness {
 }
 
 static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
+    // libFuzzer's hook prints a symbolised backtrace before aborting,
+    // which takes seconds in this binary: meanwhile the fuzzing thread
+    // went on (or, replaying one input, exited 0), so a panic in a server
+    // task was blamed on a later input or missed. Abort at once instead.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("panic in the server or the harness: {info}");
+        std::process::abort();
+    }));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

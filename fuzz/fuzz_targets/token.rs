@@ -45,8 +45,13 @@ struct Node {
 
 static NODE: LazyLock<Node> = LazyLock::new(|| {
     let kid = |secrets: &[&str]| -> String {
-        let minted = TokenKeys::new(secrets).unwrap().mint(&["x".to_owned()], 60, now() * 1000);
-        jsonwebtoken::decode_header(&minted.token).unwrap().kid.unwrap()
+        let minted = TokenKeys::new(secrets)
+            .unwrap()
+            .mint(&["x".to_owned()], 60, now() * 1000);
+        jsonwebtoken::decode_header(&minted.token)
+            .unwrap()
+            .kid
+            .unwrap()
     };
     Node {
         keys: TokenKeys::new(&SECRETS).expect("two secrets"),
