@@ -9,6 +9,13 @@ use crate::memory_limit::MemoryLimit;
 use crate::store::RedisTarget;
 use crate::telemetry::LogFormat;
 
+/// Largest value of a flag in seconds: ten years. Durations are kept in
+/// milliseconds, and a larger value would overflow (or wrap) on the way.
+pub const MAX_SECONDS: u64 = 10 * 365 * 86_400;
+
+/// Largest value of the hidden HTTP timeouts, in seconds.
+pub const MAX_HTTP_TIMEOUT: u64 = 3_600;
+
 /// Command-line and environment configuration of one Tidings node.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -61,11 +68,11 @@ pub struct Config {
     pub history_limit: u64,
 
     /// Seconds a payment is kept for replay and backfill.
-    #[arg(long, env = "TIDINGS_HISTORY_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "TIDINGS_HISTORY_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=MAX_SECONDS))]
     pub history_ttl: u64,
 
     /// Seconds an idempotency key is remembered (at least --history-ttl).
-    #[arg(long, env = "TIDINGS_DEDUPE_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "TIDINGS_DEDUPE_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=MAX_SECONDS))]
     pub dedupe_ttl: u64,
 
     /// Bytes the memory store may retain (events, dedupe keys, histories),
@@ -150,8 +157,46 @@ pub struct Config {
     pub ping_timeout: u64,
 
     /// Seconds to wait for in-flight work at shutdown before exiting anyway.
-    #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=MAX_SECONDS))]
     pub shutdown_timeout: u64,
+
+    /// Seconds a client may take to send a request's headers; also how long
+    /// an idle keep-alive connection stays open. Hidden: a tuning knob
+    /// (and what lets tests wait less), not part of the contract.
+    #[arg(long, env = "TIDINGS_HEADER_READ_TIMEOUT", default_value_t = 10, hide = true, value_parser = clap::value_parser!(u64).range(1..=MAX_HTTP_TIMEOUT))]
+    pub header_read_timeout: u64,
+
+    /// Seconds a client may take to send a request body whole. Hidden, as
+    /// --header-read-timeout.
+    #[arg(long, env = "TIDINGS_BODY_READ_TIMEOUT", default_value_t = 10, hide = true, value_parser = clap::value_parser!(u64).range(1..=MAX_HTTP_TIMEOUT))]
+    pub body_read_timeout: u64,
+}
+
+/// Checks that `origin` is exactly what a browser sends in `Origin` for a
+/// page it may match: `http` or `https`, a host, an optional port, nothing
+/// else, in the canonical form (lower case, punycode, no default port),
+/// since the CORS layer compares it byte for byte.
+fn check_origin(origin: &str) -> Result<(), String> {
+    let url = url::Url::parse(origin).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("scheme {:?} is not http or https", url.scheme()));
+    }
+    if url.host().is_none() {
+        return Err("no host".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("it has user information".to_owned());
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err("an origin has no path, query or fragment".to_owned());
+    }
+    let canonical = url.origin().ascii_serialization();
+    if origin != canonical {
+        return Err(format!(
+            "browsers send it as {canonical:?} (no trailing slash, lower case, no default port)"
+        ));
+    }
+    Ok(())
 }
 
 /// How sockets are authorised to subscribe (contract section 5).
@@ -175,9 +220,9 @@ pub enum ConfigError {
     #[error("--api-key and --token-secret values must not be empty")]
     EmptySecret,
     #[error(
-        "invalid --cors-origin {0:?}: expected `*` or an origin such as https://app.example.com"
+        "invalid --cors-origin {origin:?}: {reason}; expected `*` or an origin such as https://app.example.com (scheme, host and optional port, nothing after)"
     )]
-    BadCorsOrigin(String),
+    BadCorsOrigin { origin: String, reason: String },
 }
 
 impl Config {
@@ -199,10 +244,11 @@ impl Config {
         if self.auth == AuthMode::Token && self.token_secrets.is_empty() {
             return Err(ConfigError::TokenModeWithoutSecret);
         }
-        for origin in &self.cors_origins {
-            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
-                return Err(ConfigError::BadCorsOrigin(origin.clone()));
-            }
+        for origin in self.cors_origins.iter().filter(|o| *o != "*") {
+            check_origin(origin).map_err(|reason| ConfigError::BadCorsOrigin {
+                origin: origin.clone(),
+                reason,
+            })?;
         }
         Ok(())
     }
@@ -232,5 +278,59 @@ impl Config {
         } else {
             RedisTarget::Single(url.clone())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut all = vec!["tidings", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all)
+    }
+
+    #[test]
+    fn seconds_are_bounded_so_milliseconds_cannot_overflow() {
+        for flag in ["--history-ttl", "--dedupe-ttl", "--shutdown-timeout"] {
+            let err = with(&[flag, "18446744073709552"]).unwrap_err();
+            assert!(err.to_string().contains("315360000"), "{flag}: {err}");
+            assert!(with(&[flag, "315360000"]).is_ok(), "{flag}");
+        }
+        let ten_years = with(&["--history-ttl", "315360000", "--dedupe-ttl", "315360000"]);
+        assert!(ten_years.unwrap().validate().is_ok());
+    }
+
+    #[test]
+    fn cors_origins_must_be_exact_origins() {
+        for good in [
+            "*",
+            "https://a.example",
+            "http://localhost:5173",
+            "http://[::1]:8080",
+        ] {
+            let config = with(&["--cors-origin", good]).unwrap();
+            assert!(config.validate().is_ok(), "{good}");
+        }
+        for bad in [
+            "https://a.example/path",
+            "https://a.example/",
+            "not an origin",
+            "https://exa mple.com",
+            "ftp://a.example",
+            "https://a.example?x=1",
+            "https://user@a.example",
+            "https://A.example",
+            "https://a.example:443",
+            "https://a.example\u{7f}",
+        ] {
+            let config = with(&["--cors-origin", bad]).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("--cors-origin {bad:?}")),
+                "{bad}: {err}"
+            );
+        }
     }
 }

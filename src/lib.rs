@@ -28,7 +28,8 @@
 //!   envelopes, codes.
 //! - [`http`]: the router, connection limits (in front of Socket.IO),
 //!   backfill (`GET /v1/events`), health, readiness, metrics, and the HTTP
-//!   error body.
+//!   error body; the connection loop that bounds slow clients
+//!   ([`http::serve`]), bounded body reads and strict query strings.
 //! - [`auth`]: bearer keys, socket tokens and grants (token mode).
 //! - [`config`]: flags and `TIDINGS_*` variables.
 //! - [`memory_limit`]: the memory store's bound, `--memory-limit`, and its

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt;
 use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
@@ -15,6 +14,7 @@ use tokio::time::Instant;
 use crate::auth::{Access, BearerKeys, TokenKeys};
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::http::connections::ConnectionLimits;
+use crate::http::serve::{self, HttpTimeouts};
 use crate::http::{self, App, AppState, SOCKET_PATH, ingest::IngestTokens};
 use crate::hub::Hub;
 use crate::memory_limit;
@@ -73,9 +73,7 @@ pub struct Server {
     /// where Redis expires keys itself.
     memory: Option<Arc<MemoryStore>>,
     shutdown_timeout: Duration,
-    /// How long a connection's writes may make no progress before the
-    /// kernel resets it (see [`drop_when_stalled`]).
-    stall_timeout: Duration,
+    timeouts: HttpTimeouts,
 }
 
 impl Server {
@@ -206,8 +204,12 @@ impl Server {
             publications: stream,
             memory,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
-            // As long as a silent client may take to answer a ping.
-            stall_timeout: Duration::from_secs(config.ping_interval + config.ping_timeout),
+            timeouts: HttpTimeouts {
+                header_read: Duration::from_secs(config.header_read_timeout),
+                body_read: Duration::from_secs(config.body_read_timeout),
+                // As long as a silent client may take to answer a ping.
+                stall: Duration::from_secs(config.ping_interval + config.ping_timeout),
+            },
         })
     }
 
@@ -244,19 +246,14 @@ impl Server {
         let delivery = tokio::spawn(self.hub.run(self.publications));
         let keepalive = tokio::spawn(keepalive(self.app.store.clone()));
         let (stop_accepting, accepting) = tokio::sync::oneshot::channel::<()>();
-        let mut serve = tokio::spawn(
-            // The peer address reaches handlers (the per-address limit).
-            axum::serve(
-                self.listener
-                    .tap_io(move |tcp| drop_when_stalled(tcp, self.stall_timeout)),
-                self.router
-                    .into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
+        let mut serve = tokio::spawn(serve::serve(
+            self.listener,
+            self.router,
+            self.timeouts,
+            async {
                 let _ = accepting.await;
-            })
-            .into_future(),
-        );
+            },
+        ));
         tracing::info!(%addr, "listening on {addr}");
 
         let result = tokio::select! {
@@ -320,24 +317,6 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(ACCEPT_BACKLOG)
-}
-
-/// A peer that stops reading (its receive window stays closed) or
-/// vanishes with data unacknowledged has its connection reset by the kernel
-/// after `after` (`TCP_USER_TIMEOUT`, which also bounds zero-window
-/// probing). Without it, a websocket whose client stopped reading is never
-/// closed: engineioxide's writer waits forever on the full TCP buffer while
-/// holding the session's queue, so even a heartbeat failure cannot finish
-/// closing it, and the socket, its subscriptions and its connection slot
-/// stay. With it the write fails, the session closes and everything is
-/// released.
-fn drop_when_stalled(tcp: &mut tokio::net::TcpStream, after: Duration) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(err) = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(after)) {
-        tracing::debug!(%err, "cannot set TCP_USER_TIMEOUT");
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = (tcp, after);
 }
 
 /// Pings the store every second: a Redis connection that broke is noticed

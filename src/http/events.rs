@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
+use super::query::{QueryError, StrictQuery};
 use super::state::AppState;
 use crate::auth;
 use crate::model::{ErrorCode, EventId, check_tracking_id};
@@ -42,9 +42,9 @@ struct EventsPage {
 pub async fn events(
     State(app): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<EventsQuery>, QueryRejection>,
+    query: Result<StrictQuery<EventsQuery>, QueryError>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid_payload(e.body_text()))?;
+    let StrictQuery(q) = query.map_err(bad_query)?;
     // Token mode: who is asking comes before what is asked.
     let token = auth::bearer(&headers).or(q.token.as_deref());
     let grant = app
@@ -90,4 +90,15 @@ pub async fn events(
         truncated: page.truncated,
     })
     .into_response())
+}
+
+/// A query refused by [`StrictQuery`], with the code of the parameter at
+/// fault.
+fn bad_query(err: QueryError) -> ApiError {
+    let code = match err.parameter() {
+        Some("trackingId") => ErrorCode::InvalidTrackingId,
+        Some("since") => ErrorCode::InvalidSince,
+        _ => ErrorCode::InvalidPayload,
+    };
+    ApiError::new(StatusCode::BAD_REQUEST, code, err.to_string())
 }

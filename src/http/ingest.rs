@@ -13,11 +13,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::error::{ApiError, Detail};
+use super::body::{read_bounded, refuse_unread};
+use super::error::{ApiError, Detail, Details};
 use super::state::AppState;
 use crate::model::{
     DedupeKey, ErrorCode, EventId, MAX_SAFE_INTEGER, NewPayment, PaymentData, PaymentStatus,
@@ -67,13 +67,14 @@ async fn accept(
     body: Body,
 ) -> Result<Vec<Accepted>, ApiError> {
     // The token is checked before a byte of the body is read.
-    authorize(&app.ingest_tokens, headers)?;
-    if app.shutting_down() {
-        return Err(ApiError::unavailable(
-            "The server is shutting down; retry on another node",
-        ));
+    if let Err(refusal) = authorize(&app.ingest_tokens, headers) {
+        return Err(refuse_unread(headers, body, refusal));
     }
-    let bytes = read_body(body, app.max_body).await?;
+    if app.shutting_down() {
+        let refusal = ApiError::unavailable("The server is shutting down; retry on another node");
+        return Err(refuse_unread(headers, body, refusal));
+    }
+    let bytes = read_bounded(headers, body, app.max_body).await?;
     let payments = parse_batch(&bytes, app.max_batch)?;
 
     let mut out: Vec<Option<Accepted>> = (0..payments.len()).map(|_| None).collect();
@@ -125,25 +126,11 @@ fn authorize(tokens: &IngestTokens, headers: &HeaderMap) -> Result<(), ApiError>
     }
 }
 
-pub(crate) async fn read_body(body: Body, max_body: usize) -> Result<axum::body::Bytes, ApiError> {
-    match Limited::new(body, max_body).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::PayloadTooLarge,
-            format!("Request body is larger than {max_body} bytes"),
-        )),
-        Err(err) => Err(ApiError::invalid_payload(format!(
-            "Could not read the request body: {err}"
-        ))),
-    }
-}
-
 /// Parses and validates a whole ingest body, as `POST /v1/payments` does
 /// once the body is read: one object or an array of 1 to `max_batch`
 /// payments. Any bad item rejects the whole batch (`INVALID_PAYLOAD` with
-/// one detail per bad field; `PAYLOAD_TOO_LARGE` over `max_batch`). Public
-/// for the fuzz targets and property tests.
+/// one detail per bad field, capped; `PAYLOAD_TOO_LARGE` over
+/// `max_batch`). Public for the fuzz targets and property tests.
 pub fn parse_batch(bytes: &[u8], max_batch: usize) -> Result<Vec<NewPayment>, ApiError> {
     validate(&parse_items(bytes, max_batch)?)
 }
@@ -176,18 +163,14 @@ fn parse_items(bytes: &[u8], max_batch: usize) -> Result<Vec<Value>, ApiError> {
 
 /// Validates every item; any bad field rejects the whole request.
 fn validate(items: &[Value]) -> Result<Vec<NewPayment>, ApiError> {
-    let mut details = Vec::new();
+    let mut details = Details::default();
     let payments: Vec<Option<NewPayment>> = items
         .iter()
         .enumerate()
         .map(|(index, item)| validate_item(index, item, &mut details))
         .collect();
     if !details.is_empty() {
-        let count = details.len();
-        return Err(ApiError::invalid_payload(format!(
-            "{count} invalid field(s); nothing was stored"
-        ))
-        .with_details(details));
+        return Err(details.into_error());
     }
     Ok(payments.into_iter().flatten().collect())
 }
@@ -201,8 +184,8 @@ const FIELDS: [&str; 6] = [
     "idempotencyKey",
 ];
 
-fn validate_item(index: usize, item: &Value, details: &mut Vec<Detail>) -> Option<NewPayment> {
-    let before = details.len();
+fn validate_item(index: usize, item: &Value, details: &mut Details) -> Option<NewPayment> {
+    let before = details.total();
     let mut bad = |field: Option<&str>, message: String| {
         details.push(Detail {
             index,
@@ -271,7 +254,7 @@ fn validate_item(index: usize, item: &Value, details: &mut Vec<Detail>) -> Optio
             None
         }
     };
-    if details.len() > before {
+    if details.total() > before {
         return None;
     }
     Some(NewPayment {
@@ -369,9 +352,9 @@ mod tests {
     use serde_json::json;
 
     fn fields(item: Value) -> Vec<Option<String>> {
-        let mut details = Vec::new();
+        let mut details = Details::default();
         validate_item(0, &item, &mut details);
-        details.into_iter().map(|d| d.field).collect()
+        details.kept().iter().map(|d| d.field.clone()).collect()
     }
 
     fn good() -> Value {
@@ -419,7 +402,7 @@ mod tests {
 
     #[test]
     fn idempotency_key_wins_over_signature() {
-        let mut details = Vec::new();
+        let mut details = Details::default();
         let p = validate_item(0, &with("idempotencyKey", json!("k")), &mut details).unwrap();
         assert_eq!(p.dedupe, DedupeKey::Idempotency("k".into()));
         assert_eq!(p.data.signature.as_deref(), Some("sig"));

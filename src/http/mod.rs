@@ -9,12 +9,18 @@
 //! - [`ops`]: health, readiness, metrics (section 6).
 //! - [`error`]: the error body every endpoint answers with.
 //! - [`state`]: what the handlers share.
+//! - [`serve`]: the connection loop (timeouts, upgrades, graceful shutdown).
+//! - [`body`], [`query`]: bounded body reads and strict query strings,
+//!   for any endpoint.
 
+pub mod body;
 pub mod connections;
 pub mod error;
 pub mod events;
 pub mod ingest;
 pub mod ops;
+pub mod query;
+pub mod serve;
 pub mod state;
 pub mod tokens;
 
@@ -91,6 +97,8 @@ fn cors(origins: &[String]) -> CorsLayer {
         // default (withCredentials: false).
         layer.allow_origin(Any)
     } else {
+        // Config::validate admitted only canonical origins, each a valid
+        // header value.
         let list: Vec<HeaderValue> = origins
             .iter()
             .filter_map(|o| HeaderValue::from_str(o).ok())

@@ -20,10 +20,12 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Valu
     if app.shutting_down() {
         return Err(ApiError::unavailable("Shutting down"));
     }
-    app.store
-        .ping()
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    // The store's error text stays in the log: it names hosts, ports and
+    // system errors, which are nobody's business on a public endpoint.
+    app.store.ping().await.map_err(|err| {
+        tracing::warn!(%err, "not ready: storage unreachable");
+        ApiError::unavailable("Storage is unreachable")
+    })?;
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::body::{read_bounded, refuse_unread};
 use super::error::{ApiError, Detail};
-use super::ingest::read_body;
 use super::state::AppState;
 use crate::auth::{self, Access};
 use crate::model::{ErrorCode, check_tracking_id, now_ms};
@@ -53,28 +53,18 @@ async fn mint_token(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<MintedBody, ApiError> {
-    if app.api_keys.is_empty() {
-        return Err(ApiError::unauthorized(
-            "Token minting is disabled: the server has no --api-key",
-        ));
-    }
-    match auth::bearer(headers) {
-        Some(key) if app.api_keys.accepts(key) => {}
-        Some(_) => return Err(ApiError::unauthorized("Invalid API key")),
-        None => {
-            return Err(ApiError::unauthorized(
-                "Missing Authorization: Bearer <api key>",
-            ));
-        }
+    if let Err(refusal) = may_mint(app, headers) {
+        return Err(refuse_unread(headers, body, refusal));
     }
     let Access::Token(keys) = &app.access else {
-        return Err(ApiError::new(
+        let refusal = ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
             "Socket tokens are not used: the server runs with --auth open",
-        ));
+        );
+        return Err(refuse_unread(headers, body, refusal));
     };
-    let bytes = read_body(body, app.max_body).await?;
+    let bytes = read_bounded(headers, body, app.max_body).await?;
     let request = parse_mint(&bytes, app.max_subscriptions)?;
     let minted = keys.mint(&request.tracking_ids, request.ttl_seconds, now_ms());
     metrics::counter!(telemetry::TOKENS_MINTED).increment(1);
@@ -82,6 +72,22 @@ async fn mint_token(
         token: minted.token,
         expires_at: minted.expires_at_ms,
     })
+}
+
+/// The API key check, before a byte of the body is read.
+fn may_mint(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if app.api_keys.is_empty() {
+        return Err(ApiError::unauthorized(
+            "Token minting is disabled: the server has no --api-key",
+        ));
+    }
+    match auth::bearer(headers) {
+        Some(key) if app.api_keys.accepts(key) => Ok(()),
+        Some(_) => Err(ApiError::unauthorized("Invalid API key")),
+        None => Err(ApiError::unauthorized(
+            "Missing Authorization: Bearer <api key>",
+        )),
+    }
 }
 
 /// Parses and validates a mint body; every bad field is a detail of one
