@@ -213,6 +213,13 @@ impl Server {
         })
     }
 
+    /// The router this server serves (it shares the server's Socket.IO
+    /// layer, hub and store): for driving the server in-process without a
+    /// connection, as the fuzz targets do.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         // A bound TCP listener always has a local address.
         self.listener

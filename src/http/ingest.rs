@@ -75,8 +75,7 @@ async fn accept(
         return Err(refuse_unread(headers, body, refusal));
     }
     let bytes = read_bounded(headers, body, app.max_body).await?;
-    let items = parse_items(&bytes, app.max_batch)?;
-    let payments = validate(&items)?;
+    let payments = parse_batch(&bytes, app.max_batch)?;
 
     let mut out: Vec<Option<Accepted>> = (0..payments.len()).map(|_| None).collect();
     for Group {
@@ -125,6 +124,15 @@ fn authorize(tokens: &IngestTokens, headers: &HeaderMap) -> Result<(), ApiError>
             "Missing Authorization: Bearer <ingest token>",
         )),
     }
+}
+
+/// Parses and validates a whole ingest body, as `POST /v1/payments` does
+/// once the body is read: one object or an array of 1 to `max_batch`
+/// payments. Any bad item rejects the whole batch (`INVALID_PAYLOAD` with
+/// one detail per bad field, capped; `PAYLOAD_TOO_LARGE` over
+/// `max_batch`). Public for the fuzz targets and property tests.
+pub fn parse_batch(bytes: &[u8], max_batch: usize) -> Result<Vec<NewPayment>, ApiError> {
+    validate(&parse_items(bytes, max_batch)?)
 }
 
 /// The body as a list of items: one object is a batch of one.

@@ -10,7 +10,7 @@
 //! after connecting. Ours are registered in a connect *middleware*, which
 //! runs before the answer.
 
-mod protocol;
+pub mod protocol;
 mod session;
 
 use std::num::NonZeroU32;
