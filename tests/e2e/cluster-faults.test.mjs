@@ -372,6 +372,14 @@ describe("Redis restarted from an older snapshot (the rollback path), and forged
     // for the forger alone.
     await subscribe(forger, id, { since: `${epochOf(r1.id) - 1n}-7` });
     assertError(await waitFor(forger, "error"), "HISTORY_TRUNCATED");
+    // Seqs at and beyond what Lua's %d and a u64 hold: INVALID_SINCE, as in
+    // memory mode, over the socket and over backfill (they once answered 503).
+    for (const seq of ["9223372036854775808", "18446744073709551615", "18446744073709551616"]) {
+      const since = `${epochOf(r1.id)}-${seq}`;
+      forger.emit("subscribe", { trackingId: id, since });
+      assertError(await waitFor(forger, "error", (e) => e.data?.code === "INVALID_SINCE"), "INVALID_SINCE");
+      assertHttpError(await backfill(B.url, { trackingId: id, since }), 400, "INVALID_SINCE");
+    }
     const [r2] = await ingestOk(A.url, payment(id));
     assert.equal(r2.id, `${epochOf(r1.id)}-2`, "the history goes on: same epoch, next seq");
     await waitFor(s, "payment", (p) => p.id === r2.id);
