@@ -23,6 +23,9 @@ use crate::worker::WorkerLine;
 /// process may have here).
 const PER_WORKER: usize = 5_000;
 const INGEST_TOKEN: &str = "load-token";
+/// How long after the last expected delivery duplicates are still looked
+/// for.
+const OVER_DELIVERY_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -245,6 +248,8 @@ struct Spread<'a> {
     count: usize,
     prefix: &'a str,
     shared: bool,
+    /// Rooms payments are spread over (round robin): the subscriber count.
+    rooms: usize,
     /// Connect all at once at a common instant (a storm); otherwise each
     /// worker starts when spawned.
     start_at_ns: u64,
@@ -276,6 +281,8 @@ impl Clients {
                     &offset.to_string(),
                     "--prefix",
                     spread.prefix,
+                    "--rooms",
+                    &spread.rooms.to_string(),
                 ])
                 .args(["--start-at-ns", &spread.start_at_ns.to_string()])
                 .args([
@@ -328,11 +335,29 @@ impl Clients {
         Ok(())
     }
 
+    /// Starts measuring `phase`, in which `payments` will be sent, and
+    /// waits until every worker confirmed it: frames of an earlier phase
+    /// are never counted after this returns.
+    async fn reset(&mut self, phase: u64, payments: u64) -> anyhow::Result<()> {
+        self.command(&format!("reset {phase} {payments}")).await?;
+        for (_, _, lines) in self.workers.iter_mut() {
+            match next_line(lines, Duration::from_secs(30)).await? {
+                WorkerLine::ResetDone { phase: done } if done == phase => {}
+                other => bail!("expected reset_done {phase}, got {other:?}"),
+            }
+        }
+        Ok(())
+    }
+
     /// Deliveries since the last reset, merged across workers.
     async fn report(&mut self) -> anyhow::Result<Delivered> {
         self.command("report").await?;
         let mut d = Delivered {
             received: 0,
+            stale: 0,
+            over: 0,
+            short: 0,
+            cpu_s: 0.0,
             first_ns: u64::MAX,
             last_ns: 0,
             latency_us: Histogram::new_with_bounds(1, 120_000_000, 3)?,
@@ -341,11 +366,19 @@ impl Clients {
             match next_line(lines, Duration::from_secs(30)).await? {
                 WorkerLine::Report {
                     received,
+                    stale,
+                    over,
+                    short,
+                    cpu_s,
                     first_recv_ns,
                     last_recv_ns,
                     latency_us,
                 } => {
                     d.received += received;
+                    d.stale += stale;
+                    d.over += over;
+                    d.short += short;
+                    d.cpu_s += cpu_s;
                     d.first_ns = d.first_ns.min(first_recv_ns);
                     d.last_ns = d.last_ns.max(last_recv_ns);
                     for (v, c) in latency_us {
@@ -358,17 +391,21 @@ impl Clients {
         Ok(d)
     }
 
-    /// Waits until `expected` deliveries arrived (or `timeout`), polling
-    /// the workers' counts.
-    async fn wait_for(&mut self, expected: u64, timeout: Duration) -> anyhow::Result<Delivered> {
+    /// Waits until every connection has what it should receive in this
+    /// phase (or `timeout`), polling the workers' counts; then, after a
+    /// short grace for duplicates still in flight (an absence, which no
+    /// event announces), reports what arrived in all.
+    async fn wait_for(&mut self, timeout: Duration) -> anyhow::Result<Delivered> {
         let deadline = Instant::now() + timeout;
         loop {
             let d = self.report().await?;
-            if d.received >= expected || Instant::now() >= deadline {
-                return Ok(d);
+            if d.short == 0 || Instant::now() >= deadline {
+                break;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        tokio::time::sleep(OVER_DELIVERY_GRACE).await;
+        self.report().await
     }
 
     async fn stop(mut self) {
@@ -400,7 +437,16 @@ async fn next_line(
 }
 
 struct Delivered {
+    /// Payments of the measured phase received.
     received: u64,
+    /// Payments of an earlier phase received during this one (not counted).
+    stale: u64,
+    /// Deliveries beyond what each connection should have received.
+    over: u64,
+    /// Deliveries still missing, summed over the connections.
+    short: u64,
+    /// The workers' CPU (user + system) since they started, seconds.
+    cpu_s: f64,
     first_ns: u64,
     last_ns: u64,
     latency_us: Histogram<u64>,
@@ -414,6 +460,9 @@ struct Ingester {
     url: String,
     counter: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
+    /// Written into every signature: the clients count only the phase
+    /// they measure.
+    phase: Arc<AtomicU64>,
 }
 
 impl Ingester {
@@ -426,11 +475,13 @@ impl Ingester {
             url: format!("http://{node}/v1/payments"),
             counter: Arc::default(),
             errors: Arc::default(),
+            phase: Arc::default(),
         }
     }
 
     async fn post(&self, tracking_ids: &[String]) {
         let sent = now_ns();
+        let phase = self.phase.load(Ordering::Relaxed);
         let mut body = String::with_capacity(tracking_ids.len() * 140 + 2);
         body.push('[');
         for (i, tid) in tracking_ids.iter().enumerate() {
@@ -439,7 +490,7 @@ impl Ingester {
                 body.push(',');
             }
             body.push_str(&format!(
-                r#"{{"trackingId":"{tid}","amount":1000000,"timestamp":1699876543,"status":"executed","signature":"lt-{sent}-{n}"}}"#
+                r#"{{"trackingId":"{tid}","amount":1000000,"timestamp":1699876543,"status":"executed","signature":"lt-{sent}-{phase}-{n}"}}"#
             ));
         }
         body.push(']');
@@ -465,7 +516,7 @@ impl Ingester {
         batch: usize,
         duration: Duration,
     ) -> u64 {
-        let total = (per_second as f64 * duration.as_secs_f64()) as u64;
+        let total = rate_requests(per_second, duration.as_secs_f64());
         let interval = Duration::from_secs_f64(1.0 / per_second as f64);
         let start = tokio::time::Instant::now();
         let limit = Arc::new(tokio::sync::Semaphore::new(256));
@@ -545,6 +596,9 @@ impl Recorder {
         let span = (d.last_ns.saturating_sub(sent_ns)) as f64 / 1e9;
         self.add("deliveries", "count", d.received as f64);
         self.add("deliveries_expected", "count", expected as f64);
+        self.add("deliveries_missing", "count", d.short as f64);
+        self.add("deliveries_over", "count", d.over as f64);
+        self.add("stale_frames", "count", d.stale as f64);
         if span > 0.0 {
             self.add("deliveries_per_s", "1/s", d.received as f64 / span);
         }
@@ -617,6 +671,7 @@ async fn idle(rec: &mut Recorder, args: &RunArgs, n: usize, nodes: usize) -> any
         count: n,
         prefix: "idle",
         shared: false,
+        rooms: n,
         start_at_ns: 0,
     })
     .await?;
@@ -644,6 +699,7 @@ async fn storm(rec: &mut Recorder, args: &RunArgs, k: usize) -> anyhow::Result<(
         count: k,
         prefix: "storm",
         shared: false,
+        rooms: k,
         start_at_ns: start,
     })
     .await?;
@@ -761,6 +817,21 @@ enum Load {
     Burst(usize, usize, usize),
 }
 
+impl Load {
+    /// Payments the ingester sends for this load.
+    fn payments(self) -> u64 {
+        match self {
+            Load::Rate(per_s, batch, secs) => rate_requests(per_s, secs) * batch as u64,
+            Load::Burst(requests, batch, _) => (requests * batch) as u64,
+        }
+    }
+}
+
+/// Requests sent at `per_s` for `secs`.
+fn rate_requests(per_s: u64, secs: f64) -> u64 {
+    (per_s as f64 * secs) as u64
+}
+
 /// Fan-out: `subscribers` sockets (one room each, or one shared room) on
 /// `nodes` nodes, ingest on the first node.
 async fn fanout(
@@ -780,6 +851,7 @@ async fn fanout(
         count: subscribers,
         prefix,
         shared,
+        rooms: subscribers,
         start_at_ns: 0,
     })
     .await?;
@@ -792,10 +864,21 @@ async fn fanout(
         ids(prefix, subscribers)
     };
     let ingester = Ingester::new(servers[0].addr);
-    // Warm up (connections, code paths), then measure.
-    ingester.burst(&room_ids, 20, 10, 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    clients.command("reset").await?;
+    // Warm up (connections, code paths) in phase 1 and wait for it to be
+    // delivered, then measure phase 2: the workers confirm the switch and
+    // count only payments tagged with it.
+    const WARM_UP: (usize, usize, usize) = (20, 10, 2);
+    clients.reset(1, (WARM_UP.0 * WARM_UP.1) as u64).await?;
+    ingester.phase.store(1, Ordering::Relaxed);
+    ingester
+        .burst(&room_ids, WARM_UP.0, WARM_UP.1, WARM_UP.2)
+        .await;
+    let warm = clients.wait_for(Duration::from_secs(30)).await?;
+    if warm.short > 0 {
+        rec.add("warmup_missing", "count", warm.short as f64);
+    }
+    clients.reset(2, load.payments()).await?;
+    ingester.phase.store(2, Ordering::Relaxed);
     let sent_ns = now_ns();
     let payments = match load {
         Load::Rate(per_s, batch, secs) => {
@@ -814,7 +897,7 @@ async fn fanout(
     } else {
         payments
     };
-    let d = clients.wait_for(expected, Duration::from_secs(60)).await?;
+    let d = clients.wait_for(Duration::from_secs(60)).await?;
     rec.deliveries(&d, expected, sent_ns);
     rec.add(
         "ingest_errors",
