@@ -25,6 +25,10 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// The latency histograms' ceiling, microseconds (120 s): a later delivery
+/// is recorded at it, so a value there is "≥ 120 s", not a measurement.
+pub const LATENCY_CAP_US: u64 = 120_000_000;
+
 /// What all connections of one process record.
 pub struct Stats {
     pub acked: AtomicU64,
@@ -57,7 +61,7 @@ impl Stats {
             first_recv_ns: AtomicU64::new(u64::MAX),
             last_recv_ns: AtomicU64::new(0),
             latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+                Histogram::new_with_bounds(1, LATENCY_CAP_US, 3).expect("histogram bounds"),
             ),
         })
     }
