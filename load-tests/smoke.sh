@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole load-test harness at a hundredth of its counts, one run, both
-# systems (well under a minute): for CI, so that the benchmark cannot rot.
+# The whole load-test harness at a hundredth of its counts, one run, every
+# system (under a minute): for CI, so that the benchmark cannot rot.
 # Exits non-zero if a scenario fails or delivers fewer or more payments than
 # it sent (`--check`). Debug binaries; results go to target/load-smoke/, not
 # to load-tests/results/. Needs redis-server and node (tests/run.sh

@@ -10,6 +10,7 @@
 // seq, dedupe keys and history live in Redis (one Lua script per ingest
 // request) and payments reach the other nodes through the Redis adapter.
 
+import cluster from "node:cluster";
 import { createHash } from "node:crypto";
 import { createServer } from "node:http";
 import { parseArgs } from "node:util";
@@ -602,6 +603,12 @@ const { host, port } = parseListen(LISTEN);
 httpServer.listen({ host, port, backlog: BACKLOG }, () => {
   const addr = httpServer.address();
   const shown = addr.address === "0.0.0.0" || addr.address === "::" ? "127.0.0.1" : addr.address;
+  // Under cluster.mjs the primary announces the address once every worker
+  // listens (a reader takes the first "listening on" line).
+  if (cluster.isWorker) {
+    console.log(`peer worker ${cluster.worker.id} ready on ${shown}:${addr.port}`);
+    return;
+  }
   console.log(
     `listening on ${shown}:${addr.port} (bound ${addr.address}:${addr.port}, ${REDIS_URL ? "redis" : "memory"}, backlog ${BACKLOG})`,
   );

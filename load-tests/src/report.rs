@@ -147,7 +147,7 @@ impl Results<'_> {
              Commit `{}`{}{}, scale {}, {} run(s) per figure{}, on {} CPUs ({}), {} MB RAM, \
              kernel {}, open-files limit {}, somaxconn {}.\n\
              Command: `{}`.\n\
-             Both systems run on this machine with the load generator; loopback only. \
+             All systems run on this machine with the load generator; loopback only. \
              Each cell is the median of the runs, with (min–max) when there are several; \
              \"≥\" marks a value at the latency histogram's ceiling (the true figure is higher). \
              Ratio = tidings / the other system, of the medians.\n\n",

@@ -37,7 +37,11 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Only these systems.
-    #[arg(long, value_delimiter = ',', default_value = "tidings,peer")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tidings,peer,peer-cluster"
+    )]
     pub systems: Vec<String>,
     /// Where results go.
     #[arg(long, default_value = "load-tests/results")]
@@ -66,7 +70,11 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum System {
     Tidings,
+    /// The peer as one Node process.
     Peer,
+    /// The peer as a Node `cluster` of one worker per core sharing one
+    /// port, through Redis (`peer/cluster.mjs`).
+    PeerCluster,
 }
 
 impl System {
@@ -74,6 +82,7 @@ impl System {
         match self {
             System::Tidings => "tidings",
             System::Peer => "peer",
+            System::PeerCluster => "peer-cluster",
         }
     }
 }
@@ -106,10 +115,14 @@ impl Node {
                 c.env("RUST_LOG", "info");
                 c
             }
-            System::Peer => {
+            System::Peer | System::PeerCluster => {
                 let mut c = Command::new("node");
-                c.arg("load-tests/peer/server.mjs")
-                    .args(["--listen", "127.0.0.1:0"]);
+                c.arg(if system == System::PeerCluster {
+                    "load-tests/peer/cluster.mjs"
+                } else {
+                    "load-tests/peer/server.mjs"
+                })
+                .args(["--listen", "127.0.0.1:0"]);
                 if let Some(url) = redis {
                     c.args(["--redis-url", url]);
                 }
@@ -163,39 +176,83 @@ impl Node {
         Ok(Node { child, addr, pid })
     }
 
-    fn rss_kb(&self) -> u64 {
-        rss_kb(self.pid)
+    /// The server's processes: this one and its descendants (a Node
+    /// cluster's workers).
+    fn processes(&self) -> Vec<u32> {
+        process_tree(self.pid)
     }
 
-    /// OS threads of the process now (all of them: a runtime's workers,
+    fn rss_kb(&self) -> u64 {
+        self.processes().into_iter().map(rss_kb).sum()
+    }
+
+    /// OS threads of its processes now (all of them: a runtime's workers,
     /// and Node's libuv pool and V8 helpers too).
     fn threads(&self) -> u64 {
-        proc_status_field(self.pid, "Threads:")
+        self.processes()
+            .into_iter()
+            .map(|p| proc_status_field(p, "Threads:"))
+            .sum()
     }
 
-    /// CPU (user + system) the process used since it started, seconds.
+    /// CPU (user + system) its processes used since they started, seconds.
     fn cpu_s(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Fields after the command name (which may hold spaces), from
-        // field 3 on: utime and stime are fields 14 and 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // SAFETY: sysconf reads a constant of the system.
-        let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        (ticks(11) + ticks(12)) / per_s
+        self.processes().into_iter().map(cpu_s).sum()
     }
 
+    /// Kills the server and its descendants (a Node cluster's workers
+    /// would otherwise outlive a killed primary).
     async fn stop(mut self) {
+        let descendants: Vec<u32> = self.processes().into_iter().skip(1).collect();
         let _ = self.child.kill().await;
+        for pid in descendants {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill only sends a signal, to a process this
+                // harness started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
+}
+
+/// `pid` and its descendants, from `/proc/<pid>/task/*/children`.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", all[i]));
+        for task in tasks.into_iter().flatten().flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            all.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    all
+}
+
+/// CPU (user + system) process `pid` used since it started, seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from
+    // field 3 on: utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf reads a constant of the system.
+    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / per_s
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -258,6 +315,10 @@ impl Redis {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("redis-server did not start")
+    }
+
+    fn cpu_s(&self) -> f64 {
+        self.child.id().map_or(0.0, cpu_s)
     }
 
     async fn stop(mut self) {
@@ -714,7 +775,9 @@ struct Deployment {
 
 impl Deployment {
     async fn start(system: System, args: &RunArgs, nodes: usize) -> anyhow::Result<Deployment> {
-        let redis = if nodes > 1 {
+        // The clustered peer's workers share their store through Redis
+        // even as one node.
+        let redis = if nodes > 1 || system == System::PeerCluster {
             Some(Redis::start().await?)
         } else {
             None
@@ -732,7 +795,14 @@ impl Deployment {
     /// Records what the servers used (processes, threads, CPU over their
     /// lives, which are the scenario's) and stops them.
     async fn stop(self, rec: &mut Recorder) {
-        rec.add("server_processes", "processes", self.nodes.len() as f64);
+        rec.add(
+            "server_processes",
+            "processes",
+            self.nodes
+                .iter()
+                .map(|n| n.processes().len())
+                .sum::<usize>() as f64,
+        );
         rec.add(
             "server_threads",
             "threads",
@@ -743,6 +813,9 @@ impl Deployment {
             "s",
             self.nodes.iter().map(Node::cpu_s).sum::<f64>(),
         );
+        if let Some(redis) = &self.redis {
+            rec.add("redis_cpu_s", "s", redis.cpu_s());
+        }
         for node in self.nodes {
             node.stop().await;
         }
@@ -1023,6 +1096,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         systems.push(match name.as_str() {
             "tidings" => System::Tidings,
             "peer" => System::Peer,
+            "peer-cluster" => System::PeerCluster,
             other => bail!("unknown system {other}"),
         });
     }
