@@ -161,7 +161,7 @@ impl Results<'_> {
             self.scale,
             p.runs,
             if p.runs > 1 {
-                ", alternating which system goes first"
+                ", rotating which system goes first"
             } else {
                 ""
             },

@@ -1097,7 +1097,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "tidings" => System::Tidings,
             "peer" => System::Peer,
             "peer-cluster" => System::PeerCluster,
-            other => bail!("unknown system {other}"),
+            other => bail!("unknown system {other} (known: tidings, peer, peer-cluster)"),
         });
     }
     let mut records = Vec::new();
@@ -1108,11 +1108,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             continue;
         }
         for run in 1..=runs {
-            // Alternate which system goes first, from scenario to scenario and
-            // from run to run.
+            // Rotate which system goes first, from scenario to scenario and
+            // from run to run (with two systems: alternate).
             let mut order = systems.clone();
-            if (i + run) % 2 == 0 {
-                order.reverse();
+            if !order.is_empty() {
+                let n = order.len();
+                order.rotate_left((i + run - 1) % n);
             }
             for system in order.iter().copied() {
                 println!("{name} / {} / run {run} of {runs}", system.name());
