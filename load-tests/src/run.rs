@@ -484,10 +484,10 @@ impl Clients {
     }
 
     /// Waits until every connection has what it should receive in this
-    /// phase (or `timeout`), polling the workers' counts; then, after a
-    /// short grace for duplicates still in flight (an absence, which no
-    /// event announces), reports what arrived in all.
-    async fn wait_for(&mut self, timeout: Duration) -> anyhow::Result<Delivered> {
+    /// phase (or `timeout`), polling the workers' counts; then, after
+    /// `grace` for duplicates still in flight (an absence, which no event
+    /// announces), reports what arrived in all.
+    async fn wait_for(&mut self, timeout: Duration, grace: Duration) -> anyhow::Result<Delivered> {
         let deadline = Instant::now() + timeout;
         loop {
             let d = self.report().await?;
@@ -496,7 +496,7 @@ impl Clients {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(OVER_DELIVERY_GRACE).await;
+        tokio::time::sleep(grace).await;
         self.report().await
     }
 
@@ -1040,7 +1040,10 @@ async fn fanout(
     ingester
         .burst(&room_ids, WARM_UP.0, WARM_UP.1, WARM_UP.2)
         .await;
-    let warm = clients.wait_for(Duration::from_secs(30)).await?;
+    // Only its arrival matters, not duplicates: no grace.
+    let warm = clients
+        .wait_for(Duration::from_secs(30), Duration::ZERO)
+        .await?;
     if warm.short > 0 {
         rec.add("warmup_missing", "count", warm.short as f64);
     }
@@ -1064,7 +1067,9 @@ async fn fanout(
     } else {
         payments
     };
-    let d = clients.wait_for(Duration::from_secs(60)).await?;
+    let d = clients
+        .wait_for(Duration::from_secs(60), OVER_DELIVERY_GRACE)
+        .await?;
     rec.deliveries(&d, expected, sent_ns);
     if let Load::Rate(..) = load {
         rec.add(
