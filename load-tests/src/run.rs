@@ -1034,15 +1034,18 @@ async fn fanout(
     // Warm up (connections, code paths) in phase 1 and wait for it to be
     // delivered, then measure phase 2: the workers confirm the switch and
     // count only payments tagged with it.
-    const WARM_UP: (usize, usize, usize) = (20, 10, 2);
-    clients.reset(1, (WARM_UP.0 * WARM_UP.1) as u64).await?;
+    // 200 payments (requests, batch, concurrency) over the rooms; 10 in a
+    // shared room, where each is a delivery per subscriber (100,000 at
+    // full scale, a few seconds for the slowest system).
+    let (requests, batch, concurrency) = if shared { (2, 5, 2) } else { (20, 10, 2) };
+    clients.reset(1, (requests * batch) as u64).await?;
     ingester.phase.store(1, Ordering::Relaxed);
     ingester
-        .burst(&room_ids, WARM_UP.0, WARM_UP.1, WARM_UP.2)
+        .burst(&room_ids, requests, batch, concurrency)
         .await;
     // Only its arrival matters, not duplicates: no grace.
     let warm = clients
-        .wait_for(Duration::from_secs(30), Duration::ZERO)
+        .wait_for(Duration::from_secs(60), Duration::ZERO)
         .await?;
     if warm.short > 0 {
         rec.add("warmup_missing", "count", warm.short as f64);
