@@ -4,12 +4,13 @@
 // written the idiomatic socket.io way and does no per-event logging.
 //
 //   node server.mjs [--listen HOST:PORT] [--redis-url redis://...]
-//                   [--ingest-token TOKEN]...
+//                   [--ingest-token TOKEN]... [--backlog N]
 //
 // Without --redis-url everything lives in this process's memory. With it,
 // seq, dedupe keys and history live in Redis (one Lua script per ingest
 // request) and payments reach the other nodes through the Redis adapter.
 
+import cluster from "node:cluster";
 import { createHash } from "node:crypto";
 import { createServer } from "node:http";
 import { parseArgs } from "node:util";
@@ -25,14 +26,15 @@ const { values: flags } = parseArgs({
     listen: { type: "string" },
     "redis-url": { type: "string" },
     "ingest-token": { type: "string", multiple: true },
+    backlog: { type: "string" },
     help: { type: "boolean", short: "h" },
   },
 });
 if (flags.help) {
   console.log(
     "usage: node server.mjs [--listen HOST:PORT] [--redis-url redis://...] " +
-      "[--ingest-token TOKEN]...\n" +
-      "env: PEER_LISTEN, PEER_REDIS_URL, PEER_INGEST_TOKEN (comma-separated)",
+      "[--ingest-token TOKEN]... [--backlog N]\n" +
+      "env: PEER_LISTEN, PEER_REDIS_URL, PEER_INGEST_TOKEN (comma-separated), PEER_BACKLOG",
   );
   process.exit(0);
 }
@@ -40,6 +42,11 @@ if (flags.help) {
 const env = process.env;
 const LISTEN = flags.listen ?? env.PEER_LISTEN ?? "0.0.0.0:3000";
 const REDIS_URL = flags["redis-url"] ?? env.PEER_REDIS_URL ?? "";
+// The accept backlog Tidings asks for (src/server.rs, ACCEPT_BACKLOG), so
+// that a connect storm measures both systems behind the same queue (the
+// kernel caps both at net.core.somaxconn).
+const BACKLOG = Number(flags.backlog ?? env.PEER_BACKLOG ?? 8192);
+if (!Number.isInteger(BACKLOG) || BACKLOG < 1) fail(`--backlog must be a positive integer, not ${flags.backlog ?? env.PEER_BACKLOG}`);
 const INGEST_TOKENS = new Set(
   (flags["ingest-token"] ?? (env.PEER_INGEST_TOKEN ?? "test-token").split(","))
     .map((t) => t.trim())
@@ -593,11 +600,17 @@ io.on("connection", (socket) => {
 });
 
 const { host, port } = parseListen(LISTEN);
-httpServer.listen({ host, port, backlog: 1024 }, () => {
+httpServer.listen({ host, port, backlog: BACKLOG }, () => {
   const addr = httpServer.address();
   const shown = addr.address === "0.0.0.0" || addr.address === "::" ? "127.0.0.1" : addr.address;
+  // Under cluster.mjs the primary announces the address once every worker
+  // listens (a reader takes the first "listening on" line).
+  if (cluster.isWorker) {
+    console.log(`peer worker ${cluster.worker.id} ready on ${shown}:${addr.port}`);
+    return;
+  }
   console.log(
-    `listening on ${shown}:${addr.port} (bound ${addr.address}:${addr.port}, ${REDIS_URL ? "redis" : "memory"})`,
+    `listening on ${shown}:${addr.port} (bound ${addr.address}:${addr.port}, ${REDIS_URL ? "redis" : "memory"}, backlog ${BACKLOG})`,
   );
 });
 

@@ -5,7 +5,7 @@
 //! `tidings-load probe` and `check-client.mjs`).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,10 +25,23 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// The latency histograms' ceiling, microseconds (120 s): a later delivery
+/// is recorded at it, so a value there is "≥ 120 s", not a measurement.
+pub const LATENCY_CAP_US: u64 = 120_000_000;
+
 /// What all connections of one process record.
 pub struct Stats {
     pub acked: AtomicU64,
     pub failed: AtomicU64,
+    /// The phase being measured: only payments tagged with it count (the
+    /// ingester writes its phase into each signature), so that a warm-up
+    /// frame arriving late can never stand in for a measured one.
+    pub phase: AtomicU64,
+    /// Payments of the current phase received, per connection (index
+    /// local to this process), to tell missing from duplicated ones.
+    pub per_conn: Vec<AtomicU32>,
+    /// Payments of another phase received since the last reset.
+    pub stale: AtomicU64,
     pub received: AtomicU64,
     pub first_recv_ns: AtomicU64,
     pub last_recv_ns: AtomicU64,
@@ -37,20 +50,30 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn new() -> Arc<Stats> {
+    pub fn new(conns: usize) -> Arc<Stats> {
         Arc::new(Stats {
             acked: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            phase: AtomicU64::new(0),
+            per_conn: (0..conns).map(|_| AtomicU32::new(0)).collect(),
+            stale: AtomicU64::new(0),
             received: AtomicU64::new(0),
             first_recv_ns: AtomicU64::new(u64::MAX),
             last_recv_ns: AtomicU64::new(0),
             latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+                Histogram::new_with_bounds(1, LATENCY_CAP_US, 3).expect("histogram bounds"),
             ),
         })
     }
 
-    pub fn reset(&self) {
+    /// Starts measuring `phase`: the phase first, so that no frame of the
+    /// old phase is counted after its counters are cleared.
+    pub fn reset(&self, phase: u64) {
+        self.phase.store(phase, Ordering::SeqCst);
+        for c in &self.per_conn {
+            c.store(0, Ordering::SeqCst);
+        }
+        self.stale.store(0, Ordering::SeqCst);
         self.received.store(0, Ordering::SeqCst);
         self.first_recv_ns.store(u64::MAX, Ordering::SeqCst);
         self.last_recv_ns.store(0, Ordering::SeqCst);
@@ -59,8 +82,16 @@ impl Stats {
         }
     }
 
-    fn record(&self, sent_ns: u64) {
+    fn record(&self, conn: usize, tag: PaymentTag) {
+        if tag.phase != self.phase.load(Ordering::Relaxed) {
+            self.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let sent_ns = tag.sent_ns;
         let now = now_ns();
+        if let Some(c) = self.per_conn.get(conn) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         self.received.fetch_add(1, Ordering::Relaxed);
         self.first_recv_ns.fetch_min(now, Ordering::Relaxed);
         self.last_recv_ns.fetch_max(now, Ordering::Relaxed);
@@ -114,17 +145,26 @@ pub async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
     }
 }
 
+/// Which connection of the process a subscriber is, and what it
+/// subscribes to.
+pub struct Seat {
+    /// Index into `Stats::per_conn`.
+    pub conn: usize,
+    pub tracking_id: String,
+}
+
 /// One subscriber: connect, subscribe to `tracking_id`, wait for the ack,
 /// then record every payment until `stop` fires.
 pub async fn subscriber(
+    seat: Seat,
     target: SocketAddr,
     source: IpAddr,
-    tracking_id: String,
     stats: Arc<Stats>,
     ack_timeout: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
     connecting: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let Seat { conn, tracking_id } = seat;
     let mut connecting = Some(connecting);
     let run = async {
         let mut ws = connect(target, source).await?;
@@ -161,8 +201,8 @@ pub async fn subscriber(
                         let t = t.as_str();
                         if t == "2" {
                             ws.send(Message::text("3")).await.map_err(|e| after_ack(&e))?;
-                        } else if let Some(sent) = payment_sent_ns(t) {
-                            stats.record(sent);
+                        } else if let Some(tag) = payment_tag(t) {
+                            stats.record(conn, tag);
                         }
                     }
                     Some(Ok(_)) => {}
@@ -185,16 +225,42 @@ pub async fn subscriber(
     }
 }
 
+/// What the ingester wrote into a payment's signature,
+/// `lt-<sent ns>-<phase>-<n>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaymentTag {
+    /// When the payment was due to be sent (its scheduled time in the rate
+    /// scenarios), Unix ns.
+    pub sent_ns: u64,
+    pub phase: u64,
+}
+
 /// The send time the ingester wrote into a payment's signature
-/// (`lt-<ns>-<n>`), if `frame` is a `payment` event.
+/// (`lt-<ns>-...`), if `frame` is a `payment` event.
 pub fn payment_sent_ns(frame: &str) -> Option<u64> {
+    let (sent, _) = signature_fields(frame)?;
+    sent.parse().ok()
+}
+
+/// The send time and phase of a `payment` frame (`lt-<ns>-<phase>-<n>`).
+pub fn payment_tag(frame: &str) -> Option<PaymentTag> {
+    let (sent, rest) = signature_fields(frame)?;
+    let phase = &rest[..rest.find('-')?];
+    Some(PaymentTag {
+        sent_ns: sent.parse().ok()?,
+        phase: phase.parse().ok()?,
+    })
+}
+
+/// `(<ns>, <the rest of the signature>)` of a `payment` frame.
+fn signature_fields(frame: &str) -> Option<(&str, &str)> {
     if !frame.starts_with("42[\"payment\"") {
         return None;
     }
     let at = frame.find("\"signature\":\"lt-")? + "\"signature\":\"lt-".len();
     let digits = &frame[at..];
     let end = digits.find('-')?;
-    digits[..end].parse().ok()
+    Some((&digits[..end], &digits[end + 1..]))
 }
 
 #[cfg(test)]
@@ -206,5 +272,20 @@ mod tests {
         let frame = r#"42["payment",{"type":"payment_notification","id":"1-1","seq":1,"data":{"trackingId":"a","amount":1,"timestamp":1,"status":"executed","signature":"lt-123456789-7"},"timestamp":1}]"#;
         assert_eq!(payment_sent_ns(frame), Some(123456789));
         assert_eq!(payment_sent_ns(r#"42["ack",{"data":"x"}]"#), None);
+    }
+
+    #[test]
+    fn reads_the_phase_from_a_payment_frame() {
+        let frame = r#"42["payment",{"data":{"trackingId":"a","signature":"lt-123456789-2-7"}}]"#;
+        assert_eq!(
+            payment_tag(frame),
+            Some(PaymentTag {
+                sent_ns: 123456789,
+                phase: 2
+            })
+        );
+        // Without a phase (check-client.mjs' format) it is no measured payment.
+        let untagged = r#"42["payment",{"data":{"signature":"lt-123456789-7"}}]"#;
+        assert_eq!(payment_tag(untagged), None);
     }
 }

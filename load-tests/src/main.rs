@@ -9,6 +9,7 @@
 //!   it relies on, for `check-client.mjs` to compare with socket.io-client.
 
 mod client;
+mod report;
 mod run;
 mod worker;
 

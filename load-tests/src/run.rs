@@ -2,7 +2,6 @@
 //! peer) as real processes, runs every scenario against both in turn with
 //! worker processes holding the sockets, and writes the results.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -12,17 +11,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::client::now_ns;
+use crate::client::{LATENCY_CAP_US, now_ns};
+use crate::report::{Machine, Provenance, Record, Results};
 use crate::worker::WorkerLine;
+use crate::worker::own_cpu_s;
 
 /// Sockets one worker process holds (well under the 20,000 open files a
 /// process may have here).
 const PER_WORKER: usize = 5_000;
 const INGEST_TOKEN: &str = "load-token";
+/// How long after the last expected delivery duplicates are still looked
+/// for.
+const OVER_DELIVERY_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -34,7 +37,11 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Only these systems.
-    #[arg(long, value_delimiter = ',', default_value = "tidings,peer")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tidings,peer,peer-cluster"
+    )]
     pub systems: Vec<String>,
     /// Where results go.
     #[arg(long, default_value = "load-tests/results")]
@@ -49,21 +56,25 @@ pub struct RunArgs {
     /// Extra flags for tidings nodes.
     #[arg(long, allow_hyphen_values = true, default_value = "")]
     pub tidings_flags: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Record {
-    pub scenario: String,
-    pub system: String,
-    pub metric: String,
-    pub unit: String,
-    pub value: f64,
+    /// Repeats of each scenario for each system; each figure is reported
+    /// as the median with min and max.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub runs: u64,
+    /// Exit non-zero (after writing the results) if any scenario failed,
+    /// lost a connection or an ingest request, or delivered fewer or more
+    /// payments than expected: for a smoke run in CI.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum System {
     Tidings,
+    /// The peer as one Node process.
     Peer,
+    /// The peer as a Node `cluster` of one worker per core sharing one
+    /// port, through Redis (`peer/cluster.mjs`).
+    PeerCluster,
 }
 
 impl System {
@@ -71,6 +82,7 @@ impl System {
         match self {
             System::Tidings => "tidings",
             System::Peer => "peer",
+            System::PeerCluster => "peer-cluster",
         }
     }
 }
@@ -103,10 +115,14 @@ impl Node {
                 c.env("RUST_LOG", "info");
                 c
             }
-            System::Peer => {
+            System::Peer | System::PeerCluster => {
                 let mut c = Command::new("node");
-                c.arg("load-tests/peer/server.mjs")
-                    .args(["--listen", "127.0.0.1:0"]);
+                c.arg(if system == System::PeerCluster {
+                    "load-tests/peer/cluster.mjs"
+                } else {
+                    "load-tests/peer/server.mjs"
+                })
+                .args(["--listen", "127.0.0.1:0"]);
                 if let Some(url) = redis {
                     c.args(["--redis-url", url]);
                 }
@@ -160,21 +176,96 @@ impl Node {
         Ok(Node { child, addr, pid })
     }
 
-    fn rss_kb(&self) -> u64 {
-        rss_kb(self.pid)
+    /// The server's processes: this one and its descendants (a Node
+    /// cluster's workers).
+    fn processes(&self) -> Vec<u32> {
+        process_tree(self.pid)
     }
 
+    fn rss_kb(&self) -> u64 {
+        self.processes().into_iter().map(rss_kb).sum()
+    }
+
+    /// OS threads of its processes now (all of them: a runtime's workers,
+    /// and Node's libuv pool and V8 helpers too).
+    fn threads(&self) -> u64 {
+        self.processes()
+            .into_iter()
+            .map(|p| proc_status_field(p, "Threads:"))
+            .sum()
+    }
+
+    /// CPU (user + system) its processes used since they started, seconds.
+    fn cpu_s(&self) -> f64 {
+        self.processes().into_iter().map(cpu_s).sum()
+    }
+
+    /// Kills the server and its descendants (a Node cluster's workers
+    /// would otherwise outlive a killed primary).
     async fn stop(mut self) {
+        let descendants: Vec<u32> = self.processes().into_iter().skip(1).collect();
         let _ = self.child.kill().await;
+        for pid in descendants {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill only sends a signal, to a process this
+                // harness started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }
 
+/// `pid` and its descendants, from `/proc/<pid>/task/*/children`.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", all[i]));
+        for task in tasks.into_iter().flatten().flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            all.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    all
+}
+
+/// CPU (user + system) process `pid` used since it started, seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from
+    // field 3 on: utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf reads a constant of the system.
+    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / per_s
+}
+
 fn rss_kb(pid: u32) -> u64 {
+    proc_status_field(pid, "VmRSS:")
+}
+
+/// A numeric field of `/proc/<pid>/status` (0 if unreadable).
+fn proc_status_field(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
@@ -226,6 +317,10 @@ impl Redis {
         bail!("redis-server did not start")
     }
 
+    fn cpu_s(&self) -> f64 {
+        self.child.id().map_or(0.0, cpu_s)
+    }
+
     async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
@@ -245,6 +340,8 @@ struct Spread<'a> {
     count: usize,
     prefix: &'a str,
     shared: bool,
+    /// Rooms payments are spread over (round robin): the subscriber count.
+    rooms: usize,
     /// Connect all at once at a common instant (a storm); otherwise each
     /// worker starts when spawned.
     start_at_ns: u64,
@@ -276,6 +373,8 @@ impl Clients {
                     &offset.to_string(),
                     "--prefix",
                     spread.prefix,
+                    "--rooms",
+                    &spread.rooms.to_string(),
                 ])
                 .args(["--start-at-ns", &spread.start_at_ns.to_string()])
                 .args([
@@ -328,24 +427,50 @@ impl Clients {
         Ok(())
     }
 
+    /// Starts measuring `phase`, in which `payments` will be sent, and
+    /// waits until every worker confirmed it: frames of an earlier phase
+    /// are never counted after this returns.
+    async fn reset(&mut self, phase: u64, payments: u64) -> anyhow::Result<()> {
+        self.command(&format!("reset {phase} {payments}")).await?;
+        for (_, _, lines) in self.workers.iter_mut() {
+            match next_line(lines, Duration::from_secs(30)).await? {
+                WorkerLine::ResetDone { phase: done } if done == phase => {}
+                other => bail!("expected reset_done {phase}, got {other:?}"),
+            }
+        }
+        Ok(())
+    }
+
     /// Deliveries since the last reset, merged across workers.
     async fn report(&mut self) -> anyhow::Result<Delivered> {
         self.command("report").await?;
         let mut d = Delivered {
             received: 0,
+            stale: 0,
+            over: 0,
+            short: 0,
+            cpu_s: 0.0,
             first_ns: u64::MAX,
             last_ns: 0,
-            latency_us: Histogram::new_with_bounds(1, 120_000_000, 3)?,
+            latency_us: Histogram::new_with_bounds(1, LATENCY_CAP_US, 3)?,
         };
         for (_, _, lines) in self.workers.iter_mut() {
             match next_line(lines, Duration::from_secs(30)).await? {
                 WorkerLine::Report {
                     received,
+                    stale,
+                    over,
+                    short,
+                    cpu_s,
                     first_recv_ns,
                     last_recv_ns,
                     latency_us,
                 } => {
                     d.received += received;
+                    d.stale += stale;
+                    d.over += over;
+                    d.short += short;
+                    d.cpu_s += cpu_s;
                     d.first_ns = d.first_ns.min(first_recv_ns);
                     d.last_ns = d.last_ns.max(last_recv_ns);
                     for (v, c) in latency_us {
@@ -358,20 +483,31 @@ impl Clients {
         Ok(d)
     }
 
-    /// Waits until `expected` deliveries arrived (or `timeout`), polling
-    /// the workers' counts.
-    async fn wait_for(&mut self, expected: u64, timeout: Duration) -> anyhow::Result<Delivered> {
+    /// Waits until every connection has what it should receive in this
+    /// phase (or `timeout`), polling the workers' counts; then, after
+    /// `grace` for duplicates still in flight (an absence, which no event
+    /// announces), reports what arrived in all.
+    async fn wait_for(&mut self, timeout: Duration, grace: Duration) -> anyhow::Result<Delivered> {
         let deadline = Instant::now() + timeout;
         loop {
             let d = self.report().await?;
-            if d.received >= expected || Instant::now() >= deadline {
-                return Ok(d);
+            if d.short == 0 || Instant::now() >= deadline {
+                break;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        tokio::time::sleep(grace).await;
+        self.report().await
     }
 
-    async fn stop(mut self) {
+    /// Stops the workers and adds their CPU to `rec`.
+    async fn stop(mut self, rec: &mut Recorder) {
+        // The last report carries each worker's CPU over its life.
+        match self.report().await {
+            Ok(d) => rec.workers_cpu_s += d.cpu_s,
+            Err(err) => println!("  no final report from the workers: {err:#}"),
+        }
+        rec.workers += self.workers.len();
         let _ = self.command("quit").await;
         for (mut child, _, _) in self.workers.drain(..) {
             if tokio::time::timeout(Duration::from_secs(10), child.wait())
@@ -400,7 +536,16 @@ async fn next_line(
 }
 
 struct Delivered {
+    /// Payments of the measured phase received.
     received: u64,
+    /// Payments of an earlier phase received during this one (not counted).
+    stale: u64,
+    /// Deliveries beyond what each connection should have received.
+    over: u64,
+    /// Deliveries still missing, summed over the connections.
+    short: u64,
+    /// The workers' CPU (user + system) since they started, seconds.
+    cpu_s: f64,
     first_ns: u64,
     last_ns: u64,
     latency_us: Histogram<u64>,
@@ -414,6 +559,12 @@ struct Ingester {
     url: String,
     counter: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
+    /// Written into every signature: the clients count only the phase
+    /// they measure.
+    phase: Arc<AtomicU64>,
+    /// How far behind its schedule the rate loop fell at worst (a request
+    /// sent later than `start + i / rate`), ns.
+    max_lag_ns: Arc<AtomicU64>,
 }
 
 impl Ingester {
@@ -426,11 +577,26 @@ impl Ingester {
             url: format!("http://{node}/v1/payments"),
             counter: Arc::default(),
             errors: Arc::default(),
+            phase: Arc::default(),
+            max_lag_ns: Arc::default(),
         }
     }
 
-    async fn post(&self, tracking_ids: &[String]) {
-        let sent = now_ns();
+    /// Sends one request. `scheduled_ns` is when a rate loop was due to send
+    /// it: the latency is measured from then, so that the time a request
+    /// waited for the loop (coordinated omission) is counted; a burst has
+    /// no schedule and measures from now.
+    async fn post(&self, tracking_ids: &[String], scheduled_ns: Option<u64>) {
+        let now = now_ns();
+        let sent = match scheduled_ns {
+            Some(due) => {
+                self.max_lag_ns
+                    .fetch_max(now.saturating_sub(due), Ordering::Relaxed);
+                due
+            }
+            None => now,
+        };
+        let phase = self.phase.load(Ordering::Relaxed);
         let mut body = String::with_capacity(tracking_ids.len() * 140 + 2);
         body.push('[');
         for (i, tid) in tracking_ids.iter().enumerate() {
@@ -439,7 +605,7 @@ impl Ingester {
                 body.push(',');
             }
             body.push_str(&format!(
-                r#"{{"trackingId":"{tid}","amount":1000000,"timestamp":1699876543,"status":"executed","signature":"lt-{sent}-{n}"}}"#
+                r#"{{"trackingId":"{tid}","amount":1000000,"timestamp":1699876543,"status":"executed","signature":"lt-{sent}-{phase}-{n}"}}"#
             ));
         }
         body.push(']');
@@ -465,9 +631,10 @@ impl Ingester {
         batch: usize,
         duration: Duration,
     ) -> u64 {
-        let total = (per_second as f64 * duration.as_secs_f64()) as u64;
+        let total = rate_requests(per_second, duration.as_secs_f64());
         let interval = Duration::from_secs_f64(1.0 / per_second as f64);
         let start = tokio::time::Instant::now();
+        let start_ns = now_ns();
         let limit = Arc::new(tokio::sync::Semaphore::new(256));
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..total {
@@ -475,9 +642,10 @@ impl Ingester {
             let chosen: Vec<String> = (0..batch)
                 .map(|j| ids[((i as usize) * batch + j) % ids.len()].clone())
                 .collect();
+            let due = start_ns + interval.mul_f64(i as f64).as_nanos() as u64;
             let (me, permit) = (self.clone(), limit.clone().acquire_owned().await);
             tasks.spawn(async move {
-                me.post(&chosen).await;
+                me.post(&chosen, Some(due)).await;
                 drop(permit);
             });
         }
@@ -508,7 +676,7 @@ impl Ingester {
                     let chosen: Vec<String> = (0..batch)
                         .map(|j| ids[(i * batch + j) % ids.len()].clone())
                         .collect();
-                    me.post(&chosen).await;
+                    me.post(&chosen, None).await;
                 }
             });
         }
@@ -520,24 +688,37 @@ impl Ingester {
 struct Recorder {
     scenario: String,
     system: System,
+    run: usize,
     records: Vec<Record>,
+    /// CPU of the scenario's worker processes, seconds, added as each set
+    /// of workers stops.
+    workers_cpu_s: f64,
+    /// Worker processes the scenario started.
+    workers: usize,
 }
 
 impl Recorder {
     fn add(&mut self, metric: &str, unit: &str, value: f64) {
+        self.add_value(metric, unit, value, false);
+    }
+
+    fn add_value(&mut self, metric: &str, unit: &str, value: f64, capped: bool) {
         println!(
-            "  {:<10} {:<28} {:>14.3} {}",
+            "  {:<10} {:<28} {}{:>14.3} {}",
             self.system.name(),
             metric,
+            if capped { "≥" } else { " " },
             value,
             unit
         );
         self.records.push(Record {
             scenario: self.scenario.clone(),
             system: self.system.name().to_owned(),
+            run: self.run,
             metric: metric.to_owned(),
             unit: unit.to_owned(),
             value,
+            capped,
         });
     }
 
@@ -545,6 +726,9 @@ impl Recorder {
         let span = (d.last_ns.saturating_sub(sent_ns)) as f64 / 1e9;
         self.add("deliveries", "count", d.received as f64);
         self.add("deliveries_expected", "count", expected as f64);
+        self.add("deliveries_missing", "count", d.short as f64);
+        self.add("deliveries_over", "count", d.over as f64);
+        self.add("stale_frames", "count", d.stale as f64);
         if span > 0.0 {
             self.add("deliveries_per_s", "1/s", d.received as f64 / span);
         }
@@ -553,13 +737,25 @@ impl Recorder {
             ("latency_p99_ms", 0.99),
             ("latency_p999_ms", 0.999),
         ] {
-            self.add(
-                metric,
-                "ms",
-                d.latency_us.value_at_quantile(q) as f64 / 1000.0,
-            );
+            let (ms, capped) = quantile_ms(&d.latency_us, q);
+            self.add_value(metric, "ms", ms, capped);
         }
     }
+}
+
+/// The latency at quantile `q`, ms, and whether it is at the histogram's
+/// ceiling (where it stores every later delivery, at or just above the
+/// cap by its precision): then the figure is only a lower bound.
+fn quantile_ms(h: &Histogram<u64>, q: f64) -> (f64, bool) {
+    let us = h.value_at_quantile(q);
+    (us.min(LATENCY_CAP_US) as f64 / 1000.0, us >= LATENCY_CAP_US)
+}
+
+/// How long memory is left to settle: the full time from scale 0.1 up, a
+/// tenth of it in a smoke run (scale 0.01), which checks the harness, not
+/// the figures.
+fn settle(scale: f64, full: Duration) -> Duration {
+    full.mul_f64((scale * 10.0).clamp(0.1, 1.0))
 }
 
 fn scaled(n: usize, scale: f64) -> usize {
@@ -579,7 +775,9 @@ struct Deployment {
 
 impl Deployment {
     async fn start(system: System, args: &RunArgs, nodes: usize) -> anyhow::Result<Deployment> {
-        let redis = if nodes > 1 {
+        // The clustered peer's workers share their store through Redis
+        // even as one node.
+        let redis = if nodes > 1 || system == System::PeerCluster {
             Some(Redis::start().await?)
         } else {
             None
@@ -594,7 +792,30 @@ impl Deployment {
         })
     }
 
-    async fn stop(self) {
+    /// Records what the servers used (processes, threads, CPU over their
+    /// lives, which are the scenario's) and stops them.
+    async fn stop(self, rec: &mut Recorder) {
+        rec.add(
+            "server_processes",
+            "processes",
+            self.nodes
+                .iter()
+                .map(|n| n.processes().len())
+                .sum::<usize>() as f64,
+        );
+        rec.add(
+            "server_threads",
+            "threads",
+            self.nodes.iter().map(Node::threads).sum::<u64>() as f64,
+        );
+        rec.add(
+            "server_cpu_s",
+            "s",
+            self.nodes.iter().map(Node::cpu_s).sum::<f64>(),
+        );
+        if let Some(redis) = &self.redis {
+            rec.add("redis_cpu_s", "s", redis.cpu_s());
+        }
         for node in self.nodes {
             node.stop().await;
         }
@@ -609,7 +830,7 @@ impl Deployment {
 async fn idle(rec: &mut Recorder, args: &RunArgs, n: usize, nodes: usize) -> anyhow::Result<()> {
     let deployment = Deployment::start(rec.system, args, nodes).await?;
     let servers = &deployment.nodes;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(settle(args.scale, Duration::from_secs(1))).await;
     let before: u64 = servers.iter().map(Node::rss_kb).sum();
     let targets: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     let clients = Clients::start(Spread {
@@ -617,10 +838,11 @@ async fn idle(rec: &mut Recorder, args: &RunArgs, n: usize, nodes: usize) -> any
         count: n,
         prefix: "idle",
         shared: false,
+        rooms: n,
         start_at_ns: 0,
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(settle(args.scale, Duration::from_secs(3))).await;
     let after: u64 = servers.iter().map(Node::rss_kb).sum();
     rec.add("max_conns", "conns", clients.acked as f64);
     rec.add("failed", "conns", clients.failed as f64);
@@ -630,20 +852,21 @@ async fn idle(rec: &mut Recorder, args: &RunArgs, n: usize, nodes: usize) -> any
         after.saturating_sub(before) as f64 / clients.acked.max(1) as f64,
     );
     rec.add("rss_mb_total", "MB", after as f64 / 1024.0);
-    clients.stop().await;
-    deployment.stop().await;
+    clients.stop(rec).await;
+    deployment.stop(rec).await;
     Ok(())
 }
 
 /// Connect storm: K clients connect and subscribe at one instant.
 async fn storm(rec: &mut Recorder, args: &RunArgs, k: usize) -> anyhow::Result<()> {
-    let node = Node::start(rec.system, args, None).await?;
+    let deployment = Deployment::start(rec.system, args, 1).await?;
     let start = now_ns() + 2_000_000_000;
     let clients = Clients::start(Spread {
-        targets: &[node.addr],
+        targets: &[deployment.nodes[0].addr],
         count: k,
         prefix: "storm",
         shared: false,
+        rooms: k,
         start_at_ns: start,
     })
     .await?;
@@ -654,8 +877,8 @@ async fn storm(rec: &mut Recorder, args: &RunArgs, k: usize) -> anyhow::Result<(
     );
     rec.add("max_conns", "conns", clients.acked as f64);
     rec.add("failed", "conns", clients.failed as f64);
-    clients.stop().await;
-    node.stop().await;
+    clients.stop(rec).await;
+    deployment.stop(rec).await;
     Ok(())
 }
 
@@ -761,6 +984,21 @@ enum Load {
     Burst(usize, usize, usize),
 }
 
+impl Load {
+    /// Payments the ingester sends for this load.
+    fn payments(self) -> u64 {
+        match self {
+            Load::Rate(per_s, batch, secs) => rate_requests(per_s, secs) * batch as u64,
+            Load::Burst(requests, batch, _) => (requests * batch) as u64,
+        }
+    }
+}
+
+/// Requests sent at `per_s` for `secs`.
+fn rate_requests(per_s: u64, secs: f64) -> u64 {
+    (per_s as f64 * secs) as u64
+}
+
 /// Fan-out: `subscribers` sockets (one room each, or one shared room) on
 /// `nodes` nodes, ingest on the first node.
 async fn fanout(
@@ -780,6 +1018,7 @@ async fn fanout(
         count: subscribers,
         prefix,
         shared,
+        rooms: subscribers,
         start_at_ns: 0,
     })
     .await?;
@@ -792,10 +1031,27 @@ async fn fanout(
         ids(prefix, subscribers)
     };
     let ingester = Ingester::new(servers[0].addr);
-    // Warm up (connections, code paths), then measure.
-    ingester.burst(&room_ids, 20, 10, 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    clients.command("reset").await?;
+    // Warm up (connections, code paths) in phase 1 and wait for it to be
+    // delivered, then measure phase 2: the workers confirm the switch and
+    // count only payments tagged with it.
+    // 200 payments (requests, batch, concurrency) over the rooms; 10 in a
+    // shared room, where each is a delivery per subscriber (100,000 at
+    // full scale, a few seconds for the slowest system).
+    let (requests, batch, concurrency) = if shared { (2, 5, 2) } else { (20, 10, 2) };
+    clients.reset(1, (requests * batch) as u64).await?;
+    ingester.phase.store(1, Ordering::Relaxed);
+    ingester
+        .burst(&room_ids, requests, batch, concurrency)
+        .await;
+    // Only its arrival matters, not duplicates: no grace.
+    let warm = clients
+        .wait_for(Duration::from_secs(60), Duration::ZERO)
+        .await?;
+    if warm.short > 0 {
+        rec.add("warmup_missing", "count", warm.short as f64);
+    }
+    clients.reset(2, load.payments()).await?;
+    ingester.phase.store(2, Ordering::Relaxed);
     let sent_ns = now_ns();
     let payments = match load {
         Load::Rate(per_s, batch, secs) => {
@@ -814,18 +1070,30 @@ async fn fanout(
     } else {
         payments
     };
-    let d = clients.wait_for(expected, Duration::from_secs(60)).await?;
+    let d = clients
+        .wait_for(Duration::from_secs(60), OVER_DELIVERY_GRACE)
+        .await?;
     rec.deliveries(&d, expected, sent_ns);
+    if let Load::Rate(..) = load {
+        rec.add(
+            "send_lag_max_ms",
+            "ms",
+            ingester.max_lag_ns.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+    }
     rec.add(
         "ingest_errors",
         "requests",
         ingester.errors.load(Ordering::Relaxed) as f64,
     );
-    for s in servers {
-        rec.add("rss_mb_after", "MB", s.rss_kb() as f64 / 1024.0);
-    }
-    clients.stop().await;
-    deployment.stop().await;
+    // Summed over the nodes (one figure per run for the summaries).
+    rec.add(
+        "rss_mb_after",
+        "MB",
+        servers.iter().map(Node::rss_kb).sum::<u64>() as f64 / 1024.0,
+    );
+    clients.stop(rec).await;
+    deployment.stop(rec).await;
     Ok(())
 }
 
@@ -836,199 +1104,118 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         systems.push(match name.as_str() {
             "tidings" => System::Tidings,
             "peer" => System::Peer,
-            other => bail!("unknown system {other}"),
+            "peer-cluster" => System::PeerCluster,
+            other => bail!("unknown system {other} (known: tidings, peer, peer-cluster)"),
         });
     }
     let mut records = Vec::new();
     let started = std::time::SystemTime::now();
+    let runs = args.runs as usize;
     for (i, (name, scenario)) in SCENARIOS.iter().copied().enumerate() {
         if !args.only.is_empty() && !args.only.iter().any(|o| name.contains(o.as_str())) {
             continue;
         }
-        // Alternate which system goes first.
-        let mut order = systems.clone();
-        if i % 2 == 1 {
-            order.reverse();
-        }
-        for system in order {
-            println!("{name} / {}", system.name());
-            let mut rec = Recorder {
-                scenario: name.to_owned(),
-                system,
-                records: Vec::new(),
-            };
-            let result = match scenario {
-                Scenario::Idle { conns, nodes } => {
-                    idle(&mut rec, &args, scaled(conns, s), nodes).await
-                }
-                Scenario::Storm { clients } => storm(&mut rec, &args, scaled(clients, s)).await,
-                Scenario::Fanout {
-                    subscribers,
-                    shared,
-                    nodes,
-                    load,
-                } => {
-                    let load = match load {
-                        Load::Rate(per_s, batch, secs) => {
-                            Load::Rate(per_s, batch, secs * s.min(1.0))
-                        }
-                        Load::Burst(requests, batch, c) => {
-                            Load::Burst(scaled(requests, s), batch, c)
-                        }
-                    };
-                    fanout(&mut rec, &args, scaled(subscribers, s), shared, nodes, load).await
-                }
-            };
-            if let Err(err) = result {
-                println!("  {} failed: {err:#}", system.name());
-                rec.add("scenario_failed", "bool", 1.0);
+        for run in 1..=runs {
+            // Rotate which system goes first, from scenario to scenario and
+            // from run to run (with two systems: alternate).
+            let mut order = systems.clone();
+            if !order.is_empty() {
+                let n = order.len();
+                order.rotate_left((i + run - 1) % n);
             }
-            records.extend(rec.records);
+            for system in order.iter().copied() {
+                println!("{name} / {} / run {run} of {runs}", system.name());
+                let mut rec = Recorder {
+                    scenario: name.to_owned(),
+                    system,
+                    run,
+                    records: Vec::new(),
+                    workers_cpu_s: 0.0,
+                    workers: 0,
+                };
+                let own_cpu_before = own_cpu_s();
+                let result = match scenario {
+                    Scenario::Idle { conns, nodes } => {
+                        idle(&mut rec, &args, scaled(conns, s), nodes).await
+                    }
+                    Scenario::Storm { clients } => storm(&mut rec, &args, scaled(clients, s)).await,
+                    Scenario::Fanout {
+                        subscribers,
+                        shared,
+                        nodes,
+                        load,
+                    } => {
+                        let load = match load {
+                            Load::Rate(per_s, batch, secs) => {
+                                Load::Rate(per_s, batch, secs * s.min(1.0))
+                            }
+                            Load::Burst(requests, batch, c) => {
+                                Load::Burst(scaled(requests, s), batch, c)
+                            }
+                        };
+                        fanout(&mut rec, &args, scaled(subscribers, s), shared, nodes, load).await
+                    }
+                };
+                if let Err(err) = result {
+                    println!("  {} failed: {err:#}", system.name());
+                    rec.add("scenario_failed", "bool", 1.0);
+                }
+                // The load generator's own cost: this process over the
+                // scenario and its workers over their lives.
+                let cpu = own_cpu_s() - own_cpu_before + rec.workers_cpu_s;
+                rec.add("loadgen_cpu_s", "s", cpu);
+                rec.add("loadgen_processes", "processes", 1.0 + rec.workers as f64);
+                records.extend(rec.records);
+            }
         }
     }
-    write_results(&args, &records, started)?;
-    Ok(())
-}
-
-#[derive(Serialize)]
-struct Results<'a> {
-    label: &'a str,
-    commit: String,
-    machine: Machine,
-    started_unix_s: u64,
-    scale: f64,
-    records: &'a [Record],
-}
-
-#[derive(Serialize)]
-struct Machine {
-    cpus: usize,
-    cpu_model: String,
-    memory_kb: u64,
-    kernel: String,
-    open_files_limit: String,
-}
-
-fn machine() -> Machine {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    Machine {
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        cpu_model: cpuinfo
-            .lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split(':').nth(1))
-            .unwrap_or("")
-            .trim()
-            .to_owned(),
-        memory_kb: meminfo
-            .lines()
-            .find(|l| l.starts_with("MemTotal"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
-        open_files_limit: std::fs::read_to_string("/proc/self/limits")
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .map(|l| l.split_whitespace().nth(3).unwrap_or("").to_owned())
-            .unwrap_or_default(),
-    }
-}
-
-fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn write_results(
-    args: &RunArgs,
-    records: &[Record],
-    started: std::time::SystemTime,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.out)?;
     let results = Results {
         label: &args.label,
-        commit: commit(),
-        machine: machine(),
+        provenance: Provenance::collect(runs),
+        machine: Machine::collect(),
         started_unix_s: started
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
         scale: args.scale,
-        records,
+        systems: systems.iter().map(|s| s.name().to_owned()).collect(),
+        records: &records,
     };
-    let json = serde_json::to_string_pretty(&results)?;
-    std::fs::write(args.out.join("latest.json"), &json)?;
-    std::fs::write(args.out.join("RESULTS.md"), markdown(&results))?;
-    println!("wrote {}", args.out.join("RESULTS.md").display());
+    results.write(&args.out)?;
+    if args.check {
+        let broken = check(&records);
+        if !broken.is_empty() {
+            for b in &broken {
+                println!("check failed: {b}");
+            }
+            bail!("{} check(s) failed", broken.len());
+        }
+        println!("check passed: every scenario delivered exactly what it sent");
+    }
     Ok(())
 }
 
-/// metric -> (unit, system -> value)
-type Metrics<'a> = BTreeMap<&'a str, (&'a str, BTreeMap<&'a str, f64>)>;
-
-fn markdown(results: &Results<'_>) -> String {
-    // (first appearance, scenario) -> metrics
-    let mut table: BTreeMap<(usize, &str), Metrics<'_>> = BTreeMap::new();
-    let mut order: Vec<&str> = Vec::new();
-    for r in results.records {
-        if !order.contains(&r.scenario.as_str()) {
-            order.push(&r.scenario);
-        }
-        let pos = order.iter().position(|s| *s == r.scenario).unwrap_or(0);
-        table
-            .entry((pos, &r.scenario))
-            .or_default()
-            .entry(&r.metric)
-            .or_insert((&r.unit, BTreeMap::new()))
-            .1
-            .insert(&r.system, r.value);
-    }
-    let m = &results.machine;
-    let mut out = format!(
-        "# Load test results\n\nCommit `{}`{}, scale {}, on {} CPUs ({}), {} MB RAM, kernel {}, open-files limit {}.\n\
-         Both systems run on this machine with the load generator; loopback only. Ratio = tidings / peer.\n\n\
-         | scenario | metric | unit | tidings | peer | ratio |\n| --- | --- | --- | ---: | ---: | ---: |\n",
-        results.commit,
-        if results.label.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", results.label)
-        },
-        results.scale,
-        m.cpus,
-        m.cpu_model,
-        m.memory_kb / 1024,
-        m.kernel,
-        m.open_files_limit
-    );
-    for ((_, scenario), metrics) in &table {
-        for (metric, (unit, by_system)) in metrics {
-            let t = by_system.get("tidings");
-            let p = by_system.get("peer");
-            let fmt = |v: Option<&f64>| v.map_or("–".to_owned(), |v| format!("{v:.2}"));
-            let ratio = match (t, p) {
-                (Some(t), Some(p)) if *p != 0.0 => format!("{:.2}", t / p),
-                _ => "–".to_owned(),
-            };
-            out.push_str(&format!(
-                "| {scenario} | {metric} | {unit} | {} | {} | {ratio} |\n",
-                fmt(t),
-                fmt(p)
-            ));
-        }
-    }
-    out
+/// What `--check` refuses: every record that says the harness (or a
+/// system) did not do what the scenario asked.
+fn check(records: &[Record]) -> Vec<String> {
+    const MUST_BE_ZERO: [&str; 6] = [
+        "scenario_failed",
+        "failed",
+        "deliveries_missing",
+        "deliveries_over",
+        "ingest_errors",
+        "warmup_missing",
+    ];
+    records
+        .iter()
+        .filter(|r| MUST_BE_ZERO.contains(&r.metric.as_str()) && r.value != 0.0)
+        .map(|r| {
+            format!(
+                "{} / {} / run {}: {} = {}",
+                r.scenario, r.system, r.run, r.metric, r.value
+            )
+        })
+        .collect()
 }
 
 /// `tidings-load burst`: one burst of ingest, reporting its duration.
@@ -1052,4 +1239,20 @@ pub async fn burst(
         ingester.errors.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quantile_at_the_histogram_ceiling_is_flagged_capped() {
+        let mut h = Histogram::new_with_bounds(1, LATENCY_CAP_US, 3).unwrap();
+        h.saturating_record_n(2_000, 98);
+        // Two deliveries later than the cap are stored at it.
+        h.saturating_record_n(LATENCY_CAP_US * 3, 2);
+        let (p50, capped) = quantile_ms(&h, 0.5);
+        assert!((1.99..2.01).contains(&p50) && !capped, "{p50} {capped}");
+        assert_eq!(quantile_ms(&h, 0.99), (120_000.0, true));
+    }
 }

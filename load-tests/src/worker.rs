@@ -1,7 +1,9 @@
 //! A worker process: holds up to a few thousand subscribers (one process
 //! may hold at most 20,000 open files here) and reports to the
 //! orchestrator over stdout, one JSON object per line; it takes commands
-//! (`reset`, `report`, `quit`) on stdin.
+//! on stdin: `reset <phase> <payments>` (measure only payments of `phase`,
+//! `payments` of them sent round robin over the rooms; answered with
+//! `reset_done`), `report` and `quit`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::client::{Stats, now_ns, subscriber};
+use crate::client::{Seat, Stats, now_ns, subscriber};
 
 /// What a worker is asked to do.
 #[derive(Debug, Clone, clap::Args)]
@@ -34,6 +36,10 @@ pub struct WorkerArgs {
     /// All connections subscribe to `<prefix>` itself (one big room).
     #[arg(long)]
     pub shared: bool,
+    /// Rooms the ingester spreads payments over, round robin (the
+    /// scenario's subscriber count): what each connection should receive.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
     /// Start connecting at this Unix time in ns (so that several workers
     /// storm together).
     #[arg(long, default_value_t = 0)]
@@ -56,10 +62,21 @@ pub enum WorkerLine {
         failed: u64,
         done_ns: u64,
     },
+    /// `reset <phase>` took effect: from now on only payments of `phase`
+    /// count.
+    ResetDone { phase: u64 },
     /// Deliveries since the last reset: latency histogram as
     /// (microseconds, count) pairs.
     Report {
         received: u64,
+        /// Payments of another phase (e.g. late warm-up frames).
+        stale: u64,
+        /// Deliveries beyond what each connection should have received.
+        over: u64,
+        /// Deliveries each connection is still missing.
+        short: u64,
+        /// This process' CPU (user + system) since it started, seconds.
+        cpu_s: f64,
         first_recv_ns: u64,
         last_recv_ns: u64,
         latency_us: Vec<(u64, u64)>,
@@ -67,7 +84,9 @@ pub enum WorkerLine {
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let stats = Stats::new();
+    let stats = Stats::new(args.count);
+    // What each connection should receive in the current phase.
+    let mut expected: Vec<u32> = vec![0; args.count];
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = Duration::from_nanos(args.start_at_ns.saturating_sub(now_ns()));
     tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
@@ -88,9 +107,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         };
         let permit = connecting.clone().acquire_owned().await?;
         tasks.push(tokio::spawn(subscriber(
+            Seat {
+                conn: i,
+                tracking_id: tid,
+            },
             target,
             source,
-            tid,
             stats.clone(),
             Duration::from_secs(60),
             stop_rx.clone(),
@@ -112,9 +134,24 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     });
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
-        match line.trim() {
-            "reset" => stats.reset(),
+        let mut words = line.split_whitespace();
+        match words.next().unwrap_or("") {
+            "reset" => {
+                let phase = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                let payments: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                for (i, e) in expected.iter_mut().enumerate() {
+                    *e = per_conn_expected(&args, args.offset + i, payments);
+                }
+                stats.reset(phase);
+                emit(&WorkerLine::ResetDone { phase });
+            }
             "report" => {
+                let (mut over, mut short) = (0u64, 0u64);
+                for (got, want) in stats.per_conn.iter().zip(&expected) {
+                    let got = got.load(Ordering::SeqCst);
+                    over += u64::from(got.saturating_sub(*want));
+                    short += u64::from(want.saturating_sub(got));
+                }
                 let latency_us = stats
                     .latency_us
                     .lock()
@@ -126,6 +163,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     .unwrap_or_default();
                 emit(&WorkerLine::Report {
                     received: stats.received.load(Ordering::SeqCst),
+                    stale: stats.stale.load(Ordering::SeqCst),
+                    over,
+                    short,
+                    cpu_s: own_cpu_s(),
                     first_recv_ns: stats.first_recv_ns.load(Ordering::SeqCst),
                     last_recv_ns: stats.last_recv_ns.load(Ordering::SeqCst),
                     latency_us,
@@ -140,6 +181,31 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     Ok(())
+}
+
+/// Payments the connection with global index `index` should receive when
+/// `payments` are sent: all of them in a shared room; otherwise its share
+/// of the ingester's round robin over `rooms` ids (`<prefix>-<index>`).
+fn per_conn_expected(args: &WorkerArgs, index: usize, payments: u64) -> u32 {
+    let count = if args.shared {
+        payments
+    } else {
+        let rooms = args.rooms.max(1) as u64;
+        payments / rooms + u64::from((index as u64 % rooms) < payments % rooms)
+    };
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+/// This process' CPU time (user + system), seconds: the load generator's
+/// own cost, so that a reader can tell which side was the bottleneck.
+pub fn own_cpu_s() -> f64 {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn emit(line: &WorkerLine) {
