@@ -16,7 +16,9 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use tidings::http::connections::ConnectionLimits;
-use tidings::http::ingest::{IngestTokens, MAX_KEY_BYTES, MAX_TIMESTAMP_SECONDS, parse_batch};
+use tidings::http::ingest::{
+    FIELDS, IngestTokens, MAX_KEY_BYTES, MAX_TIMESTAMP_SECONDS, parse_batch,
+};
 use tidings::http::{self, App, SOCKET_PATH};
 use tidings::model::{
     DedupeKey, ErrorCode, EventId, MAX_SAFE_INTEGER, NewPayment, PaymentData, PaymentStatus,
@@ -206,15 +208,6 @@ fn spoil() -> impl Strategy<Value = Spoil> {
         .prop_map(Spoil::NotAnObject),
     ]
 }
-
-const FIELDS: [&str; 6] = [
-    "trackingId",
-    "amount",
-    "timestamp",
-    "status",
-    "signature",
-    "idempotencyKey",
-];
 
 impl Spoil {
     fn apply(&self, mut item: Value) -> Value {

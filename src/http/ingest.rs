@@ -175,7 +175,8 @@ fn validate(items: &[Value]) -> Result<Vec<NewPayment>, ApiError> {
     Ok(payments.into_iter().flatten().collect())
 }
 
-const FIELDS: [&str; 6] = [
+/// The fields a payment may have; any other is a detail.
+pub const FIELDS: [&str; 6] = [
     "trackingId",
     "amount",
     "timestamp",
