@@ -197,6 +197,18 @@ describe("bad input is refused and changes nothing", () => {
   before(async () => { server = await startServer(); });
   after(async () => { await server?.stop(); });
 
+  test("request headers are bounded: a 1 MiB header is answered 431 (or cut), never served; the server goes on", async () => {
+    const conn = rawConnection(server.port);
+    await conn.connected;
+    conn.socket.write("GET /healthz HTTP/1.1\r\nHost: tidings\r\nX-Big: " + "a".repeat(1024 * 1024) + "\r\n\r\n");
+    const end = await within(conn.closed, 15000, null);
+    assert.ok(end, "the connection is closed within 15 s");
+    const status = end.data.toString("latin1").split("\r\n")[0];
+    assert.ok(status === "" || /^HTTP\/1\.1 431 /.test(status), `431 or no answer, got ${JSON.stringify(status)}`);
+    const ok = await httpGet(`${server.url}/healthz`);
+    assert.equal(ok.status, 200, "the server still serves others");
+  });
+
   test("a 960 KB body of unknown fields gets a small 400 listing the first 100 details and saying how many there were; nothing stored", async (t) => {
     const trackingId = uid("bomb");
     const { body, unknown } = detailBomb(trackingId);
