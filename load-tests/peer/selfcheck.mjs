@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { once } from "node:events";
 import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
@@ -44,8 +45,14 @@ async function freePort() {
 
 /** Starts a peer; resolves its base URL once it prints its address. */
 async function startPeer(...args) {
+  return startPeerWith({}, ...args);
+}
+
+/** startPeer with `env` added to its environment. */
+async function startPeerWith(env, ...args) {
   const child = spawn(process.execPath, [SERVER, "--listen", "127.0.0.1:0", "--ingest-token", TOKEN, ...args], {
     stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, ...env },
   });
   children.push(child);
   let out = "";
@@ -343,6 +350,54 @@ async function replayEdges(base) {
   log("ok: replay at the history's edges");
 }
 
+/** An HS256 JWT over `secret` with `claims`. */
+function jwt(secret, claims, alg = "HS256") {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const signed = `${part({ alg, typ: "JWT" })}.${part(claims)}`;
+  return `${signed}.${createHmac("sha256", secret).update(signed).digest("base64url")}`;
+}
+
+/** The connect_error message a socket presenting `auth` gets (null if it connects). */
+async function refusal(base, auth) {
+  const socket = io(base, { path: "/ws/v1", transports: ["websocket"], reconnection: false, forceNew: true, auth });
+  sockets.push(socket);
+  const outcome = await within(
+    Promise.race([once(socket, "connect").then(() => null), once(socket, "connect_error").then(([e]) => e.message)]),
+    "connect or connect_error",
+  );
+  socket.close();
+  return outcome;
+}
+
+async function tokenMode() {
+  const secret = "selfcheck-secret";
+  const base = await startPeerWith({ PEER_TOKEN_SECRET: secret });
+  const exp = Math.floor(Date.now() / 1000) + 60;
+  const good = jwt(secret, { exp, tids: ["tok-1", "shop:*"] });
+  assert.equal(await refusal(base, {}), "UNAUTHORIZED: no token");
+  assert.equal(await refusal(base, { token: "a.b" }), "UNAUTHORIZED: malformed token");
+  assert.equal(await refusal(base, { token: jwt("other", { exp, tids: ["tok-1"] }) }), "UNAUTHORIZED: bad signature");
+  assert.equal(await refusal(base, { token: jwt(secret, { exp, tids: ["tok-1"] }, "HS512") }), "UNAUTHORIZED: only HS256 is accepted");
+  assert.equal(await refusal(base, { token: jwt(secret, { exp: exp - 200, tids: ["tok-1"] }) }), "UNAUTHORIZED: the token has expired");
+  assert.equal(await refusal(base, { token: good }), null);
+  const socket = io(base, { path: "/ws/v1", transports: ["websocket"], reconnection: false, forceNew: true, auth: { token: good } });
+  sockets.push(socket);
+  socket.events = [];
+  socket.onAny((event, payload) => socket.events.push({ event, payload }));
+  await within(once(socket, "connect"), "connect with a token");
+  assert.equal((await subscribe(socket, { trackingId: "tok-1" })).type, "ack");
+  assert.equal((await subscribe(socket, { trackingId: "shop:42" })).type, "ack");
+  const forbidden = await subscribe(socket, { trackingId: "tok-2" });
+  assert.equal(forbidden.data.code, "FORBIDDEN");
+  // Refused: not joined, so a payment to it does not arrive.
+  assert.equal((await post(base, payment("tok-2", 1))).status, 202);
+  assert.equal((await post(base, payment("tok-1", 2))).status, 202);
+  const [p] = await waitFor(socket, "payment", 1);
+  assert.equal(p.data.trackingId, "tok-1");
+  socket.close();
+  log("ok: token mode (PEER_TOKEN_SECRET)");
+}
+
 async function main() {
   log("single node");
   const single = await startPeer();
@@ -351,6 +406,7 @@ async function main() {
   await scenario("single-upgrade", single, single, ["polling", "websocket"]);
   await errorsAndAuth(single);
   await replayEdges(single);
+  await tokenMode();
 
   const redisUrl = await startRedis();
   log(`cluster: two peers on ${redisUrl}`);

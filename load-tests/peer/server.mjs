@@ -11,7 +11,7 @@
 // request) and payments reach the other nodes through the Redis adapter.
 
 import cluster from "node:cluster";
-import { createHash } from "node:crypto";
+import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import { createServer } from "node:http";
 import { parseArgs } from "node:util";
 
@@ -34,7 +34,8 @@ if (flags.help) {
   console.log(
     "usage: node server.mjs [--listen HOST:PORT] [--redis-url redis://...] " +
       "[--ingest-token TOKEN]... [--backlog N]\n" +
-      "env: PEER_LISTEN, PEER_REDIS_URL, PEER_INGEST_TOKEN (comma-separated), PEER_BACKLOG",
+      "env: PEER_LISTEN, PEER_REDIS_URL, PEER_INGEST_TOKEN (comma-separated), PEER_BACKLOG,\n" +
+      "  PEER_TOKEN_SECRET (token mode: sockets present an HS256 JWT { exp, tids } as auth.token)",
   );
   process.exit(0);
 }
@@ -52,6 +53,11 @@ const INGEST_TOKENS = new Set(
     .map((t) => t.trim())
     .filter(Boolean),
 );
+
+// Token mode, as Tidings' `--auth token` (for the token-storm benchmark):
+// with a secret, a socket must present `auth: { token }`, an HS256 JWT whose
+// `tids` cover what it subscribes to ("prefix*" covers a prefix).
+const TOKEN_SECRET = env.PEER_TOKEN_SECRET ?? "";
 
 // The contract's defaults (section 7).
 const HISTORY_LIMIT = 1000;
@@ -456,10 +462,40 @@ function trackingIdOf(socket, ack, payload) {
   return payload.trackingId;
 }
 
+/** The `tids` of a valid token (HS256 over `TOKEN_SECRET`, `exp` at most
+ * 60 s past), or a reason it is refused. */
+function verifyToken(token) {
+  if (typeof token !== "string") return { refused: "no token" };
+  const parts = token.split(".");
+  if (parts.length !== 3) return { refused: "malformed token" };
+  let header, claims;
+  try {
+    header = JSON.parse(Buffer.from(parts[0], "base64url").toString());
+    claims = JSON.parse(Buffer.from(parts[1], "base64url").toString());
+  } catch {
+    return { refused: "malformed token" };
+  }
+  if (header?.alg !== "HS256") return { refused: "only HS256 is accepted" };
+  const want = createHmac("sha256", TOKEN_SECRET).update(`${parts[0]}.${parts[1]}`).digest();
+  const got = Buffer.from(parts[2], "base64url");
+  if (got.length !== want.length || !timingSafeEqual(got, want)) return { refused: "bad signature" };
+  if (typeof claims?.exp !== "number" || claims.exp * 1000 + 60_000 < Date.now()) return { refused: "the token has expired" };
+  if (!Array.isArray(claims.tids)) return { refused: "malformed token" };
+  return { tids: claims.tids };
+}
+
+/** Whether a token's entries cover `tid`. */
+function covers(tids, tid) {
+  return tids.some((t) => (t.endsWith("*") ? tid.startsWith(t.slice(0, -1)) : t === tid));
+}
+
 /** Handles one subscribe; returns a promise only when it must wait on Redis. */
 function subscribe(socket, payload, ack) {
   const tid = trackingIdOf(socket, ack, payload);
   if (tid === null) return;
+  if (socket.data.tids && !covers(socket.data.tids, tid)) {
+    return replyError(socket, ack, "FORBIDDEN", "The token does not cover this trackingId");
+  }
   const since = parseSince(payload.since);
   if (typeof since === "string") return replyError(socket, ack, "INVALID_SINCE", since);
   const subs = socket.data.subs;
@@ -590,6 +626,15 @@ if (REDIS_URL) {
   store = new RedisStore(data);
 } else {
   store = new MemoryStore();
+}
+
+if (TOKEN_SECRET) {
+  io.use((socket, next) => {
+    const { tids, refused } = verifyToken(socket.handshake.auth?.token);
+    if (refused) return next(new Error(`UNAUTHORIZED: ${refused}`));
+    socket.data.tids = tids;
+    next();
+  });
 }
 
 io.on("connection", (socket) => {

@@ -107,6 +107,17 @@ type Ws = WebSocketStream<TcpStream>;
 /// Opens a websocket from `source` to `target`'s Socket.IO endpoint and
 /// completes the namespace connect.
 pub async fn connect(target: SocketAddr, source: IpAddr) -> anyhow::Result<Ws> {
+    connect_with(target, source, None).await
+}
+
+/// [`connect`], presenting `token` in the namespace connect's `auth`
+/// (`40{"token":...}`, as socket.io-client's `auth: { token }` sends it)
+/// when there is one.
+pub async fn connect_with(
+    target: SocketAddr,
+    source: IpAddr,
+    token: Option<&str>,
+) -> anyhow::Result<Ws> {
     let socket = if source.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -122,7 +133,11 @@ pub async fn connect(target: SocketAddr, source: IpAddr) -> anyhow::Result<Ws> {
     let (mut ws, _) = client_async_with_config(url, stream, Some(config)).await?;
     let open = next_text(&mut ws).await?;
     anyhow::ensure!(open.starts_with('0'), "expected engine.io open, got {open}");
-    ws.send(Message::text("40")).await?;
+    let namespace_connect = match token {
+        Some(t) => format!("40{}", serde_json::json!({ "token": t })),
+        None => "40".to_owned(),
+    };
+    ws.send(Message::text(namespace_connect)).await?;
     let connected = next_text(&mut ws).await?;
     anyhow::ensure!(
         connected.starts_with("40"),
@@ -151,6 +166,10 @@ pub struct Seat {
     /// Index into `Stats::per_conn`.
     pub conn: usize,
     pub tracking_id: String,
+    /// A socket token to connect with (token mode).
+    pub token: Option<String>,
+    /// An event id to subscribe with as `since` (a replay).
+    pub since: Option<String>,
 }
 
 /// One subscriber: connect, subscribe to `tracking_id`, wait for the ack,
@@ -164,14 +183,20 @@ pub async fn subscriber(
     mut stop: tokio::sync::watch::Receiver<bool>,
     connecting: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let Seat { conn, tracking_id } = seat;
+    let Seat {
+        conn,
+        tracking_id,
+        token,
+        since,
+    } = seat;
     let mut connecting = Some(connecting);
     let run = async {
-        let mut ws = connect(target, source).await?;
-        let subscribe = format!(
-            "42[\"subscribe\",{{\"trackingId\":{}}}]",
-            serde_json::Value::from(tracking_id.as_str())
-        );
+        let mut ws = connect_with(target, source, token.as_deref()).await?;
+        let mut request = serde_json::json!({ "trackingId": tracking_id });
+        if let Some(since) = &since {
+            request["since"] = serde_json::Value::from(since.as_str());
+        }
+        let subscribe = format!("42[\"subscribe\",{request}]");
         ws.send(Message::text(subscribe)).await?;
         let acked = tokio::time::timeout(ack_timeout, async {
             loop {

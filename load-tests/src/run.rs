@@ -2,6 +2,7 @@
 //! peer) as real processes, runs every scenario against both in turn with
 //! worker processes holding the sockets, and writes the results.
 
+use std::ffi::OsStr;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -23,6 +24,10 @@ use crate::worker::own_cpu_s;
 /// process may have here).
 const PER_WORKER: usize = 5_000;
 const INGEST_TOKEN: &str = "load-token";
+/// Token mode (`token-storm`): the key that mints socket tokens and the
+/// secret that signs them (a benchmark's, on loopback).
+const API_KEY: &str = "load-api-key";
+const TOKEN_SECRET: &str = "load-token-secret-0123456789abcdef";
 /// How long after the last expected delivery duplicates are still looked
 /// for.
 const OVER_DELIVERY_GRACE: Duration = Duration::from_millis(500);
@@ -95,7 +100,12 @@ struct Node {
 }
 
 impl Node {
-    async fn start(system: System, args: &RunArgs, redis: Option<&str>) -> anyhow::Result<Node> {
+    async fn start(
+        system: System,
+        args: &RunArgs,
+        redis: Option<&str>,
+        tokens: bool,
+    ) -> anyhow::Result<Node> {
         let mut cmd = match system {
             System::Tidings => {
                 let mut c = Command::new(&args.tidings_bin);
@@ -110,6 +120,10 @@ impl Node {
                 c.args(["--rate-burst", "1000", "--delivery-buffer", "1000000"]);
                 if let Some(url) = redis {
                     c.args(["--redis-url", url]);
+                }
+                if tokens {
+                    c.args(["--auth", "token", "--api-key", API_KEY])
+                        .args(["--token-secret", TOKEN_SECRET]);
                 }
                 c.args(args.tidings_flags.split_whitespace());
                 c.env("RUST_LOG", "info");
@@ -127,6 +141,9 @@ impl Node {
                     c.args(["--redis-url", url]);
                 }
                 c.env("PEER_INGEST_TOKEN", INGEST_TOKEN);
+                if tokens {
+                    c.env("PEER_TOKEN_SECRET", TOKEN_SECRET);
+                }
                 c
             }
         };
@@ -347,8 +364,24 @@ struct Spread<'a> {
     start_at_ns: u64,
 }
 
+/// What each connection brings besides its trackingId: files of one line
+/// per connection (by global index), and a phase measured from the start.
+#[derive(Default)]
+struct Seats<'a> {
+    tokens_file: Option<&'a std::path::Path>,
+    since_file: Option<&'a std::path::Path>,
+    /// Measure this phase from the start (0: wait for a `reset`) ...
+    phase: u64,
+    /// ... each connection expecting this many payments of it.
+    expect: u32,
+}
+
 impl Clients {
     async fn start(spread: Spread<'_>) -> anyhow::Result<Clients> {
+        Clients::start_seated(spread, &Seats::default()).await
+    }
+
+    async fn start_seated(spread: Spread<'_>, seats: &Seats<'_>) -> anyhow::Result<Clients> {
         let exe = std::env::current_exe()?;
         let targets: Vec<String> = spread.targets.iter().map(|t| t.to_string()).collect();
         // 127.0.0.1-4 as sources: 4 x ~28k ephemeral ports.
@@ -386,6 +419,20 @@ impl Clients {
                 } else {
                     vec![]
                 })
+                .args(["--phase", &seats.phase.to_string()])
+                .args(["--expect", &seats.expect.to_string()])
+                .args(
+                    seats
+                        .tokens_file
+                        .iter()
+                        .flat_map(|f| [OsStr::new("--tokens-file"), f.as_os_str()]),
+                )
+                .args(
+                    seats
+                        .since_file
+                        .iter()
+                        .flat_map(|f| [OsStr::new("--since-file"), f.as_os_str()]),
+                )
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -775,6 +822,16 @@ struct Deployment {
 
 impl Deployment {
     async fn start(system: System, args: &RunArgs, nodes: usize) -> anyhow::Result<Deployment> {
+        Deployment::start_with(system, args, nodes, false).await
+    }
+
+    /// [`Deployment::start`], in token mode with `tokens`.
+    async fn start_with(
+        system: System,
+        args: &RunArgs,
+        nodes: usize,
+        tokens: bool,
+    ) -> anyhow::Result<Deployment> {
         // The clustered peer's workers share their store through Redis
         // even as one node.
         let redis = if nodes > 1 || system == System::PeerCluster {
@@ -784,7 +841,8 @@ impl Deployment {
         };
         let mut started = Vec::new();
         for _ in 0..nodes {
-            started.push(Node::start(system, args, redis.as_ref().map(|r| r.url.as_str())).await?);
+            let redis = redis.as_ref().map(|r| r.url.as_str());
+            started.push(Node::start(system, args, redis, tokens).await?);
         }
         Ok(Deployment {
             nodes: started,
@@ -857,18 +915,40 @@ async fn idle(rec: &mut Recorder, args: &RunArgs, n: usize, nodes: usize) -> any
     Ok(())
 }
 
-/// Connect storm: K clients connect and subscribe at one instant.
-async fn storm(rec: &mut Recorder, args: &RunArgs, k: usize) -> anyhow::Result<()> {
-    let deployment = Deployment::start(rec.system, args, 1).await?;
+/// Connect storm: K clients connect and subscribe at one instant. With
+/// `tokens` (Tidings in token mode), each presents a token of its own
+/// covering its trackingId, minted before the storm (not measured).
+async fn storm(rec: &mut Recorder, args: &RunArgs, k: usize, tokens: bool) -> anyhow::Result<()> {
+    let deployment = Deployment::start_with(rec.system, args, 1, tokens).await?;
+    let addr = deployment.nodes[0].addr;
+    let tokens_file = if tokens {
+        let tids = ids("storm", k);
+        // Tidings mints them as its users' backends do; the peer has no
+        // endpoint, and verifies tokens signed here with the same secret.
+        let minted = if rec.system == System::Tidings {
+            mint_tokens(addr, &tids).await?
+        } else {
+            sign_tokens(&tids)?
+        };
+        Some(SeatFile::write("tokens", &minted)?)
+    } else {
+        None
+    };
     let start = now_ns() + 2_000_000_000;
-    let clients = Clients::start(Spread {
-        targets: &[deployment.nodes[0].addr],
-        count: k,
-        prefix: "storm",
-        shared: false,
-        rooms: k,
-        start_at_ns: start,
-    })
+    let clients = Clients::start_seated(
+        Spread {
+            targets: &[addr],
+            count: k,
+            prefix: "storm",
+            shared: false,
+            rooms: k,
+            start_at_ns: start,
+        },
+        &Seats {
+            tokens_file: tokens_file.as_ref().map(|f| f.path.as_path()),
+            ..Seats::default()
+        },
+    )
     .await?;
     rec.add(
         "connect_all_acked_s",
@@ -882,8 +962,203 @@ async fn storm(rec: &mut Recorder, args: &RunArgs, k: usize) -> anyhow::Result<(
     Ok(())
 }
 
+/// Replay storm: `k` trackingIds each get a first payment (whose id the
+/// clients hold) and then `events` more; the `k` clients connect at one
+/// instant, each subscribing with `since` = that first id, so that each is
+/// owed exactly `events` replayed payments. Measured: until every client
+/// has them all (and nothing more).
+async fn replay_storm(
+    rec: &mut Recorder,
+    args: &RunArgs,
+    k: usize,
+    events: u32,
+) -> anyhow::Result<()> {
+    let deployment = Deployment::start(rec.system, args, 1).await?;
+    let addr = deployment.nodes[0].addr;
+    let room_ids = ids("replay", k);
+    let held = ingest_first(addr, &room_ids).await?;
+    let since_file = SeatFile::write("since", &held)?;
+    // The history to replay, phase 2: `events` per trackingId, round robin.
+    let ingester = Ingester::new(addr);
+    ingester.phase.store(2, Ordering::Relaxed);
+    ingester.burst(&room_ids, k, events as usize, 4).await;
+    let start = now_ns() + 2_000_000_000;
+    let mut clients = Clients::start_seated(
+        Spread {
+            targets: &[addr],
+            count: k,
+            prefix: "replay",
+            shared: false,
+            rooms: k,
+            start_at_ns: start,
+        },
+        &Seats {
+            since_file: Some(&since_file.path),
+            phase: 2,
+            expect: events,
+            ..Seats::default()
+        },
+    )
+    .await?;
+    rec.add(
+        "connect_all_acked_s",
+        "s",
+        clients.done_ns.saturating_sub(start) as f64 / 1e9,
+    );
+    rec.add("max_conns", "conns", clients.acked as f64);
+    rec.add("failed", "conns", clients.failed as f64);
+    let d = clients
+        .wait_for(Duration::from_secs(60), OVER_DELIVERY_GRACE)
+        .await?;
+    // The payments' own latency would be from their ingest, before the
+    // storm: not a figure of the replay. Its span is.
+    rec.add(
+        "replay_all_received_s",
+        "s",
+        d.last_ns.saturating_sub(start) as f64 / 1e9,
+    );
+    let span = d.last_ns.saturating_sub(start) as f64 / 1e9;
+    if span > 0.0 {
+        rec.add("deliveries_per_s", "1/s", d.received as f64 / span);
+    }
+    rec.add("deliveries", "count", d.received as f64);
+    rec.add("deliveries_expected", "count", k as f64 * f64::from(events));
+    rec.add("deliveries_missing", "count", d.short as f64);
+    rec.add("deliveries_over", "count", d.over as f64);
+    rec.add("stale_frames", "count", d.stale as f64);
+    rec.add(
+        "ingest_errors",
+        "requests",
+        ingester.errors.load(Ordering::Relaxed) as f64,
+    );
+    clients.stop(rec).await;
+    deployment.stop(rec).await;
+    Ok(())
+}
+
+/// Ingests one payment for each of `tracking_ids` (untagged: no client
+/// counts it) and returns their event ids, in the same order.
+async fn ingest_first(node: SocketAddr, tracking_ids: &[String]) -> anyhow::Result<Vec<String>> {
+    let http = reqwest::Client::new();
+    let mut held = Vec::with_capacity(tracking_ids.len());
+    for chunk in tracking_ids.chunks(100) {
+        let body: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|tid| {
+                serde_json::json!({
+                    "trackingId": tid, "amount": 1, "timestamp": 1699876543,
+                    "status": "executed", "signature": format!("first-{tid}"),
+                })
+            })
+            .collect();
+        let res = http
+            .post(format!("http://{node}/v1/payments"))
+            .bearer_auth(INGEST_TOKEN)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            res.status().as_u16() == 202,
+            "ingest answered {}",
+            res.status()
+        );
+        let answer: serde_json::Value = res.json().await?;
+        let data = answer["data"]
+            .as_array()
+            .context("ingest answer without data")?;
+        anyhow::ensure!(
+            data.len() == chunk.len(),
+            "ingest answered {} ids",
+            data.len()
+        );
+        for item in data {
+            held.push(
+                item["id"]
+                    .as_str()
+                    .context("ingest answer without an id")?
+                    .to_owned(),
+            );
+        }
+    }
+    Ok(held)
+}
+
+/// Mints one socket token per trackingId (covering it alone) from the
+/// node's `POST /v1/ws/tokens`, a few at a time, in order.
+async fn mint_tokens(node: SocketAddr, tracking_ids: &[String]) -> anyhow::Result<Vec<String>> {
+    use futures_util::StreamExt;
+    let http = reqwest::Client::new();
+    let url = format!("http://{node}/v1/ws/tokens");
+    let minted: Vec<anyhow::Result<String>> = futures_util::stream::iter(tracking_ids)
+        .map(|tid| {
+            let (http, url) = (&http, &url);
+            async move {
+                let res = http
+                    .post(url)
+                    .bearer_auth(API_KEY)
+                    .json(&serde_json::json!({ "trackingIds": [tid] }))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    res.status().as_u16() == 201,
+                    "mint answered {}",
+                    res.status()
+                );
+                let answer: serde_json::Value = res.json().await?;
+                Ok(answer["token"]
+                    .as_str()
+                    .context("mint answer without a token")?
+                    .to_owned())
+            }
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    minted.into_iter().collect()
+}
+
+/// Signs one socket token per trackingId (covering it alone) with the
+/// shared secret, as a backend may (HS256, `exp` in 10 minutes).
+fn sign_tokens(tracking_ids: &[String]) -> anyhow::Result<Vec<String>> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let key = EncodingKey::from_secret(TOKEN_SECRET.as_bytes());
+    let now = now_ns() / 1_000_000_000;
+    tracking_ids
+        .iter()
+        .map(|tid| {
+            let claims = serde_json::json!({ "exp": now + 600, "iat": now, "tids": [tid] });
+            Ok(encode(&Header::new(Algorithm::HS256), &claims, &key)?)
+        })
+        .collect()
+}
+
+/// A file of one value per connection for the workers, removed when
+/// dropped.
+struct SeatFile {
+    path: PathBuf,
+}
+
+impl SeatFile {
+    fn write(what: &str, values: &[String]) -> anyhow::Result<SeatFile> {
+        let path = std::env::temp_dir().join(format!(
+            "tidings-load-{what}-{}-{}",
+            std::process::id(),
+            now_ns()
+        ));
+        std::fs::write(&path, values.join("\n") + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(SeatFile { path })
+    }
+}
+
+impl Drop for SeatFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Every scenario, in the order they run; counts are at scale 1.
-const SCENARIOS: [(&str, Scenario); 10] = [
+const SCENARIOS: [(&str, Scenario); 12] = [
     (
         "idle-1k",
         Scenario::Idle {
@@ -913,6 +1188,14 @@ const SCENARIOS: [(&str, Scenario); 10] = [
         },
     ),
     ("storm-10k", Scenario::Storm { clients: 10_000 }),
+    ("token-storm-10k", Scenario::TokenStorm { clients: 10_000 }),
+    (
+        "replay-storm-10k-since-100",
+        Scenario::ReplayStorm {
+            clients: 10_000,
+            events: 100,
+        },
+    ),
     (
         "fanout-rooms-10k-rate-1k",
         Scenario::Fanout {
@@ -966,6 +1249,12 @@ enum Scenario {
     Idle { conns: usize, nodes: usize },
     /// Clients connecting and subscribing at one instant.
     Storm { clients: usize },
+    /// The storm in token mode: each client presents a token of its own.
+    TokenStorm { clients: usize },
+    /// Clients each with `events` payments in their trackingId's history
+    /// since the id they hold connect at one instant and subscribe with
+    /// that `since`.
+    ReplayStorm { clients: usize, events: u32 },
     /// Subscribers (own rooms, or one `shared` room) on `nodes`, ingest on
     /// the first node.
     Fanout {
@@ -1138,7 +1427,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     Scenario::Idle { conns, nodes } => {
                         idle(&mut rec, &args, scaled(conns, s), nodes).await
                     }
-                    Scenario::Storm { clients } => storm(&mut rec, &args, scaled(clients, s)).await,
+                    Scenario::Storm { clients } => {
+                        storm(&mut rec, &args, scaled(clients, s), false).await
+                    }
+                    Scenario::TokenStorm { clients } => {
+                        storm(&mut rec, &args, scaled(clients, s), true).await
+                    }
+                    Scenario::ReplayStorm { clients, events } => {
+                        replay_storm(&mut rec, &args, scaled(clients, s), events).await
+                    }
                     Scenario::Fanout {
                         subscribers,
                         shared,

@@ -6,6 +6,7 @@
 //! `reset_done`), `report` and `quit`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -50,6 +51,21 @@ pub struct WorkerArgs {
     /// storm.
     #[arg(long, default_value_t = 0)]
     pub max_connecting: usize,
+    /// A file of socket tokens, one line per connection by global index:
+    /// each connection presents its own (token mode).
+    #[arg(long)]
+    pub tokens_file: Option<PathBuf>,
+    /// A file of event ids, one line per connection by global index: each
+    /// connection subscribes with its own as `since` (a replay).
+    #[arg(long)]
+    pub since_file: Option<PathBuf>,
+    /// Measure this phase from the start, each connection expecting
+    /// `--expect` payments of it: for payments that arrive right after the
+    /// ack (a replay), before any `reset` could be sent.
+    #[arg(long, default_value_t = 0)]
+    pub phase: u64,
+    #[arg(long, default_value_t = 0)]
+    pub expect: u32,
 }
 
 /// A worker's lines on stdout.
@@ -85,8 +101,11 @@ pub enum WorkerLine {
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let stats = Stats::new(args.count);
+    stats.reset(args.phase);
     // What each connection should receive in the current phase.
-    let mut expected: Vec<u32> = vec![0; args.count];
+    let mut expected: Vec<u32> = vec![args.expect; args.count];
+    let tokens = seat_values(args.tokens_file.as_deref(), args.offset, args.count)?;
+    let since = seat_values(args.since_file.as_deref(), args.offset, args.count)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = Duration::from_nanos(args.start_at_ns.saturating_sub(now_ns()));
     tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
@@ -110,6 +129,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             Seat {
                 conn: i,
                 tracking_id: tid,
+                token: tokens.as_ref().map(|t| t[i].clone()),
+                since: since.as_ref().map(|s| s[i].clone()),
             },
             target,
             source,
@@ -181,6 +202,30 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     Ok(())
+}
+
+/// This worker's `count` lines of a per-connection file, from line
+/// `offset` on (none without a file); a file too short is an error.
+fn seat_values(
+    file: Option<&Path>,
+    offset: usize,
+    count: usize,
+) -> anyhow::Result<Option<Vec<String>>> {
+    let Some(file) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(file)?;
+    let values: Vec<String> = text
+        .lines()
+        .skip(offset)
+        .take(count)
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(
+        values.len() == count,
+        "{} has {} lines for connections {offset}.., {count} needed",
+        file.display(),
+        values.len()
+    );
+    Ok(Some(values))
 }
 
 /// Payments the connection with global index `index` should receive when
