@@ -15,22 +15,11 @@ use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tidings::http::ingest::{MAX_KEY_BYTES, MAX_TIMESTAMP_SECONDS, parse_batch};
+use tidings::http::ingest::{FIELDS, MAX_KEY_BYTES, MAX_TIMESTAMP_SECONDS, parse_batch};
 use tidings::model::{DedupeKey, ErrorCode, MAX_SAFE_INTEGER, check_tracking_id};
 
 /// Small, so that the fuzzer reaches the batch limit too.
 const MAX_BATCH: usize = 8;
-
-/// The fields a payment may have; a detail names one of these or an
-/// unknown key of the item.
-const FIELDS: [&str; 6] = [
-    "trackingId",
-    "amount",
-    "timestamp",
-    "status",
-    "signature",
-    "idempotencyKey",
-];
 
 fn valid_key(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_KEY_BYTES && !s.chars().any(char::is_control)

@@ -377,6 +377,18 @@ struct Seats<'a> {
 }
 
 impl Clients {
+    /// What a connect storm that began at `start` (ns) achieved: the time
+    /// until every client was acked, and how many were or failed.
+    fn record_storm(&self, rec: &mut Recorder, start: u64) {
+        rec.add(
+            "connect_all_acked_s",
+            "s",
+            self.done_ns.saturating_sub(start) as f64 / 1e9,
+        );
+        rec.add("max_conns", "conns", self.acked as f64);
+        rec.add("failed", "conns", self.failed as f64);
+    }
+
     async fn start(spread: Spread<'_>) -> anyhow::Result<Clients> {
         Clients::start_seated(spread, &Seats::default()).await
     }
@@ -950,13 +962,7 @@ async fn storm(rec: &mut Recorder, args: &RunArgs, k: usize, tokens: bool) -> an
         },
     )
     .await?;
-    rec.add(
-        "connect_all_acked_s",
-        "s",
-        clients.done_ns.saturating_sub(start) as f64 / 1e9,
-    );
-    rec.add("max_conns", "conns", clients.acked as f64);
-    rec.add("failed", "conns", clients.failed as f64);
+    clients.record_storm(rec, start);
     clients.stop(rec).await;
     deployment.stop(rec).await;
     Ok(())
@@ -1000,13 +1006,7 @@ async fn replay_storm(
         },
     )
     .await?;
-    rec.add(
-        "connect_all_acked_s",
-        "s",
-        clients.done_ns.saturating_sub(start) as f64 / 1e9,
-    );
-    rec.add("max_conns", "conns", clients.acked as f64);
-    rec.add("failed", "conns", clients.failed as f64);
+    clients.record_storm(rec, start);
     let d = clients
         .wait_for(Duration::from_secs(60), OVER_DELIVERY_GRACE)
         .await?;

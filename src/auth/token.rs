@@ -134,9 +134,9 @@ impl TokenKeys {
             .kid
             .as_deref()
             .and_then(|kid| self.secrets.iter().find(|s| s.kid == kid));
-        let candidates: Box<dyn Iterator<Item = &Secret>> = match known {
-            Some(secret) => Box::new(std::iter::once(secret)),
-            None => Box::new(self.secrets.iter()),
+        let candidates = match known {
+            Some(secret) => std::slice::from_ref(secret),
+            None => self.secrets.as_slice(),
         };
         let mut outcome = Err(TokenError::BadSignature);
         for secret in candidates {

@@ -122,9 +122,9 @@ pub fn parse_mint(bytes: &[u8], max_entries: usize) -> Result<MintRequest, ApiEr
         Some(Value::Array(entries)) => {
             let mut ids = Vec::with_capacity(entries.len());
             for (at, entry) in entries.iter().enumerate() {
-                match entry.as_str().map(check_entry) {
-                    Some(Ok(())) => ids.push(entry.as_str().unwrap_or_default().to_owned()),
-                    Some(Err(why)) => bad("trackingIds", format!("trackingIds[{at}]: {why}")),
+                match entry.as_str().map(|e| (e, check_entry(e))) {
+                    Some((e, Ok(()))) => ids.push(e.to_owned()),
+                    Some((_, Err(why))) => bad("trackingIds", format!("trackingIds[{at}]: {why}")),
                     None => bad(
                         "trackingIds",
                         format!("trackingIds[{at}]: must be a string"),
