@@ -47,7 +47,30 @@ pub struct Stats {
     pub last_recv_ns: AtomicU64,
     /// Ingest-to-receipt latency, microseconds.
     pub latency_us: Mutex<Histogram<u64>>,
+    /// A failover's bookkeeping, per connection: 0 while it has never been
+    /// lost, [`LOST`] while it is away, else when it was acked again (ns).
+    pub resubscribed_ns: Vec<AtomicU64>,
+    /// Connections lost after their ack, and then acked again elsewhere or
+    /// given up on.
+    pub lost: AtomicU64,
+    pub reconnected: AtomicU64,
+    pub reconnect_failed: AtomicU64,
+    /// The last resubscription's ack, ns.
+    pub resubscribed_max_ns: AtomicU64,
+    /// When the last resubscribed connection had everything sent before it
+    /// was acked again (the ack, or the receipt of the last such payment:
+    /// its replay), ns.
+    pub caught_up_max_ns: AtomicU64,
+    /// Payments sent in `[window_from_ns, window_to_ns)` to connections
+    /// never lost (live deliveries on the surviving nodes during a storm)
+    /// are timed in `window_latency_us` as well.
+    pub window_from_ns: AtomicU64,
+    pub window_to_ns: AtomicU64,
+    pub window_latency_us: Mutex<Histogram<u64>>,
 }
+
+/// `Stats::resubscribed_ns` of a connection lost and not yet back.
+const LOST: u64 = u64::MAX;
 
 impl Stats {
     pub fn new(conns: usize) -> Arc<Stats> {
@@ -60,9 +83,16 @@ impl Stats {
             received: AtomicU64::new(0),
             first_recv_ns: AtomicU64::new(u64::MAX),
             last_recv_ns: AtomicU64::new(0),
-            latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, LATENCY_CAP_US, 3).expect("histogram bounds"),
-            ),
+            latency_us: Mutex::new(histogram()),
+            resubscribed_ns: (0..conns).map(|_| AtomicU64::new(0)).collect(),
+            lost: AtomicU64::new(0),
+            reconnected: AtomicU64::new(0),
+            reconnect_failed: AtomicU64::new(0),
+            resubscribed_max_ns: AtomicU64::new(0),
+            caught_up_max_ns: AtomicU64::new(0),
+            window_from_ns: AtomicU64::new(u64::MAX),
+            window_to_ns: AtomicU64::new(0),
+            window_latency_us: Mutex::new(histogram()),
         })
     }
 
@@ -77,9 +107,30 @@ impl Stats {
         self.received.store(0, Ordering::SeqCst);
         self.first_recv_ns.store(u64::MAX, Ordering::SeqCst);
         self.last_recv_ns.store(0, Ordering::SeqCst);
-        if let Ok(mut h) = self.latency_us.lock() {
-            h.reset();
+        for h in [&self.latency_us, &self.window_latency_us] {
+            if let Ok(mut h) = h.lock() {
+                h.reset();
+            }
         }
+    }
+
+    /// Connection `conn` was lost after its ack.
+    fn lost(&self, conn: usize) {
+        self.lost.fetch_add(1, Ordering::SeqCst);
+        if let Some(r) = self.resubscribed_ns.get(conn) {
+            r.store(LOST, Ordering::SeqCst);
+        }
+    }
+
+    /// Connection `conn` was acked again (on another node).
+    fn resubscribed(&self, conn: usize) {
+        let now = now_ns();
+        self.reconnected.fetch_add(1, Ordering::SeqCst);
+        if let Some(r) = self.resubscribed_ns.get(conn) {
+            r.store(now, Ordering::SeqCst);
+        }
+        self.resubscribed_max_ns.fetch_max(now, Ordering::SeqCst);
+        self.caught_up_max_ns.fetch_max(now, Ordering::SeqCst);
     }
 
     fn record(&self, conn: usize, tag: PaymentTag) {
@@ -95,11 +146,31 @@ impl Stats {
         self.received.fetch_add(1, Ordering::Relaxed);
         self.first_recv_ns.fetch_min(now, Ordering::Relaxed);
         self.last_recv_ns.fetch_max(now, Ordering::Relaxed);
-        let us = now.saturating_sub(sent_ns) / 1000;
+        let us = (now.saturating_sub(sent_ns) / 1000).max(1);
         if let Ok(mut h) = self.latency_us.lock() {
-            h.saturating_record(us.max(1));
+            h.saturating_record(us);
+        }
+        let resubscribed = self
+            .resubscribed_ns
+            .get(conn)
+            .map_or(0, |r| r.load(Ordering::Relaxed));
+        if resubscribed == 0 {
+            let from = self.window_from_ns.load(Ordering::Relaxed);
+            let to = self.window_to_ns.load(Ordering::Relaxed);
+            if (from..to).contains(&sent_ns)
+                && let Ok(mut h) = self.window_latency_us.lock()
+            {
+                h.saturating_record(us);
+            }
+        } else if sent_ns < resubscribed {
+            // Sent before this connection was back: its catch-up.
+            self.caught_up_max_ns.fetch_max(now, Ordering::Relaxed);
         }
     }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_CAP_US, 3).expect("histogram bounds")
 }
 
 type Ws = WebSocketStream<TcpStream>;
@@ -170,10 +241,28 @@ pub struct Seat {
     pub token: Option<String>,
     /// An event id to subscribe with as `since` (a replay).
     pub since: Option<String>,
+    /// Where to go when the connection is lost after its ack (a failover):
+    /// the other nodes, tried in turn from `conn` on, at once and then
+    /// every 100 ms for up to a minute, subscribing with `since` = the last
+    /// event id received. Empty: a lost connection stays lost.
+    pub alternatives: Vec<SocketAddr>,
+}
+
+/// How long a lost subscriber keeps trying the other nodes.
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
+/// One reconnection attempt's bound (a SYN dropped by a full accept queue
+/// is retried by the kernel after 1 s, then 3 s).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a subscribed connection ended.
+enum Ended {
+    Stopped,
+    Lost,
 }
 
 /// One subscriber: connect, subscribe to `tracking_id`, wait for the ack,
-/// then record every payment until `stop` fires.
+/// then record every payment until `stop` fires; with `alternatives`,
+/// resubscribe elsewhere when the connection is lost.
 pub async fn subscriber(
     seat: Seat,
     target: SocketAddr,
@@ -183,71 +272,153 @@ pub async fn subscriber(
     mut stop: tokio::sync::watch::Receiver<bool>,
     connecting: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let Seat {
-        conn,
-        tracking_id,
-        token,
-        since,
-    } = seat;
-    let mut connecting = Some(connecting);
-    let run = async {
-        let mut ws = connect_with(target, source, token.as_deref()).await?;
-        let mut request = serde_json::json!({ "trackingId": tracking_id });
-        if let Some(since) = &since {
-            request["since"] = serde_json::Value::from(since.as_str());
-        }
-        let subscribe = format!("42[\"subscribe\",{request}]");
-        ws.send(Message::text(subscribe)).await?;
-        let acked = tokio::time::timeout(ack_timeout, async {
-            loop {
-                let frame = next_text(&mut ws).await?;
-                if frame.starts_with("42[\"ack\"") {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                anyhow::ensure!(
-                    !frame.starts_with("42[\"error\""),
-                    "subscribe refused: {frame}"
-                );
-            }
-        })
-        .await;
-        match acked {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => anyhow::bail!("no ack within {ack_timeout:?}"),
-        }
-        stats.acked.fetch_add(1, Ordering::SeqCst);
-        drop(connecting.take());
-        let after_ack = |e: &dyn std::fmt::Display| anyhow::anyhow!("after-ack: {e}");
-        loop {
-            tokio::select! {
-                frame = ws.next() => match frame {
-                    Some(Ok(Message::Text(t))) => {
-                        let t = t.as_str();
-                        if t == "2" {
-                            ws.send(Message::text("3")).await.map_err(|e| after_ack(&e))?;
-                        } else if let Some(tag) = payment_tag(t) {
-                            stats.record(conn, tag);
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(after_ack(&e)),
-                    None => return Ok(()),
-                },
-                _ = stop.changed() => {
-                    let _ = ws.close(None).await;
-                    return Ok(());
-                }
-            }
+    let conn = seat.conn;
+    let mut last_id = seat.since.clone();
+    let first = open(&seat, target, source, last_id.as_deref(), ack_timeout).await;
+    drop(connecting);
+    let mut ws = match first {
+        Ok(ws) => ws,
+        // One that never got its ack is a failure; one lost after its ack
+        // shows up as missing deliveries.
+        Err(_) => {
+            stats.failed.fetch_add(1, Ordering::SeqCst);
+            return;
         }
     };
-    if let Err(err) = run.await {
-        // A connection lost after its ack shows up as missing deliveries;
-        // one that never got its ack is a failure.
-        if !err.to_string().starts_with("after-ack") {
-            stats.failed.fetch_add(1, Ordering::SeqCst);
+    stats.acked.fetch_add(1, Ordering::SeqCst);
+    loop {
+        if let Ended::Stopped = listen(&mut ws, conn, &stats, &mut stop, &mut last_id).await {
+            return;
+        }
+        if seat.alternatives.is_empty() || *stop.borrow() {
+            return;
+        }
+        stats.lost(conn);
+        match reconnect(&seat, source, &stats, &mut stop, last_id.as_deref()).await {
+            Some(again) => ws = again,
+            None => return,
         }
     }
+}
+
+/// Tries the other nodes until one acks a subscribe with `since` (recorded
+/// as the connection's resubscription), `stop` fires or time runs out
+/// (recorded as a failed reconnection).
+async fn reconnect(
+    seat: &Seat,
+    source: IpAddr,
+    stats: &Stats,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    since: Option<&str>,
+) -> Option<Ws> {
+    let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+    for attempt in 0.. {
+        let target = seat.alternatives[(seat.conn + attempt) % seat.alternatives.len()];
+        let tried = tokio::select! {
+            r = tokio::time::timeout(ATTEMPT_TIMEOUT, open(seat, target, source, since, ATTEMPT_TIMEOUT)) => r,
+            _ = stop.changed() => return None,
+        };
+        if let Ok(Ok(ws)) = tried {
+            stats.resubscribed(seat.conn);
+            return Some(ws);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stats.reconnect_failed.fetch_add(1, Ordering::SeqCst);
+    None
+}
+
+/// Connects to `target` and subscribes (with `since` if given); returns
+/// once the subscribe is acked.
+async fn open(
+    seat: &Seat,
+    target: SocketAddr,
+    source: IpAddr,
+    since: Option<&str>,
+    ack_timeout: Duration,
+) -> anyhow::Result<Ws> {
+    let mut ws = connect_with(target, source, seat.token.as_deref()).await?;
+    let mut request = serde_json::json!({ "trackingId": seat.tracking_id });
+    if let Some(since) = since {
+        request["since"] = serde_json::Value::from(since);
+    }
+    let subscribe = format!("42[\"subscribe\",{request}]");
+    ws.send(Message::text(subscribe)).await?;
+    let acked = tokio::time::timeout(ack_timeout, async {
+        loop {
+            let frame = next_text(&mut ws).await?;
+            if frame.starts_with("42[\"ack\"") {
+                return Ok::<_, anyhow::Error>(());
+            }
+            anyhow::ensure!(
+                !frame.starts_with("42[\"error\""),
+                "subscribe refused: {frame}"
+            );
+        }
+    })
+    .await;
+    match acked {
+        Ok(Ok(())) => Ok(ws),
+        Ok(Err(e)) => Err(e),
+        Err(_) => anyhow::bail!("no ack within {ack_timeout:?}"),
+    }
+}
+
+/// Records every payment on a subscribed connection (and remembers the
+/// last event id, for a resubscription's `since`) until it is lost or
+/// `stop` fires.
+async fn listen(
+    ws: &mut Ws,
+    conn: usize,
+    stats: &Stats,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    last_id: &mut Option<String>,
+) -> Ended {
+    loop {
+        tokio::select! {
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(t))) => {
+                    let t = t.as_str();
+                    if t == "2" {
+                        if ws.send(Message::text("3")).await.is_err() {
+                            return Ended::Lost;
+                        }
+                    } else if let Some(id) = payment_id(t) {
+                        if let Some(tag) = payment_tag(t) {
+                            stats.record(conn, tag);
+                        }
+                        match last_id {
+                            Some(held) => {
+                                held.clear();
+                                held.push_str(id);
+                            }
+                            None => *last_id = Some(id.to_owned()),
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Ended::Lost,
+            },
+            _ = stop.changed() => {
+                let _ = ws.close(None).await;
+                return Ended::Stopped;
+            }
+        }
+    }
+}
+
+/// The event id of a `payment` frame (`"id":"<epoch>-<seq>"`, the
+/// envelope's first `id`: the payment's own fields have none).
+pub fn payment_id(frame: &str) -> Option<&str> {
+    if !frame.starts_with("42[\"payment\"") {
+        return None;
+    }
+    let at = frame.find("\"id\":\"")? + "\"id\":\"".len();
+    let rest = &frame[at..];
+    Some(&rest[..rest.find('"')?])
 }
 
 /// What the ingester wrote into a payment's signature,

@@ -3,7 +3,9 @@
 //! orchestrator over stdout, one JSON object per line; it takes commands
 //! on stdin: `reset <phase> <payments>` (measure only payments of `phase`,
 //! `payments` of them sent round robin over the rooms; answered with
-//! `reset_done`), `report` and `quit`.
+//! `reset_done`), `window <from ns> <to ns>` (also time, apart, the
+//! payments sent in that window to connections never lost), `report` and
+//! `quit`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -66,6 +68,10 @@ pub struct WorkerArgs {
     pub phase: u64,
     #[arg(long, default_value_t = 0)]
     pub expect: u32,
+    /// A connection lost after its ack resubscribes on another target
+    /// with `since` = the last event id it received (a failover).
+    #[arg(long)]
+    pub reconnect: bool,
 }
 
 /// A worker's lines on stdout.
@@ -96,6 +102,22 @@ pub enum WorkerLine {
         first_recv_ns: u64,
         last_recv_ns: u64,
         latency_us: Vec<(u64, u64)>,
+        /// A failover's figures (see `Stats`): connections lost after their
+        /// ack, acked again elsewhere, given up on; the last
+        /// resubscription and the last catch-up (ns, 0 if none); the
+        /// window's latency histogram.
+        #[serde(default)]
+        lost: u64,
+        #[serde(default)]
+        reconnected: u64,
+        #[serde(default)]
+        reconnect_failed: u64,
+        #[serde(default)]
+        resubscribed_max_ns: u64,
+        #[serde(default)]
+        caught_up_max_ns: u64,
+        #[serde(default)]
+        window_latency_us: Vec<(u64, u64)>,
     },
 }
 
@@ -131,6 +153,15 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 tracking_id: tid,
                 token: tokens.as_ref().map(|t| t[i].clone()),
                 since: since.as_ref().map(|s| s[i].clone()),
+                alternatives: if args.reconnect {
+                    args.targets
+                        .iter()
+                        .copied()
+                        .filter(|t| *t != target)
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             },
             target,
             source,
@@ -166,6 +197,13 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 stats.reset(phase);
                 emit(&WorkerLine::ResetDone { phase });
             }
+            "window" => {
+                let mut at = || words.next().and_then(|w| w.parse::<u64>().ok());
+                if let (Some(from), Some(to)) = (at(), at()) {
+                    stats.window_from_ns.store(from, Ordering::SeqCst);
+                    stats.window_to_ns.store(to, Ordering::SeqCst);
+                }
+            }
             "report" => {
                 let (mut over, mut short) = (0u64, 0u64);
                 for (got, want) in stats.per_conn.iter().zip(&expected) {
@@ -173,15 +211,15 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     over += u64::from(got.saturating_sub(*want));
                     short += u64::from(want.saturating_sub(got));
                 }
-                let latency_us = stats
-                    .latency_us
-                    .lock()
-                    .map(|h| {
-                        h.iter_recorded()
-                            .map(|v| (v.value_iterated_to(), v.count_at_value()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let pairs = |h: &std::sync::Mutex<hdrhistogram::Histogram<u64>>| {
+                    h.lock()
+                        .map(|h| {
+                            h.iter_recorded()
+                                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
                 emit(&WorkerLine::Report {
                     received: stats.received.load(Ordering::SeqCst),
                     stale: stats.stale.load(Ordering::SeqCst),
@@ -190,7 +228,13 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     cpu_s: own_cpu_s(),
                     first_recv_ns: stats.first_recv_ns.load(Ordering::SeqCst),
                     last_recv_ns: stats.last_recv_ns.load(Ordering::SeqCst),
-                    latency_us,
+                    latency_us: pairs(&stats.latency_us),
+                    lost: stats.lost.load(Ordering::SeqCst),
+                    reconnected: stats.reconnected.load(Ordering::SeqCst),
+                    reconnect_failed: stats.reconnect_failed.load(Ordering::SeqCst),
+                    resubscribed_max_ns: stats.resubscribed_max_ns.load(Ordering::SeqCst),
+                    caught_up_max_ns: stats.caught_up_max_ns.load(Ordering::SeqCst),
+                    window_latency_us: pairs(&stats.window_latency_us),
                 });
             }
             "quit" => break,
