@@ -9,10 +9,15 @@
 //! Measured in `shared/notes/memory-per-connection.md`: 16 KB of a 38 KB
 //! idle connection. This layer rebuilds the head of requests to the
 //! Socket.IO path as owned copies, keeping only the headers the handshake
-//! and the transports read.
+//! and the transports read; of the extensions (which engineioxide keeps
+//! too: axum's URL params and matched path, the request id, the original
+//! URI, ~600 bytes a socket), only hyper's upgrade handle (a websocket
+//! needs it) and the peer address (the connection limits read it).
 
-use axum::extract::OriginalUri;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, header};
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Request, Uri, header};
 
 /// Headers engineioxide and socketioxide read (handshake, websocket
 /// upgrade, polling bodies, CORS), plus the proxy headers worth logging.
@@ -58,9 +63,14 @@ pub fn detach_head<B>(path: &'static str) -> impl Fn(Request<B>) -> Request<B> +
         if let Ok(uri) = parts.uri.to_string().parse::<Uri>() {
             parts.uri = uri;
         }
-        if let Some(original) = parts.extensions.get_mut::<OriginalUri>() {
-            original.0 = parts.uri.clone();
+        let mut extensions = Extensions::new();
+        if let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+            extensions.insert(upgrade);
         }
+        if let Some(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            extensions.insert(*peer);
+        }
+        parts.extensions = extensions;
         Request::from_parts(parts, body)
     }
 }
@@ -77,9 +87,20 @@ mod tests {
             .header(header::HOST, "example")
             .header(header::COOKIE, "secret")
             .header(header::ORIGIN, "http://app")
+            .extension(ConnectInfo(SocketAddr::from(([10, 0, 0, 7], 4321))))
+            .extension(String::from("an axum extension"))
             .body(())
             .unwrap();
         let req = detach(req);
+        // The peer address stays (the connection limits read it); nothing
+        // else of the extensions.
+        assert_eq!(
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+            Some(SocketAddr::from(([10, 0, 0, 7], 4321)))
+        );
+        assert!(req.extensions().get::<String>().is_none());
         assert_eq!(req.uri(), "/ws/v1/?EIO=4&transport=polling&sid=abc");
         assert_eq!(req.headers().get(header::ORIGIN).unwrap(), "http://app");
         assert!(req.headers().get(header::COOKIE).is_none());
