@@ -29,8 +29,8 @@ pub struct Record {
 pub struct Provenance {
     /// `git rev-parse --short HEAD`.
     pub commit: String,
-    /// `git status --porcelain` was not empty: the binaries may not be the
-    /// commit's.
+    /// `git status --porcelain` was not empty outside load-tests/results/:
+    /// the binaries may not be the commit's.
     pub dirty: bool,
     /// The orchestrator's command line.
     pub command_line: Vec<String>,
@@ -51,7 +51,10 @@ impl Provenance {
         Provenance {
             commit: git(&["rev-parse", "--short", "HEAD"]).unwrap_or_default(),
             // Unknown (no git) counts as dirty: nothing vouches for the tree.
-            dirty: git(&["status", "--porcelain"]).is_none_or(|s| !s.is_empty()),
+            // The harness's own output under load-tests/results/ (earlier
+            // runs not committed yet) builds no binary: it does not count.
+            dirty: git(&["status", "--porcelain", "--", ":(top)", ":(top,exclude)load-tests/results"])
+                .is_none_or(|s| !s.is_empty()),
             command_line: std::env::args().collect(),
             runs,
         }

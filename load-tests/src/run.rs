@@ -1595,7 +1595,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut records = Vec::new();
     let started = std::time::SystemTime::now();
+    // The tree as the run starts (the binaries were built from it): edits
+    // made while it runs must not pass for what was measured.
     let runs = args.runs as usize;
+    let provenance = Provenance::collect(runs);
     for (i, (name, scenario)) in SCENARIOS.iter().copied().enumerate() {
         if !args.only.is_empty() && !args.only.iter().any(|o| name.contains(o.as_str())) {
             continue;
@@ -1674,7 +1677,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let results = Results {
         label: &args.label,
-        provenance: Provenance::collect(runs),
+        provenance,
         machine: Machine::collect(),
         started_unix_s: started
             .duration_since(std::time::UNIX_EPOCH)
