@@ -53,8 +53,14 @@ impl Provenance {
             // Unknown (no git) counts as dirty: nothing vouches for the tree.
             // The harness's own output under load-tests/results/ (earlier
             // runs not committed yet) builds no binary: it does not count.
-            dirty: git(&["status", "--porcelain", "--", ":(top)", ":(top,exclude)load-tests/results"])
-                .is_none_or(|s| !s.is_empty()),
+            dirty: git(&[
+                "status",
+                "--porcelain",
+                "--",
+                ":(top)",
+                ":(top,exclude)load-tests/results",
+            ])
+            .is_none_or(|s| !s.is_empty()),
             command_line: std::env::args().collect(),
             runs,
         }
