@@ -829,13 +829,36 @@ impl Recorder {
         });
     }
 
-    fn deliveries(&mut self, d: &Delivered, expected: u64, sent_ns: u64) {
-        let span = (d.last_ns.saturating_sub(sent_ns)) as f64 / 1e9;
+    /// What arrived against what should have: received, expected,
+    /// missing, duplicated, of an earlier phase.
+    fn counts(&mut self, d: &Delivered, expected: u64) {
         self.add("deliveries", "count", d.received as f64);
         self.add("deliveries_expected", "count", expected as f64);
         self.add("deliveries_missing", "count", d.short as f64);
         self.add("deliveries_over", "count", d.over as f64);
         self.add("stale_frames", "count", d.stale as f64);
+    }
+
+    /// The ingester's failed requests and, for a rate loop, how far it
+    /// fell behind its schedule.
+    fn ingest(&mut self, ingester: &Ingester, at_rate: bool) {
+        if at_rate {
+            self.add(
+                "send_lag_max_ms",
+                "ms",
+                ingester.max_lag_ns.load(Ordering::Relaxed) as f64 / 1e6,
+            );
+        }
+        self.add(
+            "ingest_errors",
+            "requests",
+            ingester.errors.load(Ordering::Relaxed) as f64,
+        );
+    }
+
+    fn deliveries(&mut self, d: &Delivered, expected: u64, sent_ns: u64) {
+        let span = (d.last_ns.saturating_sub(sent_ns)) as f64 / 1e9;
+        self.counts(d, expected);
         if span > 0.0 {
             self.add("deliveries_per_s", "1/s", d.received as f64 / span);
         }
@@ -1080,16 +1103,8 @@ async fn replay_storm(
     if span > 0.0 {
         rec.add("deliveries_per_s", "1/s", d.received as f64 / span);
     }
-    rec.add("deliveries", "count", d.received as f64);
-    rec.add("deliveries_expected", "count", k as f64 * f64::from(events));
-    rec.add("deliveries_missing", "count", d.short as f64);
-    rec.add("deliveries_over", "count", d.over as f64);
-    rec.add("stale_frames", "count", d.stale as f64);
-    rec.add(
-        "ingest_errors",
-        "requests",
-        ingester.errors.load(Ordering::Relaxed) as f64,
-    );
+    rec.counts(&d, k as u64 * u64::from(events));
+    rec.ingest(&ingester, false);
     clients.stop(rec).await;
     deployment.stop(rec).await;
     Ok(())
@@ -1195,21 +1210,8 @@ async fn failover(
         "%",
         redis_storm_s / FAILOVER_WINDOW.as_secs_f64() * 100.0,
     );
-    rec.add("deliveries", "count", d.received as f64);
-    rec.add("deliveries_expected", "count", total as f64);
-    rec.add("deliveries_missing", "count", d.short as f64);
-    rec.add("deliveries_over", "count", d.over as f64);
-    rec.add("stale_frames", "count", d.stale as f64);
-    rec.add(
-        "send_lag_max_ms",
-        "ms",
-        ingester.max_lag_ns.load(Ordering::Relaxed) as f64 / 1e6,
-    );
-    rec.add(
-        "ingest_errors",
-        "requests",
-        ingester.errors.load(Ordering::Relaxed) as f64,
-    );
+    rec.counts(&d, total);
+    rec.ingest(&ingester, true);
     clients.stop(rec).await;
     deployment.stop(rec).await;
     Ok(())
@@ -1559,18 +1561,7 @@ async fn fanout(
         .wait_for(Duration::from_secs(60), OVER_DELIVERY_GRACE)
         .await?;
     rec.deliveries(&d, expected, sent_ns);
-    if let Load::Rate(..) = load {
-        rec.add(
-            "send_lag_max_ms",
-            "ms",
-            ingester.max_lag_ns.load(Ordering::Relaxed) as f64 / 1e6,
-        );
-    }
-    rec.add(
-        "ingest_errors",
-        "requests",
-        ingester.errors.load(Ordering::Relaxed) as f64,
-    );
+    rec.ingest(&ingester, matches!(load, Load::Rate(..)));
     // Summed over the nodes (one figure per run for the summaries).
     rec.add(
         "rss_mb_after",
