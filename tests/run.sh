@@ -13,6 +13,7 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: please install: ${missing[*]} (Debian packages)" >&2
@@ -27,6 +28,18 @@ fi
 cargo build --locked
 cargo test --locked --workspace
 
-cd tests/e2e
-npm ci --no-audit --no-fund --loglevel=error
-TIDINGS_BIN="$(cd ../.. && pwd)/target/debug/tidings" npm test
+bin="$(pwd)/target/debug/tidings"
+(
+  cd tests/e2e
+  npm ci --no-audit --no-fund --loglevel=error
+  TIDINGS_BIN="$bin" npm test
+)
+
+# The Python example (python-socketio from PyPI, in a venv of its own).
+(
+  cd examples/python
+  venv="${TMPDIR:-/tmp}/tidings-python-example"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  timeout 300 "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+  TIDINGS_BIN="$bin" timeout 300 "$venv/bin/python" -m unittest -v test_tidings_watch
+)
