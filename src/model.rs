@@ -266,6 +266,18 @@ impl StoredEvent {
     }
 }
 
+/// The `timestamp` of a serialised envelope: for a payment, when the server
+/// accepted it (ms). None if the envelope has none (not one of ours).
+pub fn envelope_timestamp(envelope: &RawValue) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Stamp {
+        timestamp: u64,
+    }
+    serde_json::from_str::<Stamp>(envelope.get())
+        .ok()
+        .map(|s| s.timestamp)
+}
+
 /// A server event envelope: `{ type, data, timestamp }`, and for a
 /// subscribe's `ack` the trackingId's `position`.
 #[derive(Debug, Clone, Serialize)]

@@ -180,8 +180,10 @@ impl Server {
                 access,
                 BearerKeys::new(&config.api_keys),
                 config.max_subscriptions as usize,
-            ),
+            )
+            .with_io(io.clone()),
         );
+        metrics::gauge!(telemetry::CONNECTIONS_LIMIT).set(config.max_connections as f64);
         let connections = ConnectionLimits::new(
             SOCKET_PATH,
             usize::try_from(config.max_connections).unwrap_or(usize::MAX),
@@ -245,6 +247,7 @@ impl Server {
         let audit = tokio::spawn(self.hub.clone().audit());
         let delivery = tokio::spawn(self.hub.run(self.publications));
         let keepalive = tokio::spawn(keepalive(self.app.store.clone()));
+        let upkeep = tokio::spawn(telemetry::upkeep(self.app.metrics.clone()));
         let (stop_accepting, accepting) = tokio::sync::oneshot::channel::<()>();
         let mut serve = tokio::spawn(serve::serve(
             self.listener,
@@ -270,6 +273,7 @@ impl Server {
         delivery.abort();
         audit.abort();
         keepalive.abort();
+        upkeep.abort();
         serve.abort();
         tracing::info!("stopped");
         result

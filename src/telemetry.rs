@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 
 use clap::ValueEnum;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 /// Log output format.
@@ -81,6 +81,47 @@ pub const STORE_MEMORY_BYTES: &str = "tidings_store_memory_bytes";
 /// Counter: payments (event and dedupe key) the memory store evicted,
 /// oldest first, to keep within `--memory-limit`.
 pub const STORE_EVICTIONS: &str = "tidings_store_evictions_total";
+/// Gauge: this node's `--max-connections` (for "near its limit" alerts
+/// against [`CONNECTIONS`]).
+pub const CONNECTIONS_LIMIT: &str = "tidings_connections_limit";
+/// Gauge, set at each scrape: connected sockets on this node by their
+/// current `transport` (`polling`, `websocket`).
+pub const SOCKETS_BY_TRANSPORT: &str = "tidings_sockets_by_transport";
+
+/// Histogram: `POST /v1/payments` from the first byte handled to the
+/// response, labelled by `status`.
+pub const INGEST_DURATION: &str = "tidings_ingest_request_duration_seconds";
+/// Histogram: one store append (one trackingId's payments of a request,
+/// stored and published), labelled by `outcome` (`ok`, `error`).
+pub const APPEND_DURATION: &str = "tidings_store_append_duration_seconds";
+/// Histogram: from a payment's acceptance (its envelope `timestamp`, a
+/// wall-clock millisecond, so across nodes it includes their clock skew)
+/// to this node handing it to the outgoing buffer of every socket
+/// subscribed here, labelled by `path`: [`PATH_LIVE`] (the publication,
+/// in order) or [`PATH_CATCH_UP`] (read back from the history after a
+/// drop, a seq gap or a pub/sub reconnect: late by how long that took).
+pub const DELIVERY_LAG: &str = "tidings_delivery_lag_seconds";
+pub const PATH_LIVE: &str = "live";
+pub const PATH_CATCH_UP: &str = "catch_up";
+/// Histogram: events replayed to one socket for one subscribe with
+/// `since` (0 when it was already up to date).
+pub const REPLAY_EVENTS: &str = "tidings_replay_events";
+
+/// Buckets of the duration histograms, in seconds: 0.5 ms to 10 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets of the delivery lag, in seconds: its resolution is the
+/// envelope's millisecond, so the first bucket is 1 ms; up to a minute (a
+/// catch-up after Redis came back).
+const LAG_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Buckets of the replay sizes (`--history-limit` is 1000 by default).
+const REPLAY_BUCKETS: &[f64] = &[0.0, 1.0, 10.0, 100.0, 1000.0, 10000.0];
+/// How often recorded histogram samples are folded into their buckets
+/// when nobody scrapes (the exporter holds them until then).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the global `tracing` subscriber. `RUST_LOG` filters (default
 /// `info`). Pretty output on a terminal, JSON otherwise, unless `format`
@@ -111,19 +152,121 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = buckets(PrometheusBuilder::new()).build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
             describe();
+            zero_series();
             handle
         })
         .clone()
 }
 
+/// Histograms render as Prometheus histograms (not summaries) with these
+/// buckets, so that quantiles can be aggregated across nodes.
+fn buckets(builder: PrometheusBuilder) -> PrometheusBuilder {
+    let histograms = [
+        (INGEST_DURATION, DURATION_BUCKETS),
+        (APPEND_DURATION, DURATION_BUCKETS),
+        (DELIVERY_LAG, LAG_BUCKETS),
+        (REPLAY_EVENTS, REPLAY_BUCKETS),
+    ];
+    histograms
+        .into_iter()
+        .fold(builder, |builder, (name, buckets)| {
+            // Only an empty bucket list is refused; none of these is empty.
+            match builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets) {
+                Ok(builder) => builder,
+                Err(_) => unreachable!("non-empty buckets for {name}"),
+            }
+        })
+}
+
+/// The process's own figures (RSS, CPU seconds, open and max files,
+/// threads), read from `/proc` when `/metrics` is scraped.
+pub fn collect_process_metrics() {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR
+        .get_or_init(|| {
+            let collector = metrics_process::Collector::default();
+            collector.describe();
+            collector
+        })
+        .collect();
+}
+
+/// Folds recorded histogram samples into their buckets every few seconds,
+/// so their memory stays bounded between scrapes.
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut every = tokio::time::interval(UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+/// Series that dashboards and alerts query exist from the first scrape,
+/// at zero, rather than from the first time their thing happens.
+fn zero_series() {
+    for reason in [DROP_QUEUE_FULL, DROP_SOCKET] {
+        metrics::counter!(DELIVERIES_DROPPED, "reason" => reason).increment(0);
+    }
+    for reason in ["gap", "dropped", "resync", "audit"] {
+        metrics::counter!(CATCH_UPS, "reason" => reason).increment(0);
+    }
+    for reason in ["node_limit", "ip_limit"] {
+        metrics::counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(0);
+    }
+    for name in [
+        PAYMENTS_STORED,
+        PAYMENTS_DUPLICATE,
+        STORE_EVICTIONS,
+        STORE_RESYNCS,
+        GAPS_ANNOUNCED,
+        CATCH_UP_EVENTS,
+        REPLAYED,
+        BROADCASTS,
+        TOKENS_MINTED,
+        CONNECTS_UNAUTHORIZED,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    // Histograms render only once they have a sample.
+}
+
 fn describe() {
-    use metrics::{describe_counter, describe_gauge};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        CONNECTIONS_LIMIT,
+        "This node's --max-connections (compare with tidings_connections)"
+    );
+    describe_gauge!(
+        SOCKETS_BY_TRANSPORT,
+        "Connected sockets on this node by current transport (polling, websocket)"
+    );
+    describe_histogram!(
+        INGEST_DURATION,
+        Unit::Seconds,
+        "POST /v1/payments duration, by HTTP status"
+    );
+    describe_histogram!(
+        APPEND_DURATION,
+        Unit::Seconds,
+        "One store append (a trackingId's payments of a request, stored and published), by outcome"
+    );
+    describe_histogram!(
+        DELIVERY_LAG,
+        Unit::Seconds,
+        "Payment acceptance to handed to every subscribed socket on this node, by path (live, catch_up)"
+    );
+    describe_histogram!(
+        REPLAY_EVENTS,
+        Unit::Count,
+        "Events replayed to one socket for one subscribe with since"
+    );
     describe_counter!(PAYMENTS_STORED, "Payments stored (duplicates excluded)");
     describe_counter!(
         CONNECTS_UNAUTHORIZED,

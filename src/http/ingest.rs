@@ -7,6 +7,7 @@
 //! request is then safe (what was stored answers `duplicate`).
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use axum::Json;
 use axum::body::Body;
@@ -48,6 +49,7 @@ struct Accepted {
 
 /// `POST /v1/payments`.
 pub async fn ingest(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
     let _in_flight = app.ingest_started();
     let response = match accept(&app, &headers, body).await {
         Ok(accepted) => (
@@ -57,7 +59,10 @@ pub async fn ingest(State(app): State<AppState>, headers: HeaderMap, body: Body)
             .into_response(),
         Err(err) => err.into_response(),
     };
-    metrics::counter!(telemetry::INGEST_REQUESTS, "status" => response.status().as_str().to_owned()).increment(1);
+    let status = response.status().as_str().to_owned();
+    metrics::histogram!(telemetry::INGEST_DURATION, "status" => status.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(telemetry::INGEST_REQUESTS, "status" => status).increment(1);
     response
 }
 
@@ -85,7 +90,12 @@ async fn accept(
     } in group_by_tracking_id(payments)
     {
         let tracking_id = tracking_id.as_str();
-        let outcomes = app.store.append(tracking_id, &group).await.map_err(|err| {
+        let appending = Instant::now();
+        let appended = app.store.append(tracking_id, &group).await;
+        let outcome = if appended.is_ok() { "ok" } else { "error" };
+        metrics::histogram!(telemetry::APPEND_DURATION, "outcome" => outcome)
+            .record(appending.elapsed().as_secs_f64());
+        let outcomes = appended.map_err(|err| {
             tracing::warn!(tracking_id, "ingest stopped: {err}");
             ApiError::from(err)
         })?;

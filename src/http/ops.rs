@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::state::AppState;
 use crate::model::ErrorCode;
+use crate::telemetry;
+use socketioxide::TransportType;
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -29,8 +31,23 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Valu
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format. The figures read rather than
+/// counted (process, sockets by transport) are taken now.
 pub async fn metrics(State(app): State<AppState>) -> Response {
+    telemetry::collect_process_metrics();
+    if let Some(io) = &app.io {
+        let (mut polling, mut websocket) = (0u64, 0u64);
+        for socket in io.sockets() {
+            match socket.transport_type() {
+                TransportType::Polling => polling += 1,
+                TransportType::Websocket => websocket += 1,
+            }
+        }
+        metrics::gauge!(telemetry::SOCKETS_BY_TRANSPORT, "transport" => "polling")
+            .set(polling as f64);
+        metrics::gauge!(telemetry::SOCKETS_BY_TRANSPORT, "transport" => "websocket")
+            .set(websocket as f64);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use socketioxide::SocketIo;
 use tokio::sync::Notify;
 
 use super::ingest::IngestTokens;
@@ -26,6 +27,8 @@ pub struct App {
     /// On a single node, ingest waits until the hub has handled what it
     /// published before answering.
     pub local_publications: Option<Publications>,
+    /// This node's sockets, counted by transport at each scrape.
+    pub io: Option<SocketIo>,
     shutting_down: AtomicBool,
     ingests: InFlight,
 }
@@ -51,6 +54,7 @@ impl App {
             max_batch,
             metrics,
             local_publications,
+            io: None,
             shutting_down: AtomicBool::new(false),
             ingests: InFlight::default(),
         }
@@ -67,6 +71,12 @@ impl App {
         self.access = access;
         self.api_keys = api_keys;
         self.max_subscriptions = max_subscriptions;
+        self
+    }
+
+    /// The Socket.IO handle whose sockets `/metrics` counts by transport.
+    pub fn with_io(mut self, io: SocketIo) -> Self {
+        self.io = Some(io);
         self
     }
 

@@ -45,7 +45,9 @@ use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::model::{Envelope, EventId, PAYMENT_EVENT, Position, room_of};
+use crate::model::{
+    Envelope, EventId, PAYMENT_EVENT, Position, envelope_timestamp, now_ms, room_of,
+};
 use crate::store::{HistoryPage, HistoryStore, PublicationStream, Signal, StoreError};
 use crate::telemetry;
 use order::{Step, jump, resume, step};
@@ -525,10 +527,10 @@ impl Hub {
     ) -> Result<(), Event> {
         match step(cursor, event.0) {
             Step::Old => {}
-            Step::Next => self.deliver(topic, live, event),
+            Step::Next => self.deliver(topic, live, event, telemetry::PATH_LIVE),
             Step::Restart => {
                 self.announce_gap(topic, live, "its history started afresh");
-                self.deliver(topic, live, event);
+                self.deliver(topic, live, event, telemetry::PATH_LIVE);
             }
             Step::Gap => return Err(event),
         }
@@ -536,11 +538,18 @@ impl Hub {
     }
 
     /// Hands the next event to the room and to every pending socket's
-    /// buffer, and moves the cursor.
-    fn deliver(&self, topic: &Topic, live: &mut Live, (id, envelope): Event) {
+    /// buffer, and moves the cursor. `path` labels its delivery lag.
+    fn deliver(&self, topic: &Topic, live: &mut Live, (id, envelope): Event, path: &'static str) {
         metrics::counter!(telemetry::BROADCASTS).increment(1);
         if !live.members.is_empty() {
             to_room(&self.io, &topic.room, PAYMENT_EVENT, &*envelope);
+            // Once per payment and node, after the last subscriber here was
+            // handed it; a clock behind the accepting node's reads as 0.
+            if let Some(accepted) = envelope_timestamp(&envelope) {
+                let lag_ms = now_ms().saturating_sub(accepted);
+                metrics::histogram!(telemetry::DELIVERY_LAG, "path" => path)
+                    .record(lag_ms as f64 / 1000.0);
+            }
         }
         for pending in live.pending.values_mut() {
             pending.buffer(Missed::Event((id, envelope.clone())));
@@ -720,7 +729,12 @@ impl Hub {
         let mut delivered = 0;
         for event in page.events {
             if live.cursor.is_some_and(|c| step(c, event.id) == Step::Next) {
-                self.deliver(topic, live, (event.id, event.envelope));
+                self.deliver(
+                    topic,
+                    live,
+                    (event.id, event.envelope),
+                    telemetry::PATH_CATCH_UP,
+                );
                 delivered += 1;
             }
         }
@@ -752,6 +766,7 @@ impl Hub {
                 );
             }
             metrics::counter!(telemetry::REPLAYED).increment(page.events.len() as u64);
+            metrics::histogram!(telemetry::REPLAY_EVENTS).record(page.events.len() as f64);
             for event in &page.events {
                 to_socket(socket, PAYMENT_EVENT, &*event.envelope);
             }

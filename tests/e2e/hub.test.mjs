@@ -154,6 +154,7 @@ describe("one node's Redis answers slowly, or is cut off (A through a proxy, B d
     const metric = async (name, labels) => (await readMetric(A.url, name, labels)).value ?? 0;
     const resyncsBefore = await metric("tidings_store_resyncs_total");
     const catchUpsBefore = await metric("tidings_catch_ups_total", { reason: "resync" });
+    const lagBefore = await metric("tidings_delivery_lag_seconds_count", { path: "catch_up" });
 
     assert.equal(proxy.cutPubsub(), 1, "A's one pub/sub connection cut");
     // Stored and published while A cannot hear it.
@@ -166,6 +167,8 @@ describe("one node's Redis answers slowly, or is cut off (A through a proxy, B d
     assert.deepEqual(recorded(s, "error"), [], "nothing was lost: no HISTORY_TRUNCATED");
     assert.ok(await metric("tidings_store_resyncs_total") > resyncsBefore, "the lost connection was noticed");
     assert.ok(await metric("tidings_catch_ups_total", { reason: "resync" }) > catchUpsBefore, "and caught up");
+    assert.equal(await metric("tidings_delivery_lag_seconds_count", { path: "catch_up" }) - lagBefore, 3,
+      "the three payments' lag observed on the catch-up path");
   }));
 });
 
