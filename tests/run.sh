@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests, then the
 # end-to-end suite (official socket.io-client from npm, headless Chromium,
-# real redis-server and nginx processes started by the tests on free ports).
+# real redis-server and nginx processes started by the tests on free ports),
+# then the client SDK's tests.
 # Installs what a fresh Debian machine lacks (as root, from Debian's packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,3 +31,10 @@ cargo test --locked --workspace
 cd tests/e2e
 npm ci --no-audit --no-fund --loglevel=error
 TIDINGS_BIN="$(cd ../.. && pwd)/target/debug/tidings" npm test
+
+# The client SDK (clients/js): built, then tested in Node and headless
+# Chromium against the same binary (its tests use tests/e2e/lib and its
+# node_modules, installed above).
+cd ../../clients/js
+timeout 300 npm ci --no-audit --no-fund --loglevel=error
+TIDINGS_BIN="$(cd ../.. && pwd)/target/debug/tidings" timeout 600 npm test

@@ -73,9 +73,10 @@ export class TidingsClient extends Emitter<ClientEvents> {
     this.storageBase = `${options.storagePrefix ?? "tidings:"}${this.url} `;
     const storageKey = (trackingId: string) => this.storageBase + trackingId;
     this.host = {
-      send: (event, payload) => {
+      send: (event, payload, onReply) => {
         if (!this.socket.connected) return false;
-        this.socket.emit(event, payload);
+        if (onReply) this.socket.emit(event, payload, onReply);
+        else this.socket.emit(event, payload);
         return true;
       },
       isConnected: () => this.socket.connected,
@@ -128,10 +129,11 @@ export class TidingsClient extends Emitter<ClientEvents> {
       if (m) this.subs.get(m[1])?.onAck(env);
     });
     this.socket.on("error", (env: ErrorEnvelope) => {
-      const tid = env?.data?.trackingId;
-      const sub = typeof tid === "string" ? this.subs.get(tid) : undefined;
-      if (sub) sub.onError(env);
-      else if (env?.data?.code) this.emit("error", new TidingsError(env.data.code, env.data.message, { trackingId: tid }));
+      // Refusals also answer the subscribe's own callback, which routes them even when they name no
+      // trackingId; the stream's place matters only for HISTORY_TRUNCATED (between the ack and the replay).
+      if (env?.data?.code !== "HISTORY_TRUNCATED") return;
+      const tid = env.data.trackingId;
+      if (typeof tid === "string") this.subs.get(tid)?.onError(env);
     });
     this.socket.on("payment", (env: { data?: { trackingId?: unknown } }) => {
       const tid = env?.data?.trackingId;

@@ -16,8 +16,15 @@ import type { AckEnvelope, ErrorEnvelope, Gap, HistoryPage, PaymentEnvelope, Pos
 
 /** What a subscription needs from its client. */
 export interface SubscriptionHost {
-  /** Emits on the socket if it is connected; false if not. */
-  send(event: "subscribe" | "unsubscribe", payload: { trackingId: string; since?: string }): boolean;
+  /**
+   * Emits on the socket if it is connected (false if not); `onReply` gets the
+   * server's answer to this very event (an ack or a refusal).
+   */
+  send(
+    event: "subscribe" | "unsubscribe",
+    payload: { trackingId: string; since?: string },
+    onReply?: (reply: AckEnvelope | ErrorEnvelope) => void,
+  ): boolean;
   isConnected(): boolean;
   fetchPage(trackingId: string, query: HistoryQuery): Promise<HistoryPage>;
   readonly storage: Storage;
@@ -198,7 +205,11 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     }
   }
 
-  /** @internal An `error` envelope about this trackingId. */
+  /**
+   * @internal An `error` about this trackingId: HISTORY_TRUNCATED from the
+   * event stream (where its place among the payments matters), refusals from
+   * the subscribe's own reply (an invalid trackingId's error names none).
+   */
   onError(env: ErrorEnvelope): void {
     if (this.state === "closed") return;
     const { code, message } = env.data;
@@ -210,9 +221,10 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     const err = new TidingsError(code, message, { trackingId: this.trackingId, details: env.data.details });
     switch (code) {
       case "INVALID_SINCE":
-        // The stored id is not one this server could have issued: start over, reporting a gap from it.
+        // The stored id is not one this server could have issued (another server's, or forged): start
+        // over without it; the ack's position then makes the SDK read the retained history from its start.
         this.fail(err);
-        if (this.gapFrom === null && this.last !== null && this.last.id !== null) this.gapFrom = this.last;
+        this.gapFrom = null;
         this.last = EMPTY;
         this.sendSubscribe();
         return;
@@ -339,7 +351,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.recovering = true;
     if (this.last.id !== null) {
       this.state = "subscribing";
-      this.host.send("subscribe", { trackingId: this.trackingId, since: this.last.id });
+      this.host.send("subscribe", { trackingId: this.trackingId, since: this.last.id }, this.onReply);
     } else {
       void this.readFromStart();
     }
@@ -371,10 +383,14 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   private sendSubscribe(): void {
     if (this.state === "closed" || this.state === "loading") return;
     const since = this.last?.id ?? undefined;
-    if (this.host.send("subscribe", since ? { trackingId: this.trackingId, since } : { trackingId: this.trackingId })) {
-      this.state = "subscribing";
-    }
+    const payload = since ? { trackingId: this.trackingId, since } : { trackingId: this.trackingId };
+    if (this.host.send("subscribe", payload, this.onReply)) this.state = "subscribing";
   }
+
+  /** The answer to one of our subscribes: its ack is handled from the event stream (it orders the replay), a refusal here. */
+  private readonly onReply = (reply: AckEnvelope | ErrorEnvelope): void => {
+    if (reply?.type === "error" && reply.data && reply.data.code !== "HISTORY_TRUNCATED") this.onError(reply);
+  };
 
   private retryLater(): void {
     this.clearRetry();
