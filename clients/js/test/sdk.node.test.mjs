@@ -39,6 +39,16 @@ async function subscribed(c, trackingId, options) {
   return { sub, rec };
 }
 
+/**
+ * Ingests one more payment and waits for it: whatever the SDK would still
+ * deliver before it (a duplicate, a payment out of order) has been delivered.
+ */
+async function settle(rec, url, id) {
+  const tail = await ingestOk(url, payment(id));
+  await rec.untilIds(tail);
+  return tail;
+}
+
 /** Ingests `n` payments one request each; returns the 202 results in order. */
 async function ingestEach(url, id, n) {
   const out = [];
@@ -161,6 +171,8 @@ describe("one node in memory", () => {
     try {
       const id = uid("hole");
       const c = client(proxy.url, { transports: ["polling"] });
+      let disconnects = 0;
+      c.on("disconnect", () => { disconnects++; });
       const { rec } = await subscribed(c, id);
       const first = await ingestEach(node.url, id, 2);
       await rec.untilIds(first);
@@ -168,9 +180,12 @@ describe("one node in memory", () => {
       proxy.rule("drop", (event, p) => event === "payment" && p?.data?.trackingId === id && p.seq === 3);
       const rest = await ingestEach(node.url, id, 4);
       await rec.untilIds(rest);
+      const tail = await settle(rec, node.url, id);
       assert.equal(proxy.stats.dropped.length, 1, "the proxy dropped seq 3");
-      assertExactlyOnce(rec, [...first, ...rest], "no hole: 1, 2, then 3 (recovered), 4, 5, 6");
+      assertExactlyOnce(rec, [...first, ...rest, ...tail], "no hole: 1, 2, then 3 (recovered), 4, 5, 6, 7");
       assert.ok(rec.acks().length >= 2, "the SDK resubscribed to fill the hole");
+      assert.equal(c.connected, true);
+      assert.equal(disconnects, 0, "without reconnecting: the SDK noticed the jump itself");
       assert.deepEqual(rec.gaps(), [], "a recovered hole is no gap");
     } finally {
       await proxy.close();
@@ -313,6 +328,7 @@ describe("a 2-node cluster on Redis behind nginx", () => {
     }
     await killed;
     await rec.untilIds(accepted, 30000);
+    accepted.push(...await settle(rec, survivor.url, id));
     assertExactlyOnce(rec, accepted);
     assert.deepEqual(rec.gaps(), [], "no gap: Redis kept the history");
     assert.ok(rec.acks().length >= 2, "resubscribed on the surviving node");
@@ -349,6 +365,7 @@ describe("a one-slot delivery buffer (--delivery-buffer 1)", () => {
     assert.ok(dropped > 0, "the node dropped deliveries from its one-slot buffer");
     accepted.sort((a, b) => a.seq - b.seq);
     await rec.untilIds(accepted, 60000);
+    accepted.push(...await settle(rec, E.url, id));
     assertExactlyOnce(rec, accepted);
     assert.deepEqual(rec.gaps(), []);
   });
@@ -400,12 +417,13 @@ describe("token mode", () => {
       assert.match((await refused).message, /^UNAUTHORIZED/);
       await back;
       await rec.untilIds(missed);
-      assertExactlyOnce(rec, [...first, ...missed]);
+      const tail = await settle(rec, node.url, id);
+      assertExactlyOnce(rec, [...first, ...missed, ...tail]);
       assert.ok(handed.length >= 3, `the provider was asked at every attempt (${handed.length})`);
       assert.deepEqual(errors.map((e) => e.code), ["UNAUTHORIZED"]);
       // REST with the socket's token.
       const page = await sub.history();
-      assert.deepEqual(page.data.map((p) => p.id), [...first, ...missed].map((r) => r.id));
+      assert.deepEqual(page.data.map((p) => p.id), [...first, ...missed, ...tail].map((r) => r.id));
     } finally {
       await proxy.close();
     }

@@ -36,6 +36,9 @@ export async function startWireProxy(targetUrl) {
       stats.duplicated.push(payload);
       out.push(packet, packet);
     }
+    // An empty body would be a parse error (the client would reconnect, and recover by resubscribing):
+    // a dropped packet that was alone is replaced by an Engine.IO noop.
+    if (out.length === 0) out.push("6");
     return out.join("\x1e");
   };
 
