@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests, then the
 # end-to-end suite (official socket.io-client from npm, headless Chromium,
-# real redis-server and nginx processes started by the tests on free ports).
+# real redis-server and nginx processes started by the tests on free ports),
+# then the client SDK's tests (Node and headless Chromium), the dashboard
+# example's and the Python example's.
 # Installs what a fresh Debian machine lacks (as root, from Debian's packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,7 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
+[ -x /usr/bin/promtool ] || missing+=(prometheus)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -33,6 +36,22 @@ bin="$(pwd)/target/debug/tidings"
   cd tests/e2e
   npm ci --no-audit --no-fund --loglevel=error
   TIDINGS_BIN="$bin" npm test
+)
+
+# The client SDK (clients/js): built, then tested in Node and headless
+# Chromium against the same binary (its tests use tests/e2e/lib and its
+# node_modules, installed above), and packed and installed as a user would.
+(
+  cd clients/js
+  timeout 300 npm ci --no-audit --no-fund --loglevel=error
+  TIDINGS_BIN="$bin" timeout 900 npm test
+)
+
+# The billing dashboard example, on the SDK built above, in Chromium.
+(
+  cd examples/dashboard
+  timeout 300 npm ci --no-audit --no-fund --loglevel=error
+  TIDINGS_BIN="$bin" timeout 300 npm test
 )
 
 # The Python example (python-socketio from PyPI, in a venv of its own).
