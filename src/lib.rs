@@ -35,6 +35,8 @@
 //! - [`memory_limit`]: the memory store's bound, `--memory-limit`, and its
 //!   default from the machine's memory.
 //! - [`telemetry`]: logging and the Prometheus metric names.
+//! - [`admin`]: what the admin page shows: every node's heartbeat report
+//!   through the store's node directory, and the trackingId inspector.
 //! - [`detach`]: frees hyper's read buffer of Socket.IO requests (memory
 //!   per connection).
 //! - [`server`]: assembles the parts from a [`config::Config`] and runs them
@@ -43,6 +45,7 @@
 //! Dependencies point one way: `server` → `http`, `realtime` → `hub` →
 //! `store` → `model`, `telemetry`.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod detach;

@@ -11,6 +11,7 @@ use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 
+use crate::admin::Admin;
 use crate::auth::{Access, BearerKeys, TokenKeys};
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::http::connections::ConnectionLimits;
@@ -20,7 +21,8 @@ use crate::hub::Hub;
 use crate::memory_limit;
 use crate::realtime::{self, Realtime};
 use crate::store::{
-    HistoryStore, MemoryStore, PublicationStream, Publications, RedisStore, Retention, StoreError,
+    HistoryStore, MemoryDirectory, MemoryStore, NodeDirectory, PublicationStream, Publications,
+    RedisStore, Retention, StoreError,
 };
 use crate::telemetry;
 
@@ -92,28 +94,35 @@ impl Server {
             dedupe_ttl_ms: config.dedupe_ttl * 1000,
         };
         let (publications, stream) = Publications::channel(config.delivery_buffer as usize);
-        let (store, memory): (Arc<dyn HistoryStore>, _) = match config.redis_target() {
-            None => {
-                let (limit, source) = memory_limit::resolve(config.memory_limit);
-                tracing::info!(
-                    bytes = limit,
-                    ?source,
-                    "memory store bounded to {limit} bytes; the oldest payments are evicted beyond it"
-                );
-                let memory = Arc::new(
-                    MemoryStore::new(retention, publications.clone()).with_memory_limit(limit),
-                );
-                (memory.clone(), Some(memory))
-            }
-            Some(target) => {
-                tracing::info!(
-                    ?target,
-                    "cluster mode: history, dedupe and publication in Redis"
-                );
-                let redis = RedisStore::connect(&target, retention, publications.clone()).await?;
-                (Arc::new(redis), None)
-            }
-        };
+        let (store, memory, directory): (Arc<dyn HistoryStore>, _, Arc<dyn NodeDirectory>) =
+            match config.redis_target() {
+                None => {
+                    let (limit, source) = memory_limit::resolve(config.memory_limit);
+                    tracing::info!(
+                        bytes = limit,
+                        ?source,
+                        "memory store bounded to {limit} bytes; the oldest payments are evicted beyond it"
+                    );
+                    let memory = Arc::new(
+                        MemoryStore::new(retention, publications.clone()).with_memory_limit(limit),
+                    );
+                    (
+                        memory.clone(),
+                        Some(memory),
+                        Arc::new(MemoryDirectory::default()),
+                    )
+                }
+                Some(target) => {
+                    tracing::info!(
+                        ?target,
+                        "cluster mode: history, dedupe and publication in Redis"
+                    );
+                    let redis =
+                        RedisStore::connect(&target, retention, publications.clone()).await?;
+                    let directory = Arc::new(redis.directory());
+                    (Arc::new(redis), None, directory)
+                }
+            };
 
         let (sio_layer, io) = SocketIo::builder()
             .req_path(SOCKET_PATH)
@@ -165,6 +174,20 @@ impl Server {
                 config.rate_burst,
             )),
         );
+        let listener = listen(config.listen).map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let listen_addr = listener
+            .local_addr()
+            .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+        let admin = Arc::new(Admin::new(
+            listen_addr,
+            directory,
+            hub.clone(),
+            io.clone(),
+            telemetry::metrics_handle(),
+        ));
         let app: AppState = Arc::new(
             App::new(
                 store,
@@ -181,7 +204,8 @@ impl Server {
                 BearerKeys::new(&config.api_keys),
                 config.max_subscriptions as usize,
             )
-            .with_io(io.clone()),
+            .with_io(io.clone())
+            .with_admin(admin.clone()),
         );
         metrics::gauge!(telemetry::CONNECTIONS_LIMIT).set(config.max_connections as f64);
         let connections = ConnectionLimits::new(
@@ -193,10 +217,6 @@ impl Server {
         );
         let router = http::app(app.clone(), sio_layer, connections, &config.cors_origins);
 
-        let listener = listen(config.listen).map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
         Ok(Server {
             listener,
             router,
@@ -248,6 +268,11 @@ impl Server {
         let delivery = tokio::spawn(self.hub.run(self.publications));
         let keepalive = tokio::spawn(keepalive(self.app.store.clone()));
         let upkeep = tokio::spawn(telemetry::upkeep(self.app.metrics.clone()));
+        let reporter = self
+            .app
+            .admin
+            .clone()
+            .map(|admin| tokio::spawn(admin.report_forever()));
         let (stop_accepting, accepting) = tokio::sync::oneshot::channel::<()>();
         let mut serve = tokio::spawn(serve::serve(
             self.listener,
@@ -274,6 +299,9 @@ impl Server {
         audit.abort();
         keepalive.abort();
         upkeep.abort();
+        if let Some(reporter) = reporter {
+            reporter.abort();
+        }
         serve.abort();
         tracing::info!("stopped");
         result

@@ -51,38 +51,16 @@ pub async fn events(
         .access
         .grant(token)
         .map_err(|e| ApiError::unauthorized(format!("{e}")))?;
-    let tracking_id = q.tracking_id.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidTrackingId,
-            "trackingId is required",
-        )
-    })?;
-    check_tracking_id(&tracking_id)
-        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidTrackingId, m))?;
+    let PageRequest {
+        tracking_id,
+        since,
+        limit,
+    } = PageRequest::parse(q.tracking_id, q.since.as_deref(), q.limit.as_deref())?;
     if grant.is_some_and(|g| !g.covers(&tracking_id)) {
         return Err(ApiError::forbidden(
             "The token does not cover this trackingId",
         ));
     }
-    let since = match q.since.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(
-            s.parse::<EventId>()
-                .map_err(|_| ApiError::from(crate::store::StoreError::InvalidSince))?,
-        ),
-    };
-    let limit = match q.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if n >= 1 => n.min(MAX_PAGE),
-            _ => {
-                return Err(ApiError::invalid_payload(format!(
-                    "limit must be an integer from 1 to {MAX_PAGE}"
-                )));
-            }
-        },
-    };
     let page = app.store.read(&tracking_id, since, limit).await?;
     Ok(Json(EventsPage {
         data: page.events.into_iter().map(|e| e.envelope).collect(),
@@ -92,9 +70,58 @@ pub async fn events(
     .into_response())
 }
 
+/// A page of one trackingId's history asked for: `trackingId`, `since`
+/// (absent or empty: from the oldest retained) and `limit`, checked.
+pub struct PageRequest {
+    pub tracking_id: String,
+    pub since: Option<EventId>,
+    pub limit: usize,
+}
+
+impl PageRequest {
+    pub fn parse(
+        tracking_id: Option<String>,
+        since: Option<&str>,
+        limit: Option<&str>,
+    ) -> Result<PageRequest, ApiError> {
+        let tracking_id = tracking_id.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidTrackingId,
+                "trackingId is required",
+            )
+        })?;
+        check_tracking_id(&tracking_id)
+            .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidTrackingId, m))?;
+        let since = match since {
+            None | Some("") => None,
+            Some(s) => Some(
+                s.parse::<EventId>()
+                    .map_err(|_| ApiError::from(crate::store::StoreError::InvalidSince))?,
+            ),
+        };
+        let limit = match limit {
+            None => DEFAULT_PAGE,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if n >= 1 => n.min(MAX_PAGE),
+                _ => {
+                    return Err(ApiError::invalid_payload(format!(
+                        "limit must be an integer from 1 to {MAX_PAGE}"
+                    )));
+                }
+            },
+        };
+        Ok(PageRequest {
+            tracking_id,
+            since,
+            limit,
+        })
+    }
+}
+
 /// A query refused by [`StrictQuery`], with the code of the parameter at
 /// fault.
-fn bad_query(err: QueryError) -> ApiError {
+pub fn bad_query(err: QueryError) -> ApiError {
     let code = match err.parameter() {
         Some("trackingId") => ErrorCode::InvalidTrackingId,
         Some("since") => ErrorCode::InvalidSince,

@@ -7,12 +7,14 @@
 //! - [`events`]: `GET /v1/events` (section 4).
 //! - [`tokens`]: `POST /v1/ws/tokens`, socket tokens (section 5).
 //! - [`ops`]: health, readiness, metrics (section 6).
+//! - [`admin`]: the admin page behind `--api-key` (beyond the contract).
 //! - [`error`]: the error body every endpoint answers with.
 //! - [`state`]: what the handlers share.
 //! - [`serve`]: the connection loop (timeouts, upgrades, graceful shutdown).
 //! - [`body`], [`query`]: bounded body reads and strict query strings,
 //!   for any endpoint.
 
+pub mod admin;
 pub mod body;
 pub mod connections;
 pub mod error;
@@ -60,6 +62,11 @@ pub fn app(
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/admin", get(admin::page))
+        .route("/admin/admin.js", get(admin::script))
+        .route("/admin/admin.css", get(admin::style))
+        .route("/admin/api/nodes", get(admin::nodes))
+        .route("/admin/api/tracking", get(admin::tracking))
         .fallback(ops::not_found)
         .with_state(state)
         .layer(socket_io)

@@ -10,7 +10,6 @@ use super::error::ApiError;
 use super::state::AppState;
 use crate::model::ErrorCode;
 use crate::telemetry;
-use socketioxide::TransportType;
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -36,13 +35,7 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Valu
 pub async fn metrics(State(app): State<AppState>) -> Response {
     telemetry::collect_process_metrics();
     if let Some(io) = &app.io {
-        let (mut polling, mut websocket) = (0u64, 0u64);
-        for socket in io.sockets() {
-            match socket.transport_type() {
-                TransportType::Polling => polling += 1,
-                TransportType::Websocket => websocket += 1,
-            }
-        }
+        let (polling, websocket) = crate::realtime::sockets_by_transport(io);
         metrics::gauge!(telemetry::SOCKETS_BY_TRANSPORT, "transport" => "polling")
             .set(polling as f64);
         metrics::gauge!(telemetry::SOCKETS_BY_TRANSPORT, "transport" => "websocket")

@@ -8,6 +8,7 @@ use socketioxide::SocketIo;
 use tokio::sync::Notify;
 
 use super::ingest::IngestTokens;
+use crate::admin::Admin;
 use crate::auth::{Access, BearerKeys};
 use crate::store::{HistoryStore, Publications};
 
@@ -29,6 +30,8 @@ pub struct App {
     pub local_publications: Option<Publications>,
     /// This node's sockets, counted by transport at each scrape.
     pub io: Option<SocketIo>,
+    /// The admin page's data (served only with `--api-key`).
+    pub admin: Option<Arc<Admin>>,
     shutting_down: AtomicBool,
     ingests: InFlight,
 }
@@ -55,6 +58,7 @@ impl App {
             metrics,
             local_publications,
             io: None,
+            admin: None,
             shutting_down: AtomicBool::new(false),
             ingests: InFlight::default(),
         }
@@ -77,6 +81,12 @@ impl App {
     /// The Socket.IO handle whose sockets `/metrics` counts by transport.
     pub fn with_io(mut self, io: SocketIo) -> Self {
         self.io = Some(io);
+        self
+    }
+
+    /// The admin page's data source.
+    pub fn with_admin(mut self, admin: Arc<Admin>) -> Self {
+        self.admin = Some(admin);
         self
     }
 

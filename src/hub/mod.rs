@@ -411,6 +411,15 @@ impl Hub {
         self.release(&topic, &mut control).await;
     }
 
+    /// Sockets of this node subscribed to `tracking_id` (in the room, or
+    /// with their replay being read), for the admin page's inspector.
+    pub fn subscribers(&self, tracking_id: &str) -> usize {
+        self.get(tracking_id).map_or(0, |topic| {
+            let live = topic.live();
+            live.members.len() + live.pending.len()
+        })
+    }
+
     /// The trackingIds this node follows, for tests and operators.
     pub fn topics(&self) -> usize {
         self.shards

@@ -61,6 +61,18 @@ impl Realtime {
     }
 }
 
+/// This node's connected sockets by current transport: (polling, websocket).
+pub fn sockets_by_transport(io: &SocketIo) -> (u64, u64) {
+    let (mut polling, mut websocket) = (0, 0);
+    for socket in io.sockets() {
+        match socket.transport_type() {
+            socketioxide::TransportType::Polling => polling += 1,
+            socketioxide::TransportType::Websocket => websocket += 1,
+        }
+    }
+    (polling, websocket)
+}
+
 /// Registers the namespace `/` and its handlers on `io`.
 pub fn register(io: &SocketIo, realtime: Arc<Realtime>) {
     let attaching = realtime.clone();

@@ -8,14 +8,18 @@
 //! written on the trait: callers rely on them, the tests in
 //! `tests/store.rs` check them against both. Publications reach this node
 //! through [`Publications`], which the [`Hub`](crate::hub::Hub) consumes.
+//! Beside them, off the payment path, [`NodeDirectory`]: where nodes report
+//! themselves for the admin page.
 
+mod directory;
 mod memory;
 mod publications;
 mod redis;
 
+pub use directory::{MAX_INSPECTED, MemoryDirectory, NodeDirectory};
 pub use memory::{MemoryStore, SweepStats};
 pub use publications::{Publication, PublicationStream, Publications, Signal};
-pub use redis::{RedisStore, RedisTarget};
+pub use redis::{RedisDirectory, RedisStore, RedisTarget};
 
 use async_trait::async_trait;
 

@@ -1,0 +1,204 @@
+//! The admin page, behind `--api-key` (beyond the contract): `GET /admin`
+//! (a plain page and its script, no build step, served from the binary)
+//! and the JSON it reads with the API key as a bearer token:
+//! `GET /admin/api/nodes` (every node's last report) and
+//! `GET /admin/api/tracking?trackingId=&since=&limit=` (a trackingId's
+//! latest history, or what came after `since` for a live tail, and its
+//! subscribers per node). Without `--api-key` every admin path answers
+//! 404.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+use super::events::{PageRequest, bad_query};
+use super::query::{QueryError, StrictQuery};
+use super::state::AppState;
+use crate::admin::{Admin, NodeView};
+use crate::model::{ErrorCode, EventId, Position};
+
+const PAGE: &str = include_str!("assets/admin.html");
+const SCRIPT: &str = include_str!("assets/admin.js");
+/// The latest events the inspector shows when no `since` is given.
+const LATEST: u64 = 20;
+
+/// The page and its script may only talk to this origin; nothing inline.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const STYLE: &str = include_str!("assets/admin.css");
+
+/// `GET /admin`.
+pub async fn page(State(app): State<AppState>) -> Result<Response, ApiError> {
+    enabled(&app)?;
+    Ok(asset("text/html; charset=utf-8", PAGE))
+}
+
+/// `GET /admin/admin.js`.
+pub async fn script(State(app): State<AppState>) -> Result<Response, ApiError> {
+    enabled(&app)?;
+    Ok(asset("text/javascript; charset=utf-8", SCRIPT))
+}
+
+/// `GET /admin/admin.css`.
+pub async fn style(State(app): State<AppState>) -> Result<Response, ApiError> {
+    enabled(&app)?;
+    Ok(asset("text/css; charset=utf-8", STYLE))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodesBody {
+    /// The node that answered.
+    node: String,
+    nodes: Vec<NodeView>,
+}
+
+/// `GET /admin/api/nodes`.
+pub async fn nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let admin = authorize(&app, &headers)?;
+    let nodes = admin.nodes().await?;
+    Ok(Json(NodesBody {
+        node: admin.id().to_owned(),
+        nodes,
+    })
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TrackingQuery {
+    #[serde(rename = "trackingId")]
+    tracking_id: Option<String>,
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TrackingBody {
+    tracking_id: String,
+    position: Position,
+    history: History,
+    subscribers: Vec<Subscribers>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct History {
+    data: Vec<Arc<RawValue>>,
+    has_more: bool,
+    truncated: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Subscribers {
+    node: String,
+    hostname: String,
+    listen: String,
+    silent: bool,
+    /// None until that node has reported since the inspection began.
+    subscribers: Option<u64>,
+}
+
+/// `GET /admin/api/tracking`: without `since`, the latest [`LATEST`] (or
+/// `limit`) events; with it, the events after it (a live tail). Starts or
+/// prolongs the nodes' counting of its subscribers.
+pub async fn tracking(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<StrictQuery<TrackingQuery>, QueryError>,
+) -> Result<Response, ApiError> {
+    let admin = authorize(&app, &headers)?;
+    let StrictQuery(q) = query.map_err(bad_query)?;
+    let tail = q.since.as_deref().is_some_and(|s| !s.is_empty());
+    let request = PageRequest::parse(q.tracking_id, q.since.as_deref(), q.limit.as_deref())?;
+    let tid = request.tracking_id.as_str();
+    admin.inspect(tid).await?;
+    let page = if tail {
+        app.store.read(tid, request.since, request.limit).await?
+    } else {
+        // Where the history stands, then its last events.
+        let latest = if q.limit.is_some() {
+            request.limit as u64
+        } else {
+            LATEST
+        };
+        let head = app.store.read(tid, None, 1).await?;
+        let since = (head.position.seq > latest).then(|| EventId {
+            epoch: head.position.epoch,
+            seq: head.position.seq - latest,
+        });
+        app.store.read(tid, since, latest as usize).await?
+    };
+    let subscribers = admin
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|view| Subscribers {
+            subscribers: view.report.inspected.get(tid).copied(),
+            node: view.report.id,
+            hostname: view.report.hostname,
+            listen: view.report.listen,
+            silent: view.silent,
+        })
+        .collect();
+    Ok(Json(TrackingBody {
+        tracking_id: request.tracking_id.clone(),
+        position: page.position,
+        history: History {
+            data: page.events.into_iter().map(|e| e.envelope).collect(),
+            has_more: page.has_more,
+            truncated: page.truncated,
+        },
+        subscribers,
+    })
+    .into_response())
+}
+
+fn disabled() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "The admin page is disabled: the server has no --api-key",
+    )
+}
+
+fn enabled(app: &AppState) -> Result<&Arc<Admin>, ApiError> {
+    match &app.admin {
+        Some(admin) if !app.api_keys.is_empty() => Ok(admin),
+        _ => Err(disabled()),
+    }
+}
+
+/// An API key as the bearer token.
+fn authorize<'a>(app: &'a AppState, headers: &HeaderMap) -> Result<&'a Arc<Admin>, ApiError> {
+    let admin = enabled(app)?;
+    match crate::auth::bearer(headers) {
+        Some(key) if app.api_keys.accepts(key) => Ok(admin),
+        Some(_) => Err(ApiError::unauthorized("Invalid API key")),
+        None => Err(ApiError::unauthorized(
+            "Missing Authorization: Bearer <api key>",
+        )),
+    }
+}
