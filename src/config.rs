@@ -94,7 +94,8 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_MAX_BODY", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(64..=1_073_741_824))]
     pub max_body: u64,
 
-    /// (token mode) A key that may mint socket tokens; repeatable.
+    /// A key that may mint socket tokens (token mode) and open the admin
+    /// page (`/admin`); repeatable.
     #[arg(
         long = "api-key",
         env = "TIDINGS_API_KEY",
