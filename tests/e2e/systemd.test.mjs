@@ -21,7 +21,7 @@
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { readFileSync, writeFileSync, chmodSync, existsSync } from "node:fs";
+import { readFileSync, writeFileSync, chmodSync, copyFileSync, existsSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { REPO_ROOT, SERVER_BIN, E2E_DIR, httpGet, ingest, payment, uid, withTimeout } from "./lib/harness.mjs";
@@ -231,9 +231,9 @@ describe("systemd unit (deploy/systemd/tidings.service + tidings.env)", () => {
     return [...args, "--"];
   }
 
-  /** Spawns `argv` with exactly `env`; resolves {proc, out(), exited}. */
+  /** Spawns `argv` with exactly `env`, in the (world-readable) temp dir; resolves {proc, out(), exited}. */
   function spawnWith(argv, env) {
-    const proc = spawn(argv[0], argv.slice(1), { env, stdio: ["ignore", "pipe", "pipe"] });
+    const proc = spawn(argv[0], argv.slice(1), { env, cwd: dir, stdio: ["ignore", "pipe", "pipe"] });
     children.push(proc);
     let out = "";
     proc.stdout.setEncoding("utf8").on("data", (d) => { out += d; });
@@ -260,7 +260,11 @@ describe("systemd unit (deploy/systemd/tidings.service + tidings.env)", () => {
     env.TIDINGS_REDIS_URL = redis.url;
     const argv = splitCommand(one("ExecStart"));
     assert.equal(argv[0], "/usr/local/bin/tidings", "the unit runs the installed binary");
-    argv[0] = SERVER_BIN;
+    // Installed as the unit expects (mode 0755 where any user may run it:
+    // the checkout itself may sit in a directory the service user cannot enter).
+    argv[0] = path.join(dir, "tidings");
+    copyFileSync(SERVER_BIN, argv[0]);
+    chmodSync(argv[0], 0o755);
 
     const server = spawnWith([PYTHON, ...await hardening(), ...argv], env);
     await withTimeout(new Promise((resolve, reject) => {
@@ -306,7 +310,14 @@ describe("systemd unit (deploy/systemd/tidings.service + tidings.env)", () => {
       return;
     }
     const h = await hardening();
-    const jit = spawnWith([PYTHON, ...h, process.execPath, "-e", "for (let i = 0; i < 1e6; i++) Math.sqrt(i)"], { PATH: "/usr/bin:/bin" });
+    assert.ok(h.includes("--mdwe"));
+    const js = ["-e", "let s = 0; for (let i = 0; i < 1e6; i++) s += Math.sqrt(i); console.log(s > 0)"];
+    // The same restrictions but MemoryDenyWriteExecute: node runs...
+    const ok = spawnWith([PYTHON, ...h.filter((a) => a !== "--mdwe"), process.execPath, ...js], { PATH: "/usr/bin:/bin" });
+    assert.deepEqual(await withTimeout(ok.exited, 20000, "node without MDWE"), { code: 0, signal: null }, ok.out());
+    assert.match(ok.out(), /true/);
+    // ...and with it, it dies: it is MDWE that stops it.
+    const jit = spawnWith([PYTHON, ...h, process.execPath, ...js], { PATH: "/usr/bin:/bin" });
     const je = await withTimeout(jit.exited, 20000, "node under the restrictions");
     assert.notDeepEqual(je, { code: 0, signal: null }, `node (V8's JIT maps writable+executable memory) must fail:\n${jit.out()}`);
     const nice = spawnWith([PYTHON, ...h, "/usr/bin/nice", "-n", "1", "/bin/true"], { PATH: "/usr/bin:/bin" });
