@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests, then the
 # end-to-end suite (official socket.io-client from npm, headless Chromium,
-# real redis-server and nginx processes started by the tests on free ports),
-# then the client SDK's tests (Node and headless Chromium), the dashboard
-# example's and the Python example's.
+# real redis-server, nginx and haproxy processes started by the tests on
+# free ports; systemd-analyze for the shipped unit; promtool for the alert
+# rules), then the client SDK's tests (Node and headless Chromium), the
+# dashboard example's and the Python example's.
 # Installs what a fresh Debian machine lacks (as root, from Debian's packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,10 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
 [ -x /usr/bin/promtool ] || missing+=(prometheus)
+[ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# Syscall numbers for the systemd unit's seccomp filter (tests/e2e/lib/hardened_exec.py).
+[ "$(uname -m)" != x86_64 ] || [ -f /usr/include/x86_64-linux-gnu/asm/unistd_64.h ] || missing+=(linux-libc-dev)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

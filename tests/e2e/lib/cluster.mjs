@@ -64,13 +64,13 @@ for (const [sig, n] of [["SIGINT", 2], ["SIGTERM", 15], ["SIGHUP", 1]]) {
   });
 }
 
-function makeTmp(prefix) {
+export function makeTmp(prefix) {
   const d = mkdtempSync(path.join(os.tmpdir(), `tidings-e2e-${prefix}-`));
   tmpdirs.add(d);
   return d;
 }
 
-function removeTmp(d) {
+export function removeTmp(d) {
   tmpdirs.delete(d);
   try { rmSync(d, { recursive: true, force: true }); } catch { /* best effort */ }
 }
@@ -79,7 +79,7 @@ function removeTmp(d) {
  * Spawns a long-running child, keeps its output (bounded) and tracks it for
  * the exit handler. Returns {proc, output(), exited, exitInfo()}.
  */
-function spawnTracked(cmd, args, opts = {}) {
+export function spawnTracked(cmd, args, opts = {}) {
   if (!existsSync(cmd)) {
     throw new Error(`${cmd} not found: install it (Debian packages redis-server, nginx) or set the matching TIDINGS_* variable`);
   }
@@ -109,7 +109,7 @@ function spawnTracked(cmd, args, opts = {}) {
 }
 
 /** Sends `signal`, waits (bounded) for the exit, then SIGKILLs. */
-async function terminate(child, signal = "SIGTERM", graceMs = 5000) {
+export async function terminate(child, signal = "SIGTERM", graceMs = 5000) {
   if (child.exitInfo()) return child.exitInfo();
   const kids = childPids(child.proc.pid);
   try { child.proc.kill(signal); } catch { /* gone */ }
@@ -225,12 +225,27 @@ async function spawnRedis({ port, dir, extra = () => [], attempts = 5 }) {
 /**
  * Starts a standalone redis-server on a free port with an empty data set and
  * no persistence. Returns {port, url, stop(), kill(), restart(), cli(...args)}.
+ * `{ replicaOf: port }` starts a read-only replica of the redis-server on
+ * that port instead, resolved once it follows its master.
  * `{ cluster: true }` starts a Redis Cluster instead (see startRedisCluster).
  */
-export async function startRedis({ cluster = false } = {}) {
+export async function startRedis({ cluster = false, replicaOf } = {}) {
   if (cluster) return startRedisCluster();
   const dir = makeTmp("redis");
-  let { port, child } = await spawnRedis({ dir });
+  const extra = replicaOf === undefined ? () => [] : () => ["--replicaof", "127.0.0.1", String(replicaOf)];
+  let { port, child } = await spawnRedis({ dir, extra });
+  if (replicaOf !== undefined) {
+    // A replica answers PING at once; wait until it follows its master.
+    const deadline = Date.now() + 10000;
+    while (!/master_link_status:up/.test(await redisCli(port, "info", "replication"))) {
+      if (Date.now() > deadline) {
+        await terminate(child, "SIGKILL");
+        removeTmp(dir);
+        throw new Error(`redis-server on ${port} did not link to its master on ${replicaOf} within 10 s`);
+      }
+      await sleep(50);
+    }
+  }
   const handle = {
     port,
     url: `redis://127.0.0.1:${port}`,
@@ -247,7 +262,7 @@ export async function startRedis({ cluster = false } = {}) {
      */
     async restart() {
       await terminate(child, "SIGKILL");
-      ({ child } = await spawnRedis({ port, dir, attempts: 10 }));
+      ({ child } = await spawnRedis({ port, dir, extra, attempts: 10 }));
     },
     async stop() {
       await terminate(child, "SIGTERM");
@@ -437,9 +452,12 @@ export function rewriteNginxSnippet(snippet, ports, listenPort) {
 
 /**
  * Starts nginx with the project's shipped snippet (deploy/nginx/tidings.conf)
- * rewritten for `upstreamPorts`. Returns {port, url, stop(), config, errorLog()}.
+ * rewritten for `upstreamPorts`. Returns {port, url, stop(), config, errorLog(),
+ * accessLog()}. With `accessLog: true`, every request is logged (method, URI,
+ * status and each upstream attempt's status, `$upstream_status`) for
+ * accessLog() to return; the snippet itself is left as shipped.
  */
-export async function startNginx(upstreamPorts, { confPath = NGINX_CONF } = {}) {
+export async function startNginx(upstreamPorts, { confPath = NGINX_CONF, accessLog = false } = {}) {
   if (!existsSync(confPath)) {
     throw new Error(`nginx config ${confPath} does not exist (the project ships deploy/nginx/tidings.conf; ` +
       "TIDINGS_NGINX_CONF overrides the path)");
@@ -462,7 +480,10 @@ export async function startNginx(upstreamPorts, { confPath = NGINX_CONF } = {}) 
       `error_log ${path.join(dir, "logs/error.log")} info;`,
       "events { worker_connections 4096; }",
       "http {",
-      /\baccess_log\b/.test(httpBody) ? "" : "  access_log off;",
+      accessLog
+        ? `  log_format tidings_test '$request_method $uri $status upstream=$upstream_status';\n` +
+          `  access_log ${path.join(dir, "logs/access.log")} tidings_test;`
+        : /\baccess_log\b/.test(httpBody) ? "" : "  access_log off;",
       `  client_body_temp_path ${path.join(dir, "client_body")};`,
       `  proxy_temp_path ${path.join(dir, "proxy")};`,
       `  fastcgi_temp_path ${path.join(dir, "fastcgi")};`,
@@ -491,6 +512,9 @@ export async function startNginx(upstreamPorts, { confPath = NGINX_CONF } = {}) 
         url: `http://127.0.0.1:${port}`,
         config,
         errorLog,
+        accessLog: () => {
+          try { return readFileSync(path.join(dir, "logs/access.log"), "utf8"); } catch { return ""; }
+        },
         async stop() {
           // SIGTERM: fast shutdown (SIGQUIT would wait for open websockets).
           await terminate(child, "SIGTERM", 5000).catch(() => {});
