@@ -8,8 +8,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{
+    ApiError, BackfillQueryError, ForbiddenError, UnauthorizedError, UnavailableError,
+};
 use super::query::{QueryError, StrictQuery};
 use super::state::AppState;
 use crate::auth;
@@ -29,16 +32,94 @@ pub struct EventsQuery {
     token: Option<String>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct EventsPage {
+/// A page of backfill.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventsPage {
+    /// The retained `payment` envelopes after `since`, in seq order, exactly
+    /// as sockets receive them.
+    #[schema(value_type = Vec<crate::model::PaymentEnvelope>)]
     data: Vec<Arc<RawValue>>,
+    /// More events follow this page: ask again with `since` = the last id.
     has_more: bool,
+    /// Something after `since` is no longer retained (or the history
+    /// `since` came from was lost): the page starts at the oldest retained
+    /// event, and the client has a gap.
     truncated: bool,
 }
 
-/// `GET /v1/events?trackingId=&since=&limit=`: the retained `payment`
-/// envelopes after `since`, exactly as sockets receive them.
+/// The `limit` query parameter.
+pub struct Limit;
+
+impl utoipa::PartialSchema for Limit {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Integer)
+            .minimum(Some(1))
+            // Anything the server can read is accepted; above MAX_PAGE it is lowered.
+            .maximum(Some(usize::MAX))
+            .default(Some(DEFAULT_PAGE.into()))
+            .description(Some(format!(
+                "Events per page, default {DEFAULT_PAGE}; a larger value than {MAX_PAGE} is lowered to {MAX_PAGE}."
+            )))
+            .build()
+            .into()
+    }
+}
+
+impl ToSchema for Limit {}
+
+/// Backfill.
+///
+/// The retained `payment` envelopes of a trackingId after `since`, in seq
+/// order: the same objects the socket sends, so a client fills a `seq` gap
+/// or resumes from here. Without `since` (or with `since=` empty) the page
+/// starts at the oldest retained event. In token mode it needs a socket
+/// token covering the trackingId (who is asking is checked before the
+/// query).
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "backfill",
+    operation_id = "backfill",
+    params(
+        ("trackingId" = crate::model::schema::TrackingId, Query, description = "The trackingId whose events to read.",
+            example = "sub-1"),
+        ("since" = Option<crate::model::schema::Since>, Query,
+            description = "The last event id the client saw; the page starts after it.",
+            example = "1699876543210-41"),
+        ("limit" = Option<Limit>, Query, example = 100),
+    ),
+    security((), ("socketToken" = []), ("socketTokenQuery" = [])),
+    responses(
+        (status = 200, description = "A page of events.", body = EventsPage,
+            examples(
+                ("page" = (summary = "A page with one payment (the payment envelope of contract section 1)",
+                    value = json!({ "data": [
+                        { "type": "payment_notification",
+                          "id": "1699876543210-0", "seq": 42,
+                          "data": { "trackingId": "sub-1", "amount": 1000000, "timestamp": 1699876543u64,
+                                    "status": "executed", "signature": "5Jt...base58" },
+                          "timestamp": 1699876543210u64 }
+                    ], "hasMore": false, "truncated": false }))),
+                ("truncated" = (summary = "Nothing retained after since, and events were lost",
+                    value = json!({ "data": [], "hasMore": false, "truncated": true }))),
+            )),
+        (status = 400, description = "A bad query: `INVALID_TRACKING_ID`, `INVALID_SINCE` (not an id this server could have issued), `INVALID_PAYLOAD` (limit).",
+            body = BackfillQueryError,
+            example = json!({ "error": { "code": "INVALID_SINCE", "message": "since is not an event id this server could have issued" } })),
+        (status = 401, description = "Token mode: the socket token is missing, invalid or expired.",
+            body = UnauthorizedError,
+            example = json!({ "error": { "code": "UNAUTHORIZED", "message": "the token has expired" } })),
+        (status = 403, description = "Token mode: the socket token does not cover this trackingId.",
+            body = ForbiddenError,
+            example = json!({ "error": { "code": "FORBIDDEN", "message": "The token does not cover this trackingId" } })),
+        (status = 503, description = "The storage is unreachable.",
+            body = UnavailableError,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying.")),
+            example = json!({ "error": { "code": "UNAVAILABLE", "message": "Storage is unavailable; retry the same request" } })),
+    ),
+)]
 pub async fn events(
     State(app): State<AppState>,
     headers: HeaderMap,

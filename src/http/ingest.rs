@@ -15,9 +15,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::body::{read_bounded, refuse_unread};
-use super::error::{ApiError, Detail, Details};
+use super::error::{
+    ApiError, Detail, Details, InvalidPayloadError, PayloadTooLargeError, UnauthorizedError,
+    UnavailableError,
+};
 use super::state::AppState;
 use crate::model::{
     DedupeKey, ErrorCode, EventId, MAX_SAFE_INTEGER, NewPayment, PaymentData, PaymentStatus,
@@ -26,35 +30,102 @@ use crate::model::{
 use crate::store::Appended;
 use crate::telemetry;
 
-/// Largest accepted `timestamp`: 9999-12-31T23:59:59Z in seconds. A value
-/// above it is almost surely milliseconds, which the contract forbids.
-pub const MAX_TIMESTAMP_SECONDS: u64 = 253_402_300_799;
-
-/// Longest `signature` or `idempotencyKey`, in bytes.
-pub const MAX_KEY_BYTES: usize = 256;
+pub use crate::model::{MAX_KEY_BYTES, MAX_TIMESTAMP_SECONDS};
 
 /// The ingest tokens (`--ingest-token`).
 pub use crate::auth::BearerKeys as IngestTokens;
 
-/// One entry of a `202` answer, in request order.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Accepted {
+/// The `202` answer: one entry per item, in request order.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptedBody {
+    data: Vec<Accepted>,
+}
+
+/// One entry of a `202` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Accepted {
+    /// The event id (for a duplicate, the original's).
     id: EventId,
+    /// The event's seq (for a duplicate, the original's).
+    #[schema(minimum = 1)]
     seq: u64,
+    #[schema(value_type = crate::model::schema::TrackingId)]
     tracking_id: String,
+    /// Whether the payment was already stored (same trackingId and
+    /// idempotencyKey, else signature, within the dedupe window): it was
+    /// not stored or broadcast again.
     duplicate: bool,
 }
 
-/// `POST /v1/payments`.
+/// Ingest payments.
+///
+/// One payment or a batch (an array) of them. Every item is validated
+/// before anything is stored: one bad item refuses the whole request
+/// (`400`, one detail per bad field) and nothing is published. `202` comes
+/// only once every accepted event is stored and published. Idempotent per
+/// (trackingId, idempotencyKey), else (trackingId, signature): a repeat
+/// answers `duplicate: true` with the original id and seq, and a retry of a
+/// request that got `503` is always safe. The token is checked before the
+/// body is read; answers that refuse an unread body (`401`, `503`) and
+/// those about the body itself (`408`, `413`) close the connection.
+#[utoipa::path(
+    post,
+    path = "/v1/payments",
+    tag = "ingest",
+    operation_id = "ingestPayments",
+    security(("ingestToken" = [])),
+    request_body(
+        content = crate::http::openapi::IngestBody,
+        content_type = "application/json",
+        description = "One payment, or an array of 1 to `--max-batch` payments (default 1000), at most `--max-body` bytes (default 1 MiB).",
+        examples(
+            ("payment" = (summary = "One payment (contract section 3)",
+                value = json!({ "trackingId": "sub-1", "amount": 1000000, "timestamp": 1699876543u64,
+                                "status": "executed", "signature": "5Jt...base58" }))),
+            ("batch" = (summary = "A batch, with a payment that never reached the chain (an idempotencyKey instead of a signature)",
+                value = json!([
+                    { "trackingId": "sub-1", "amount": 1000000, "timestamp": 1699876543u64,
+                      "status": "executed", "signature": "5Jt...base58" },
+                    { "trackingId": "sub-2", "amount": 250000, "timestamp": 1699876544u64,
+                      "status": "failed", "idempotencyKey": "sub-2:attempt-1" }
+                ]))),
+        ),
+    ),
+    responses(
+        (status = 202, description = "Every item is stored and published (or was a duplicate), one entry per item in request order.",
+            body = AcceptedBody,
+            example = json!({ "data": [
+                { "id": "1699876543210-42", "seq": 42, "trackingId": "sub-1", "duplicate": false }
+            ] })),
+        (status = 400, description = "The body is not JSON, or at least one item is invalid: nothing was stored.",
+            body = InvalidPayloadError,
+            example = json!({ "error": { "code": "INVALID_PAYLOAD",
+                "message": "1 invalid field(s); nothing was stored",
+                "details": [ { "index": 2, "field": "amount",
+                    "message": "amount is required and must be a non-negative integer in the token's base units, at most 9007199254740991 (2^53 - 1) so that JavaScript clients read it exactly" } ] } })),
+        (status = 401, description = "Missing or wrong ingest token (or no `--ingest-token` configured), checked before the body is read.",
+            body = UnauthorizedError,
+            example = json!({ "error": { "code": "UNAUTHORIZED", "message": "Invalid ingest token" } })),
+        (status = 408, description = "The body did not arrive whole within the body timeout (10 s); nothing was stored.",
+            body = InvalidPayloadError,
+            example = json!({ "error": { "code": "INVALID_PAYLOAD", "message": "The request body was not received within 10 s" } })),
+        (status = 413, description = "The body is over `--max-body` bytes or the batch over `--max-batch` payments; nothing was stored.",
+            body = PayloadTooLargeError,
+            example = json!({ "error": { "code": "PAYLOAD_TOO_LARGE", "message": "A batch holds at most 1000 payments; got 1001" } })),
+        (status = 503, description = "The storage is unreachable or the node is shutting down. Each trackingId's payments of the request were stored whole or not at all; retrying the same request is safe (what was stored answers `duplicate`).",
+            body = UnavailableError,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying.")),
+            example = json!({ "error": { "code": "UNAVAILABLE", "message": "Storage is unavailable; retry the same request" } })),
+    ),
+)]
 pub async fn ingest(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let _in_flight = app.ingest_started();
     let response = match accept(&app, &headers, body).await {
-        Ok(accepted) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "data": accepted })),
-        )
-            .into_response(),
+        Ok(accepted) => {
+            (StatusCode::ACCEPTED, Json(AcceptedBody { data: accepted })).into_response()
+        }
         Err(err) => err.into_response(),
     };
     metrics::counter!(telemetry::INGEST_REQUESTS, "status" => response.status().as_str().to_owned()).increment(1);

@@ -7,6 +7,7 @@
 //! - [`events`]: `GET /v1/events` (section 4).
 //! - [`tokens`]: `POST /v1/ws/tokens`, socket tokens (section 5).
 //! - [`ops`]: health, readiness, metrics (section 6).
+//! - [`openapi`]: the OpenAPI document of these endpoints, `GET /openapi.json`.
 //! - [`error`]: the error body every endpoint answers with.
 //! - [`state`]: what the handlers share.
 //! - [`serve`]: the connection loop (timeouts, upgrades, graceful shutdown).
@@ -18,6 +19,7 @@ pub mod connections;
 pub mod error;
 pub mod events;
 pub mod ingest;
+pub mod openapi;
 pub mod ops;
 pub mod query;
 pub mod serve;
@@ -28,9 +30,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::handler::Handler;
 use axum::http::{HeaderName, HeaderValue, Method, Request, header};
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, on};
 use socketioxide::layer::SocketIoLayer;
 use tower::util::MapRequestLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -53,13 +56,8 @@ pub fn app(
     cors_origins: &[String],
 ) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/v1/payments", post(ingest::ingest))
-        .route("/v1/events", get(events::events))
-        .route("/v1/ws/tokens", post(tokens::mint))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+    rest()
+        .router
         .fallback(ops::not_found)
         .with_state(state)
         .layer(socket_io)
@@ -81,6 +79,48 @@ pub fn app(
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// The REST routes, and the list of what they are: the OpenAPI document
+/// must name exactly these (its test compares them).
+pub struct Rest {
+    pub router: Router<AppState>,
+    /// Each route's method and path, in the order they are mounted.
+    pub routes: Vec<(Method, &'static str)>,
+}
+
+impl Rest {
+    /// Serves `method` on `path` with `handler`; any other method on that
+    /// path is `405 METHOD_NOT_ALLOWED` with `Allow` (a GET route also
+    /// answers HEAD, as axum does).
+    fn mount<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone())
+            .unwrap_or_else(|_| unreachable!("only standard methods are mounted"));
+        self.router = self
+            .router
+            .route(path, on(filter, handler).fallback(ops::method_not_allowed));
+        self.routes.push((method, path));
+        self
+    }
+}
+
+/// Every REST route (contract sections 3 to 6, and the OpenAPI document).
+pub fn rest() -> Rest {
+    Rest {
+        router: Router::new(),
+        routes: Vec::new(),
+    }
+    .mount(Method::POST, "/v1/payments", ingest::ingest)
+    .mount(Method::GET, "/v1/events", events::events)
+    .mount(Method::POST, "/v1/ws/tokens", tokens::mint)
+    .mount(Method::GET, "/healthz", ops::healthz)
+    .mount(Method::GET, "/readyz", ops::readyz)
+    .mount(Method::GET, "/metrics", ops::metrics)
+    .mount(Method::GET, openapi::PATH, openapi::openapi_json)
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

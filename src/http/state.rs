@@ -1,7 +1,9 @@
 //! [`App`]: what the HTTP handlers share, handed to them as axum state.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Bytes;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
@@ -26,6 +28,9 @@ pub struct App {
     /// On a single node, ingest waits until the hub has handled what it
     /// published before answering.
     pub local_publications: Option<Publications>,
+    /// `GET /openapi.json`, made at the first request (it depends on the
+    /// mode and bounds, which are fixed by then).
+    pub(super) openapi_json: OnceLock<Bytes>,
     shutting_down: AtomicBool,
     ingests: InFlight,
 }
@@ -51,6 +56,7 @@ impl App {
             max_batch,
             metrics,
             local_publications,
+            openapi_json: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
             ingests: InFlight::default(),
         }
