@@ -801,3 +801,132 @@ async fn unavailable_storage_answers_conform() {
     );
     server.stop().await.unwrap();
 }
+
+/// What schemathesis found, each fixed in the server, stays fixed.
+#[tokio::test]
+async fn schemathesis_findings_stay_fixed() {
+    let server = TestServer::start(&[
+        "--auth",
+        "token",
+        "--token-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+    ])
+    .await;
+    let doc = served(&server).await;
+
+    // 1. A backfill presenting two tokens (bearer and `token` parameter)
+    //    was served on the bearer one, whatever the other said: now 401.
+    let mint = json!({ "trackingIds": ["fx-1"] }).to_string();
+    let (status, minted) = call(
+        &doc,
+        &server,
+        "POST",
+        "/v1/ws/tokens",
+        Some(API_KEY),
+        Some(mint),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let token = minted["token"].as_str().unwrap().to_owned();
+    let e = "/v1/events?trackingId=fx-1";
+    for query in [token.as_str(), "garbage"] {
+        let (status, body) = call(
+            &doc,
+            &server,
+            "GET",
+            &format!("{e}&token={query}"),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (401, &json!("UNAUTHORIZED")),
+            "{body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not both")
+        );
+    }
+    assert_eq!(
+        call(&doc, &server, "GET", e, Some(&token), None).await.0,
+        200
+    );
+    assert_eq!(
+        call(
+            &doc,
+            &server,
+            "GET",
+            &format!("{e}&token={token}"),
+            None,
+            None
+        )
+        .await
+        .0,
+        200
+    );
+
+    // 2. Integers written as whole floats (`1000000.0`, `1.699876543e9`),
+    //    valid JSON Schema integers, were refused: now they are those
+    //    integers, exactly; a fraction is still refused, also one a float
+    //    would round away.
+    let whole = r#"{"trackingId":"fx-1","amount":1000000.0,"timestamp":1.699876543e9,"status":"executed","signature":"fx-sig"}"#;
+    let (status, _) = call(
+        &doc,
+        &server,
+        "POST",
+        "/v1/payments",
+        Some(TOKEN),
+        Some(whole.into()),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (_, page) = call(&doc, &server, "GET", e, Some(&token), None).await;
+    assert_eq!(page["data"][0]["data"]["amount"], json!(1_000_000));
+    assert_eq!(page["data"][0]["data"]["timestamp"], json!(1_699_876_543));
+    let fraction = r#"{"trackingId":"fx-1","amount":4503599627370496.5,"timestamp":1,"status":"executed","signature":"fx-2"}"#;
+    let (status, body) = call(
+        &doc,
+        &server,
+        "POST",
+        "/v1/payments",
+        Some(TOKEN),
+        Some(fraction.into()),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["details"][0]["field"]),
+        (400, &json!("amount"))
+    );
+    let ttl = json!({ "trackingIds": ["fx-1"], "ttlSeconds": 60.0 }).to_string();
+    let (status, minted) = call(
+        &doc,
+        &server,
+        "POST",
+        "/v1/ws/tokens",
+        Some(API_KEY),
+        Some(ttl),
+    )
+    .await;
+    assert_eq!(status, 201, "{minted}");
+    let half = json!({ "trackingIds": ["fx-1"], "ttlSeconds": 60.5 }).to_string();
+    assert_eq!(
+        call(
+            &doc,
+            &server,
+            "POST",
+            "/v1/ws/tokens",
+            Some(API_KEY),
+            Some(half)
+        )
+        .await
+        .0,
+        400
+    );
+    server.stop().await.unwrap();
+}

@@ -15,7 +15,7 @@ use super::error::{
 };
 use super::query::{QueryError, StrictQuery};
 use super::state::AppState;
-use crate::auth;
+use crate::auth::{self, Access};
 use crate::model::{ErrorCode, EventId, check_tracking_id};
 
 /// Default and largest page of `GET /v1/events`.
@@ -108,7 +108,7 @@ impl ToSchema for Limit {}
         (status = 400, description = "A bad query: `INVALID_TRACKING_ID`, `INVALID_SINCE` (not an id this server could have issued), `INVALID_PAYLOAD` (limit).",
             body = BackfillQueryError,
             example = json!({ "error": { "code": "INVALID_SINCE", "message": "since is not an event id this server could have issued" } })),
-        (status = 401, description = "Token mode: the socket token is missing, invalid or expired.",
+        (status = 401, description = "Token mode: the socket token is missing, invalid or expired, or sent twice (as a bearer header and as the `token` parameter).",
             body = UnauthorizedError,
             example = json!({ "error": { "code": "UNAUTHORIZED", "message": "the token has expired" } })),
         (status = 403, description = "Token mode: the socket token does not cover this trackingId.",
@@ -127,7 +127,17 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let StrictQuery(q) = query.map_err(bad_query)?;
     // Token mode: who is asking comes before what is asked.
-    let token = auth::bearer(&headers).or(q.token.as_deref());
+    let token = match (auth::bearer(&headers), q.token.as_deref()) {
+        // Two credentials, perhaps different: which one speaks for the
+        // client is anybody's guess, so neither does (RFC 6750 section 2:
+        // a client uses one method per request).
+        (Some(_), Some(_)) if matches!(app.access, Access::Token(_)) => {
+            return Err(ApiError::unauthorized(
+                "Send the token once: as Authorization: Bearer or as the token query parameter, not both",
+            ));
+        }
+        (header, query) => header.or(query),
+    };
     let grant = app
         .access
         .grant(token)

@@ -6,6 +6,7 @@
 //! storage failure (`503`) after some of them, and a retry of the same
 //! request is then safe (what was stored answers `duplicate`).
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 
 use axum::Json;
@@ -14,6 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
@@ -25,7 +27,7 @@ use super::error::{
 use super::state::AppState;
 use crate::model::{
     DedupeKey, ErrorCode, EventId, MAX_SAFE_INTEGER, NewPayment, PaymentData, PaymentStatus,
-    check_tracking_id,
+    check_tracking_id, json_integer,
 };
 use crate::store::Appended;
 use crate::telemetry;
@@ -203,7 +205,45 @@ fn authorize(tokens: &IngestTokens, headers: &HeaderMap) -> Result<(), ApiError>
 /// one detail per bad field, capped; `PAYLOAD_TOO_LARGE` over
 /// `max_batch`). Public for the fuzz targets and property tests.
 pub fn parse_batch(bytes: &[u8], max_batch: usize) -> Result<Vec<NewPayment>, ApiError> {
-    validate(&parse_items(bytes, max_batch)?)
+    validate(&parse_items(bytes, max_batch)?, &Literals::new(bytes))
+}
+
+/// The literal text of the numbers of a body's items, read again (only)
+/// when a number is not a plain integer: `455.0` is 455, but whether
+/// `4503599627370496.5` is an integer cannot be told from the float it
+/// parses to.
+pub struct Literals<'a> {
+    body: &'a [u8],
+    items: OnceCell<Vec<HashMap<String, Box<RawValue>>>>,
+}
+
+impl<'a> Literals<'a> {
+    pub fn new(body: &'a [u8]) -> Self {
+        Literals {
+            body,
+            items: OnceCell::new(),
+        }
+    }
+
+    /// The literal of `field` of item `index` (of the object, for a body
+    /// that is one).
+    pub fn of(&self, index: usize, field: &str) -> Option<String> {
+        let items = self.items.get_or_init(|| {
+            let Ok(body) = serde_json::from_slice::<Box<RawValue>>(self.body) else {
+                return Vec::new();
+            };
+            let items = if body.get().starts_with('[') {
+                serde_json::from_str::<Vec<Box<RawValue>>>(body.get()).unwrap_or_default()
+            } else {
+                vec![body]
+            };
+            items
+                .iter()
+                .map(|item| serde_json::from_str(item.get()).unwrap_or_default())
+                .collect()
+        });
+        Some(items.get(index)?.get(field)?.get().to_owned())
+    }
 }
 
 /// The body as a list of items: one object is a batch of one.
@@ -233,12 +273,12 @@ fn parse_items(bytes: &[u8], max_batch: usize) -> Result<Vec<Value>, ApiError> {
 }
 
 /// Validates every item; any bad field rejects the whole request.
-fn validate(items: &[Value]) -> Result<Vec<NewPayment>, ApiError> {
+fn validate(items: &[Value], literals: &Literals) -> Result<Vec<NewPayment>, ApiError> {
     let mut details = Details::default();
     let payments: Vec<Option<NewPayment>> = items
         .iter()
         .enumerate()
-        .map(|(index, item)| validate_item(index, item, &mut details))
+        .map(|(index, item)| validate_item(index, item, &mut details, literals))
         .collect();
     if !details.is_empty() {
         return Err(details.into_error());
@@ -256,7 +296,12 @@ pub const FIELDS: [&str; 6] = [
     "idempotencyKey",
 ];
 
-fn validate_item(index: usize, item: &Value, details: &mut Details) -> Option<NewPayment> {
+fn validate_item(
+    index: usize,
+    item: &Value,
+    details: &mut Details,
+    literals: &Literals,
+) -> Option<NewPayment> {
     let before = details.total();
     let mut bad = |field: Option<&str>, message: String| {
         details.push(Detail {
@@ -291,10 +336,12 @@ fn validate_item(index: usize, item: &Value, details: &mut Details) -> Option<Ne
             None
         }
     };
+    let literal = |field: &str| literals.of(index, field);
     let amount = safe_integer(
         map,
         "amount",
         MAX_SAFE_INTEGER,
+        &literal,
         &mut bad,
         "a non-negative integer in the token's base units, at most 9007199254740991 (2^53 - 1) so that JavaScript clients read it exactly",
     );
@@ -302,6 +349,7 @@ fn validate_item(index: usize, item: &Value, details: &mut Details) -> Option<Ne
         map,
         "timestamp",
         MAX_TIMESTAMP_SECONDS,
+        &literal,
         &mut bad,
         "the on-chain execution time in seconds since the Unix epoch: a non-negative integer at most 253402300799 (milliseconds are not accepted)",
     );
@@ -345,12 +393,16 @@ fn safe_integer(
     map: &Map<String, Value>,
     field: &str,
     max: u64,
+    literal: &impl Fn(&str) -> Option<String>,
     bad: &mut impl FnMut(Option<&str>, String),
     what: &str,
 ) -> Option<u64> {
-    match map.get(field).and_then(Value::as_u64) {
-        Some(n) if n <= max => Some(n),
-        _ => {
+    let value = map
+        .get(field)
+        .and_then(|v| json_integer(v, || literal(field), max));
+    match value {
+        Some(n) => Some(n),
+        None => {
             bad(
                 Some(field),
                 format!("{field} is required and must be {what}"),
@@ -425,7 +477,8 @@ mod tests {
 
     fn fields(item: Value) -> Vec<Option<String>> {
         let mut details = Details::default();
-        validate_item(0, &item, &mut details);
+        let text = item.to_string();
+        validate_item(0, &item, &mut details, &Literals::new(text.as_bytes()));
         details.kept().iter().map(|d| d.field.clone()).collect()
     }
 
@@ -473,9 +526,47 @@ mod tests {
     }
 
     #[test]
+    fn whole_numbers_are_integers_and_fractions_are_refused_exactly() {
+        let body = |amount: &str, timestamp: &str| {
+            format!(
+                r#"[{{"trackingId":"t","amount":1,"timestamp":1,"status":"failed","signature":"a"}},
+                    {{"trackingId":"t","amount":{amount},"timestamp":{timestamp},"status":"failed","signature":"b"}}]"#
+            )
+        };
+        let ok = parse_batch(body("1000000.0", "1.699876543e9").as_bytes(), 10).unwrap();
+        assert_eq!(
+            (ok[1].data.amount, ok[1].data.timestamp),
+            (1_000_000, 1_699_876_543)
+        );
+        for (amount, timestamp, field) in [
+            ("4503599627370496.5", "1", "amount"),
+            ("1.5", "1", "amount"),
+            ("9007199254740992.0", "1", "amount"),
+            ("1", "1699876543210.0", "timestamp"),
+            ("1", "1.0000000000000001", "timestamp"),
+        ] {
+            let err = parse_batch(body(amount, timestamp).as_bytes(), 10).unwrap_err();
+            let bad: Vec<_> = err
+                .details()
+                .iter()
+                .map(|d| (d.index, d.field.clone()))
+                .collect();
+            assert_eq!(bad, [(1, Some(field.to_owned()))], "{amount} {timestamp}");
+        }
+        let one =
+            r#"{"trackingId":"t","amount":2e3,"timestamp":5,"status":"failed","signature":"a"}"#;
+        assert_eq!(
+            parse_batch(one.as_bytes(), 10).unwrap()[0].data.amount,
+            2000
+        );
+    }
+
+    #[test]
     fn idempotency_key_wins_over_signature() {
         let mut details = Details::default();
-        let p = validate_item(0, &with("idempotencyKey", json!("k")), &mut details).unwrap();
+        let item = with("idempotencyKey", json!("k"));
+        let text = item.to_string();
+        let p = validate_item(0, &item, &mut details, &Literals::new(text.as_bytes())).unwrap();
         assert_eq!(p.dedupe, DedupeKey::Idempotency("k".into()));
         assert_eq!(p.data.signature.as_deref(), Some("sig"));
     }

@@ -17,9 +17,10 @@ use super::body::{read_bounded, refuse_unread};
 use super::error::{
     ApiError, Detail, InvalidPayloadError, NotFoundError, PayloadTooLargeError, UnauthorizedError,
 };
+use super::ingest::Literals;
 use super::state::AppState;
 use crate::auth::{self, Access};
-use crate::model::{ErrorCode, check_tracking_id, now_ms};
+use crate::model::{ErrorCode, check_tracking_id, json_integer, now_ms};
 use crate::telemetry;
 
 /// `ttlSeconds` when the request does not say.
@@ -194,7 +195,12 @@ pub fn parse_mint(bytes: &[u8], max_entries: usize) -> Result<MintRequest, ApiEr
     };
     let ttl_seconds = match fields.get("ttlSeconds") {
         None | Some(Value::Null) => DEFAULT_TTL_SECONDS,
-        Some(v) => match v.as_u64() {
+        // `60.0` is 60, as for ingest's integers.
+        Some(v) => match json_integer(
+            v,
+            || Literals::new(bytes).of(0, "ttlSeconds"),
+            MAX_TTL_SECONDS,
+        ) {
             Some(n @ 1..=MAX_TTL_SECONDS) => n,
             _ => {
                 bad(
@@ -258,6 +264,13 @@ mod tests {
                 .ttl_seconds,
             3600
         );
+        // A whole number written with a fraction is that integer.
+        assert_eq!(
+            parse(json!({ "trackingIds": ["a"], "ttlSeconds": 60.0 }))
+                .unwrap()
+                .ttl_seconds,
+            60
+        );
     }
 
     #[test]
@@ -298,6 +311,11 @@ mod tests {
             ),
             (
                 json!({ "trackingIds": ["a"], "ttlSeconds": 1.5 }),
+                "ttlSeconds",
+                "1 to 3600",
+            ),
+            (
+                json!({ "trackingIds": ["a"], "ttlSeconds": 0.0 }),
                 "ttlSeconds",
                 "1 to 3600",
             ),
