@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests, then the
 # end-to-end suite (official socket.io-client from npm, headless Chromium,
-# real redis-server and nginx processes started by the tests on free ports).
+# real redis-server and nginx processes started by the tests on free ports),
+# the Python example, and schemathesis against the OpenAPI document.
 # Installs what a fresh Debian machine lacks (as root, from Debian's packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,3 +44,7 @@ bin="$(pwd)/target/debug/tidings"
   timeout 300 "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt
   TIDINGS_BIN="$bin" timeout 300 "$venv/bin/python" -m unittest -v test_tidings_watch
 )
+
+# The OpenAPI document against the live server: schemathesis (PyPI, in a
+# venv of its own), every check, token mode and open mode.
+TIDINGS_BIN="$bin" timeout 900 bash tests/openapi/run.sh
