@@ -871,6 +871,24 @@ async fn schemathesis_findings_stay_fixed() {
         200
     );
 
+    // 1b. An Authorization header that is not `Bearer <token>` was passed
+    //     over for a valid `token` parameter: now it is refused, alone or not.
+    for authorization in ["Basic abc", "Bearer", "garbage"] {
+        for path in [format!("{e}&token={token}"), e.to_owned()] {
+            let res = support::http()
+                .get(server.url(&path))
+                .header("authorization", authorization)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let headers = res.headers().clone();
+            let bytes = res.bytes().await.unwrap();
+            conforms(&doc, "GET", "/v1/events", status, &headers, &bytes);
+            assert_eq!(status, 401, "{authorization} {path}");
+        }
+    }
+
     // 2. Integers written as whole floats (`1000000.0`, `1.699876543e9`),
     //    valid JSON Schema integers, were refused: now they are those
     //    integers, exactly; a fraction is still refused, also one a float

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -108,7 +108,7 @@ impl ToSchema for Limit {}
         (status = 400, description = "A bad query: `INVALID_TRACKING_ID`, `INVALID_SINCE` (not an id this server could have issued), `INVALID_PAYLOAD` (limit).",
             body = BackfillQueryError,
             example = json!({ "error": { "code": "INVALID_SINCE", "message": "since is not an event id this server could have issued" } })),
-        (status = 401, description = "Token mode: the socket token is missing, invalid or expired, or sent twice (as a bearer header and as the `token` parameter).",
+        (status = 401, description = "Token mode: the socket token is missing, invalid or expired; or the request has an `Authorization` header that is not `Bearer <token>`, or both the header and the `token` parameter.",
             body = UnauthorizedError,
             example = json!({ "error": { "code": "UNAUTHORIZED", "message": "the token has expired" } })),
         (status = 403, description = "Token mode: the socket token does not cover this trackingId.",
@@ -127,16 +127,10 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let StrictQuery(q) = query.map_err(bad_query)?;
     // Token mode: who is asking comes before what is asked.
-    let token = match (auth::bearer(&headers), q.token.as_deref()) {
-        // Two credentials, perhaps different: which one speaks for the
-        // client is anybody's guess, so neither does (RFC 6750 section 2:
-        // a client uses one method per request).
-        (Some(_), Some(_)) if matches!(app.access, Access::Token(_)) => {
-            return Err(ApiError::unauthorized(
-                "Send the token once: as Authorization: Bearer or as the token query parameter, not both",
-            ));
-        }
-        (header, query) => header.or(query),
+    let token = if matches!(app.access, Access::Token(_)) {
+        presented_token(&headers, q.token.as_deref())?
+    } else {
+        None
     };
     let grant = app
         .access
@@ -181,6 +175,27 @@ pub async fn events(
         truncated: page.truncated,
     })
     .into_response())
+}
+
+/// The socket token a backfill request presents (token mode): the bearer
+/// credential, or the `token` parameter. An `Authorization` header is the
+/// credential whatever it holds, so one that is not `Bearer <token>` is
+/// refused rather than passed over for the parameter, and so is a request
+/// with both: which one speaks for the client would be anybody's guess
+/// (RFC 6750 section 2: one method per request).
+fn presented_token<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Result<Option<&'a str>, ApiError> {
+    match (headers.contains_key(header::AUTHORIZATION), query) {
+        (true, Some(_)) => Err(ApiError::unauthorized(
+            "Send the token once: as Authorization: Bearer or as the token query parameter, not both",
+        )),
+        (true, None) => auth::bearer(headers)
+            .map(Some)
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be Bearer <socket token>")),
+        (false, query) => Ok(query),
+    }
 }
 
 /// A query refused by [`StrictQuery`], with the code of the parameter at
