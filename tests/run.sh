@@ -4,7 +4,8 @@
 # real redis-server, nginx and haproxy processes started by the tests on
 # free ports; systemd-analyze for the shipped unit; promtool for the alert
 # rules), then the client SDK's tests (Node and headless Chromium), the
-# dashboard example's and the Python example's.
+# dashboard example's and the Python example's, and schemathesis against
+# the OpenAPI document.
 # Installs what a fresh Debian machine lacks (as root, from Debian's packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,3 +68,7 @@ bin="$(pwd)/target/debug/tidings"
   timeout 300 "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt
   TIDINGS_BIN="$bin" timeout 300 "$venv/bin/python" -m unittest -v test_tidings_watch
 )
+
+# The OpenAPI document against the live server: schemathesis (PyPI, in a
+# venv of its own), every check, token mode and open mode.
+TIDINGS_BIN="$bin" timeout 900 bash tests/openapi/run.sh

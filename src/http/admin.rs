@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
-use super::events::{PageRequest, bad_query};
+use super::events::{bad_query, limit_param, required_tracking_id, since_param};
 use super::query::{QueryError, StrictQuery};
 use super::state::AppState;
 use crate::admin::{Admin, NodeView};
@@ -131,19 +131,16 @@ pub async fn tracking(
 ) -> Result<Response, ApiError> {
     let admin = authorize(&app, &headers)?;
     let StrictQuery(q) = query.map_err(bad_query)?;
-    let tail = q.since.as_deref().is_some_and(|s| !s.is_empty());
-    let request = PageRequest::parse(q.tracking_id, q.since.as_deref(), q.limit.as_deref())?;
-    let tid = request.tracking_id.as_str();
+    let tracking_id = required_tracking_id(q.tracking_id)?;
+    let since = since_param(q.since.as_deref())?;
+    let limit = limit_param(q.limit.as_deref(), LATEST as usize)?;
+    let tid = tracking_id.as_str();
     admin.inspect(tid).await?;
-    let page = if tail {
-        app.store.read(tid, request.since, request.limit).await?
+    let page = if since.is_some() {
+        app.store.read(tid, since, limit).await?
     } else {
         // Where the history stands, then its last events.
-        let latest = if q.limit.is_some() {
-            request.limit as u64
-        } else {
-            LATEST
-        };
+        let latest = limit as u64;
         let head = app.store.read(tid, None, 1).await?;
         let since = (head.position.seq > latest).then(|| EventId {
             epoch: head.position.epoch,
@@ -164,7 +161,7 @@ pub async fn tracking(
         })
         .collect();
     Ok(Json(TrackingBody {
-        tracking_id: request.tracking_id.clone(),
+        tracking_id: tracking_id.clone(),
         position: page.position,
         history: History {
             data: page.events.into_iter().map(|e| e.envelope).collect(),

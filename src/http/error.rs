@@ -1,11 +1,18 @@
 //! Every HTTP error answers `{ "error": { "code", "message", "details"? } }`
 //! (contract section 3). [`ApiError`] is that body with its status, and
-//! the one mapping from store errors to HTTP answers.
+//! the one mapping from store errors to HTTP answers. The schemas of that
+//! body for the OpenAPI document are here too: [`ErrorBody`] with every
+//! code, and one schema per kind of answer with the codes it can carry.
+
+use std::borrow::Cow;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::openapi::schema::{AdditionalProperties, ArrayBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::model::ErrorCode;
 use crate::store::StoreError;
@@ -18,10 +25,13 @@ const RETRY_AFTER_SECONDS: &str = "1";
 pub const MAX_DETAILS: usize = 100;
 
 /// One bad field of one item of a request body.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Detail {
+    /// The item's position in the request (a single-object body is 0).
     pub index: usize,
     /// The field, or `null` when the item itself is wrong (not an object).
+    #[schema(required = true)]
     pub field: Option<String>,
     pub message: String,
 }
@@ -190,6 +200,140 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// The error body `{ "error": { "code", "message", "details"? } }` whose
+/// `code` is one of `codes`; `details` (the bad fields) only where `details`.
+/// Closed objects: a field the contract does not name is a failure of the
+/// response schema check.
+fn error_schema(codes: &[ErrorCode], details: bool, description: &str) -> RefOr<Schema> {
+    let mut inner = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property(
+            "code",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(codes.iter().map(|c| c.as_str()))),
+        )
+        .required("code")
+        .property("message", ObjectBuilder::new().schema_type(Type::String))
+        .required("message")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    if details {
+        inner = inner.property(
+            "details",
+            ArrayBuilder::new().items(Ref::from_schema_name(Detail::name())),
+        );
+    }
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(description))
+        .property("error", inner)
+        .required("error")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .build()
+        .into()
+}
+
+/// Declares a schema-only type for the error body of one kind of answer.
+macro_rules! error_schema {
+    ($(#[$doc:meta])* $name:ident, [$($code:ident),+], details: $details:expr, $description:expr) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                error_schema(&[$(ErrorCode::$code),+], $details, $description)
+            }
+        }
+        impl ToSchema for $name {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed(stringify!($name))
+            }
+            fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+                if $details {
+                    schemas.push((Detail::name().into_owned(), Detail::schema()));
+                }
+            }
+        }
+    };
+}
+
+error_schema!(
+    /// Any error answer, with every code.
+    ErrorBody,
+    [
+        InvalidTrackingId,
+        InvalidPayload,
+        InvalidSince,
+        TooManySubscriptions,
+        RateLimited,
+        Unauthorized,
+        Forbidden,
+        HistoryTruncated,
+        ConnectionError,
+        PayloadTooLarge,
+        Unavailable,
+        NotFound,
+        MethodNotAllowed
+    ],
+    details: true,
+    "Every error answer has this shape (contract section 3); each answer's own schema names the codes it can carry."
+);
+error_schema!(
+    /// A refused request body (`400`), or one not received in time (`408`).
+    InvalidPayloadError,
+    [InvalidPayload],
+    details: true,
+    "`details` lists the bad fields (the first 100; the message says how many there were) when the body was read and validated; a body that is not JSON, or not received in time, has none."
+);
+error_schema!(
+    /// A refused backfill query (`400`).
+    BackfillQueryError,
+    [InvalidTrackingId, InvalidSince, InvalidPayload],
+    details: false,
+    "`INVALID_TRACKING_ID` (trackingId), `INVALID_SINCE` (since), `INVALID_PAYLOAD` (limit, or a query string that is not valid UTF-8 once percent-decoded or repeats a parameter)."
+);
+error_schema!(
+    /// A missing or wrong credential (`401`).
+    UnauthorizedError,
+    [Unauthorized],
+    details: false,
+    "The credential is missing, wrong, or (a socket token) invalid or expired."
+);
+error_schema!(
+    /// A socket token that does not cover the trackingId (`403`).
+    ForbiddenError,
+    [Forbidden],
+    details: false,
+    "The socket token does not cover this trackingId."
+);
+error_schema!(
+    /// No such endpoint, or minting in open mode (`404`).
+    NotFoundError,
+    [NotFound],
+    details: false,
+    "Not found."
+);
+error_schema!(
+    /// A method the path does not serve (`405`, with `Allow`).
+    MethodNotAllowedError,
+    [MethodNotAllowed],
+    details: false,
+    "The path does not serve this method; `Allow` lists those it serves."
+);
+error_schema!(
+    /// A body or batch over its limit (`413`).
+    PayloadTooLargeError,
+    [PayloadTooLarge],
+    details: false,
+    "The body is over `--max-body` bytes, or the batch over `--max-batch` payments."
+);
+error_schema!(
+    /// Storage unreachable, or the node shutting down (`503`, with `Retry-After`).
+    UnavailableError,
+    [Unavailable],
+    details: false,
+    "The storage is unreachable or the node is shutting down: retry the same request (after `Retry-After` seconds), on another node if need be."
+);
 
 #[cfg(test)]
 mod tests {

@@ -4,15 +4,18 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{
+    ApiError, BackfillQueryError, ForbiddenError, UnauthorizedError, UnavailableError,
+};
 use super::query::{QueryError, StrictQuery};
 use super::state::AppState;
-use crate::auth;
+use crate::auth::{self, Access};
 use crate::model::{ErrorCode, EventId, check_tracking_id};
 
 /// Default and largest page of `GET /v1/events`.
@@ -29,16 +32,94 @@ pub struct EventsQuery {
     token: Option<String>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct EventsPage {
+/// A page of backfill.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventsPage {
+    /// The retained `payment` envelopes after `since`, in seq order, exactly
+    /// as sockets receive them.
+    #[schema(value_type = Vec<crate::model::PaymentEnvelope>)]
     data: Vec<Arc<RawValue>>,
+    /// More events follow this page: ask again with `since` = the last id.
     has_more: bool,
+    /// Something after `since` is no longer retained (or the history
+    /// `since` came from was lost): the page starts at the oldest retained
+    /// event, and the client has a gap.
     truncated: bool,
 }
 
-/// `GET /v1/events?trackingId=&since=&limit=`: the retained `payment`
-/// envelopes after `since`, exactly as sockets receive them.
+/// The `limit` query parameter.
+pub struct Limit;
+
+impl utoipa::PartialSchema for Limit {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Integer)
+            .minimum(Some(1))
+            // Anything the server can read is accepted; above MAX_PAGE it is lowered.
+            .maximum(Some(usize::MAX))
+            .default(Some(DEFAULT_PAGE.into()))
+            .description(Some(format!(
+                "Events per page, default {DEFAULT_PAGE}; a larger value than {MAX_PAGE} is lowered to {MAX_PAGE}."
+            )))
+            .build()
+            .into()
+    }
+}
+
+impl ToSchema for Limit {}
+
+/// Backfill.
+///
+/// The retained `payment` envelopes of a trackingId after `since`, in seq
+/// order: the same objects the socket sends, so a client fills a `seq` gap
+/// or resumes from here. Without `since` (or with `since=` empty) the page
+/// starts at the oldest retained event. In token mode it needs a socket
+/// token covering the trackingId (who is asking is checked before the
+/// query).
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "backfill",
+    operation_id = "backfill",
+    params(
+        ("trackingId" = crate::model::schema::TrackingId, Query, description = "The trackingId whose events to read.",
+            example = "sub-1"),
+        ("since" = Option<crate::model::schema::Since>, Query,
+            description = "The last event id the client saw; the page starts after it.",
+            example = "1699876543210-41"),
+        ("limit" = Option<Limit>, Query, example = 100),
+    ),
+    security((), ("socketToken" = []), ("socketTokenQuery" = [])),
+    responses(
+        (status = 200, description = "A page of events.", body = EventsPage,
+            examples(
+                ("page" = (summary = "A page with one payment (the payment envelope of contract section 1)",
+                    value = json!({ "data": [
+                        { "type": "payment_notification",
+                          "id": "1699876543210-0", "seq": 42,
+                          "data": { "trackingId": "sub-1", "amount": 1000000, "timestamp": 1699876543u64,
+                                    "status": "executed", "signature": "5Jt...base58" },
+                          "timestamp": 1699876543210u64 }
+                    ], "hasMore": false, "truncated": false }))),
+                ("truncated" = (summary = "Nothing retained after since, and events were lost",
+                    value = json!({ "data": [], "hasMore": false, "truncated": true }))),
+            )),
+        (status = 400, description = "A bad query: `INVALID_TRACKING_ID`, `INVALID_SINCE` (not an id this server could have issued), `INVALID_PAYLOAD` (limit).",
+            body = BackfillQueryError,
+            example = json!({ "error": { "code": "INVALID_SINCE", "message": "since is not an event id this server could have issued" } })),
+        (status = 401, description = "Token mode: the socket token is missing, invalid or expired; or the request has an `Authorization` header that is not `Bearer <token>`, or both the header and the `token` parameter.",
+            body = UnauthorizedError,
+            example = json!({ "error": { "code": "UNAUTHORIZED", "message": "the token has expired" } })),
+        (status = 403, description = "Token mode: the socket token does not cover this trackingId.",
+            body = ForbiddenError,
+            example = json!({ "error": { "code": "FORBIDDEN", "message": "The token does not cover this trackingId" } })),
+        (status = 503, description = "The storage is unreachable.",
+            body = UnavailableError,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying.")),
+            example = json!({ "error": { "code": "UNAVAILABLE", "message": "Storage is unavailable; retry the same request" } })),
+    ),
+)]
 pub async fn events(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -46,21 +127,23 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let StrictQuery(q) = query.map_err(bad_query)?;
     // Token mode: who is asking comes before what is asked.
-    let token = auth::bearer(&headers).or(q.token.as_deref());
+    let token = if matches!(app.access, Access::Token(_)) {
+        presented_token(&headers, q.token.as_deref())?
+    } else {
+        None
+    };
     let grant = app
         .access
         .grant(token)
         .map_err(|e| ApiError::unauthorized(format!("{e}")))?;
-    let PageRequest {
-        tracking_id,
-        since,
-        limit,
-    } = PageRequest::parse(q.tracking_id, q.since.as_deref(), q.limit.as_deref())?;
+    let tracking_id = required_tracking_id(q.tracking_id)?;
     if grant.is_some_and(|g| !g.covers(&tracking_id)) {
         return Err(ApiError::forbidden(
             "The token does not cover this trackingId",
         ));
     }
+    let since = since_param(q.since.as_deref())?;
+    let limit = limit_param(q.limit.as_deref(), DEFAULT_PAGE)?;
     let page = app.store.read(&tracking_id, since, limit).await?;
     Ok(Json(EventsPage {
         data: page.events.into_iter().map(|e| e.envelope).collect(),
@@ -70,52 +153,65 @@ pub async fn events(
     .into_response())
 }
 
-/// A page of one trackingId's history asked for: `trackingId`, `since`
-/// (absent or empty: from the oldest retained) and `limit`, checked.
-pub struct PageRequest {
-    pub tracking_id: String,
-    pub since: Option<EventId>,
-    pub limit: usize,
+/// The socket token a backfill request presents (token mode): the bearer
+/// credential, or the `token` parameter. An `Authorization` header is the
+/// credential whatever it holds, so one that is not `Bearer <token>` is
+/// refused rather than passed over for the parameter, and so is a request
+/// with both: which one speaks for the client would be anybody's guess
+/// (RFC 6750 section 2: one method per request).
+fn presented_token<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Result<Option<&'a str>, ApiError> {
+    match (headers.contains_key(header::AUTHORIZATION), query) {
+        (true, Some(_)) => Err(ApiError::unauthorized(
+            "Send the token once: as Authorization: Bearer or as the token query parameter, not both",
+        )),
+        (true, None) => auth::bearer(headers)
+            .map(Some)
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be Bearer <socket token>")),
+        (false, query) => Ok(query),
+    }
 }
 
-impl PageRequest {
-    pub fn parse(
-        tracking_id: Option<String>,
-        since: Option<&str>,
-        limit: Option<&str>,
-    ) -> Result<PageRequest, ApiError> {
-        let tracking_id = tracking_id.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidTrackingId,
-                "trackingId is required",
-            )
-        })?;
-        check_tracking_id(&tracking_id)
-            .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidTrackingId, m))?;
-        let since = match since {
-            None | Some("") => None,
-            Some(s) => Some(
-                s.parse::<EventId>()
-                    .map_err(|_| ApiError::from(crate::store::StoreError::InvalidSince))?,
-            ),
-        };
-        let limit = match limit {
-            None => DEFAULT_PAGE,
-            Some(s) => match s.parse::<usize>() {
-                Ok(n) if n >= 1 => n.min(MAX_PAGE),
-                _ => {
-                    return Err(ApiError::invalid_payload(format!(
-                        "limit must be an integer from 1 to {MAX_PAGE}"
-                    )));
-                }
-            },
-        };
-        Ok(PageRequest {
-            tracking_id,
-            since,
-            limit,
-        })
+/// A query refused by [`StrictQuery`], with the code of the parameter at
+/// fault.
+/// The `trackingId` parameter, required and checked.
+pub fn required_tracking_id(tracking_id: Option<String>) -> Result<String, ApiError> {
+    let tracking_id = tracking_id.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidTrackingId,
+            "trackingId is required",
+        )
+    })?;
+    check_tracking_id(&tracking_id)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidTrackingId, m))?;
+    Ok(tracking_id)
+}
+
+/// The `since` parameter: absent or empty is from the oldest retained.
+pub fn since_param(since: Option<&str>) -> Result<Option<EventId>, ApiError> {
+    match since {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse::<EventId>()
+            .map(Some)
+            .map_err(|_| ApiError::from(crate::store::StoreError::InvalidSince)),
+    }
+}
+
+/// The `limit` parameter: 1 or more (lowered to [`MAX_PAGE`]), `default`
+/// when absent.
+pub fn limit_param(limit: Option<&str>, default: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n.min(MAX_PAGE)),
+            _ => Err(ApiError::invalid_payload(format!(
+                "limit must be an integer from 1 to {MAX_PAGE}"
+            ))),
+        },
     }
 }
 

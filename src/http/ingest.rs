@@ -6,6 +6,7 @@
 //! storage failure (`503`) after some of them, and a retry of the same
 //! request is then safe (what was stored answers `duplicate`).
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -15,48 +16,120 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::body::{read_bounded, refuse_unread};
-use super::error::{ApiError, Detail, Details};
+use super::error::{
+    ApiError, Detail, Details, InvalidPayloadError, PayloadTooLargeError, UnauthorizedError,
+    UnavailableError,
+};
 use super::state::AppState;
 use crate::model::{
     DedupeKey, ErrorCode, EventId, MAX_SAFE_INTEGER, NewPayment, PaymentData, PaymentStatus,
-    check_tracking_id,
+    check_tracking_id, json_integer,
 };
 use crate::store::Appended;
 use crate::telemetry;
 
-/// Largest accepted `timestamp`: 9999-12-31T23:59:59Z in seconds. A value
-/// above it is almost surely milliseconds, which the contract forbids.
-pub const MAX_TIMESTAMP_SECONDS: u64 = 253_402_300_799;
-
-/// Longest `signature` or `idempotencyKey`, in bytes.
-pub const MAX_KEY_BYTES: usize = 256;
+pub use crate::model::{MAX_KEY_BYTES, MAX_TIMESTAMP_SECONDS};
 
 /// The ingest tokens (`--ingest-token`).
 pub use crate::auth::BearerKeys as IngestTokens;
 
-/// One entry of a `202` answer, in request order.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Accepted {
+/// The `202` answer: one entry per item, in request order.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptedBody {
+    data: Vec<Accepted>,
+}
+
+/// One entry of a `202` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Accepted {
+    /// The event id (for a duplicate, the original's).
     id: EventId,
+    /// The event's seq (for a duplicate, the original's).
+    #[schema(minimum = 1)]
     seq: u64,
+    #[schema(value_type = crate::model::schema::TrackingId)]
     tracking_id: String,
+    /// Whether the payment was already stored (same trackingId and
+    /// idempotencyKey, else signature, within the dedupe window): it was
+    /// not stored or broadcast again.
     duplicate: bool,
 }
 
-/// `POST /v1/payments`.
+/// Ingest payments.
+///
+/// One payment or a batch (an array) of them. Every item is validated
+/// before anything is stored: one bad item refuses the whole request
+/// (`400`, one detail per bad field) and nothing is published. `202` comes
+/// only once every accepted event is stored and published. Idempotent per
+/// (trackingId, idempotencyKey), else (trackingId, signature): a repeat
+/// answers `duplicate: true` with the original id and seq, and a retry of a
+/// request that got `503` is always safe. The token is checked before the
+/// body is read; answers that refuse an unread body (`401`, `503`) and
+/// those about the body itself (`408`, `413`) close the connection.
+#[utoipa::path(
+    post,
+    path = "/v1/payments",
+    tag = "ingest",
+    operation_id = "ingestPayments",
+    security(("ingestToken" = [])),
+    request_body(
+        content = crate::http::openapi::IngestBody,
+        content_type = "application/json",
+        description = "One payment, or an array of 1 to `--max-batch` payments (default 1000), at most `--max-body` bytes (default 1 MiB).",
+        examples(
+            ("payment" = (summary = "One payment (contract section 3)",
+                value = json!({ "trackingId": "sub-1", "amount": 1000000, "timestamp": 1699876543u64,
+                                "status": "executed", "signature": "5Jt...base58" }))),
+            ("batch" = (summary = "A batch, with a payment that never reached the chain (an idempotencyKey instead of a signature)",
+                value = json!([
+                    { "trackingId": "sub-1", "amount": 1000000, "timestamp": 1699876543u64,
+                      "status": "executed", "signature": "5Jt...base58" },
+                    { "trackingId": "sub-2", "amount": 250000, "timestamp": 1699876544u64,
+                      "status": "failed", "idempotencyKey": "sub-2:attempt-1" }
+                ]))),
+        ),
+    ),
+    responses(
+        (status = 202, description = "Every item is stored and published (or was a duplicate), one entry per item in request order.",
+            body = AcceptedBody,
+            example = json!({ "data": [
+                { "id": "1699876543210-42", "seq": 42, "trackingId": "sub-1", "duplicate": false }
+            ] })),
+        (status = 400, description = "The body is not JSON, or at least one item is invalid: nothing was stored.",
+            body = InvalidPayloadError,
+            example = json!({ "error": { "code": "INVALID_PAYLOAD",
+                "message": "1 invalid field(s); nothing was stored",
+                "details": [ { "index": 2, "field": "amount",
+                    "message": "amount is required and must be a non-negative integer in the token's base units, at most 9007199254740991 (2^53 - 1) so that JavaScript clients read it exactly" } ] } })),
+        (status = 401, description = "Missing or wrong ingest token (or no `--ingest-token` configured), checked before the body is read.",
+            body = UnauthorizedError,
+            example = json!({ "error": { "code": "UNAUTHORIZED", "message": "Invalid ingest token" } })),
+        (status = 408, description = "The body did not arrive whole within the body timeout (10 s); nothing was stored.",
+            body = InvalidPayloadError,
+            example = json!({ "error": { "code": "INVALID_PAYLOAD", "message": "The request body was not received within 10 s" } })),
+        (status = 413, description = "The body is over `--max-body` bytes or the batch over `--max-batch` payments; nothing was stored.",
+            body = PayloadTooLargeError,
+            example = json!({ "error": { "code": "PAYLOAD_TOO_LARGE", "message": "A batch holds at most 1000 payments; got 1001" } })),
+        (status = 503, description = "The storage is unreachable or the node is shutting down. Each trackingId's payments of the request were stored whole or not at all; retrying the same request is safe (what was stored answers `duplicate`).",
+            body = UnavailableError,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying.")),
+            example = json!({ "error": { "code": "UNAVAILABLE", "message": "Storage is unavailable; retry the same request" } })),
+    ),
+)]
 pub async fn ingest(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let _in_flight = app.ingest_started();
     let response = match accept(&app, &headers, body).await {
-        Ok(accepted) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "data": accepted })),
-        )
-            .into_response(),
+        Ok(accepted) => {
+            (StatusCode::ACCEPTED, Json(AcceptedBody { data: accepted })).into_response()
+        }
         Err(err) => err.into_response(),
     };
     let status = response.status().as_str().to_owned();
@@ -142,7 +215,45 @@ fn authorize(tokens: &IngestTokens, headers: &HeaderMap) -> Result<(), ApiError>
 /// one detail per bad field, capped; `PAYLOAD_TOO_LARGE` over
 /// `max_batch`). Public for the fuzz targets and property tests.
 pub fn parse_batch(bytes: &[u8], max_batch: usize) -> Result<Vec<NewPayment>, ApiError> {
-    validate(&parse_items(bytes, max_batch)?)
+    validate(&parse_items(bytes, max_batch)?, &Literals::new(bytes))
+}
+
+/// The literal text of the numbers of a body's items, read again (only)
+/// when a number is not a plain integer: `455.0` is 455, but whether
+/// `4503599627370496.5` is an integer cannot be told from the float it
+/// parses to.
+pub struct Literals<'a> {
+    body: &'a [u8],
+    items: OnceCell<Vec<HashMap<String, Box<RawValue>>>>,
+}
+
+impl<'a> Literals<'a> {
+    pub fn new(body: &'a [u8]) -> Self {
+        Literals {
+            body,
+            items: OnceCell::new(),
+        }
+    }
+
+    /// The literal of `field` of item `index` (of the object, for a body
+    /// that is one).
+    pub fn of(&self, index: usize, field: &str) -> Option<String> {
+        let items = self.items.get_or_init(|| {
+            let Ok(body) = serde_json::from_slice::<Box<RawValue>>(self.body) else {
+                return Vec::new();
+            };
+            let items = if body.get().starts_with('[') {
+                serde_json::from_str::<Vec<Box<RawValue>>>(body.get()).unwrap_or_default()
+            } else {
+                vec![body]
+            };
+            items
+                .iter()
+                .map(|item| serde_json::from_str(item.get()).unwrap_or_default())
+                .collect()
+        });
+        Some(items.get(index)?.get(field)?.get().to_owned())
+    }
 }
 
 /// The body as a list of items: one object is a batch of one.
@@ -172,12 +283,12 @@ fn parse_items(bytes: &[u8], max_batch: usize) -> Result<Vec<Value>, ApiError> {
 }
 
 /// Validates every item; any bad field rejects the whole request.
-fn validate(items: &[Value]) -> Result<Vec<NewPayment>, ApiError> {
+fn validate(items: &[Value], literals: &Literals) -> Result<Vec<NewPayment>, ApiError> {
     let mut details = Details::default();
     let payments: Vec<Option<NewPayment>> = items
         .iter()
         .enumerate()
-        .map(|(index, item)| validate_item(index, item, &mut details))
+        .map(|(index, item)| validate_item(index, item, &mut details, literals))
         .collect();
     if !details.is_empty() {
         return Err(details.into_error());
@@ -195,7 +306,12 @@ pub const FIELDS: [&str; 6] = [
     "idempotencyKey",
 ];
 
-fn validate_item(index: usize, item: &Value, details: &mut Details) -> Option<NewPayment> {
+fn validate_item(
+    index: usize,
+    item: &Value,
+    details: &mut Details,
+    literals: &Literals,
+) -> Option<NewPayment> {
     let before = details.total();
     let mut bad = |field: Option<&str>, message: String| {
         details.push(Detail {
@@ -230,10 +346,12 @@ fn validate_item(index: usize, item: &Value, details: &mut Details) -> Option<Ne
             None
         }
     };
+    let literal = |field: &str| literals.of(index, field);
     let amount = safe_integer(
         map,
         "amount",
         MAX_SAFE_INTEGER,
+        &literal,
         &mut bad,
         "a non-negative integer in the token's base units, at most 9007199254740991 (2^53 - 1) so that JavaScript clients read it exactly",
     );
@@ -241,6 +359,7 @@ fn validate_item(index: usize, item: &Value, details: &mut Details) -> Option<Ne
         map,
         "timestamp",
         MAX_TIMESTAMP_SECONDS,
+        &literal,
         &mut bad,
         "the on-chain execution time in seconds since the Unix epoch: a non-negative integer at most 253402300799 (milliseconds are not accepted)",
     );
@@ -284,12 +403,16 @@ fn safe_integer(
     map: &Map<String, Value>,
     field: &str,
     max: u64,
+    literal: &impl Fn(&str) -> Option<String>,
     bad: &mut impl FnMut(Option<&str>, String),
     what: &str,
 ) -> Option<u64> {
-    match map.get(field).and_then(Value::as_u64) {
-        Some(n) if n <= max => Some(n),
-        _ => {
+    let value = map
+        .get(field)
+        .and_then(|v| json_integer(v, || literal(field), max));
+    match value {
+        Some(n) => Some(n),
+        None => {
             bad(
                 Some(field),
                 format!("{field} is required and must be {what}"),
@@ -364,7 +487,8 @@ mod tests {
 
     fn fields(item: Value) -> Vec<Option<String>> {
         let mut details = Details::default();
-        validate_item(0, &item, &mut details);
+        let text = item.to_string();
+        validate_item(0, &item, &mut details, &Literals::new(text.as_bytes()));
         details.kept().iter().map(|d| d.field.clone()).collect()
     }
 
@@ -412,9 +536,47 @@ mod tests {
     }
 
     #[test]
+    fn whole_numbers_are_integers_and_fractions_are_refused_exactly() {
+        let body = |amount: &str, timestamp: &str| {
+            format!(
+                r#"[{{"trackingId":"t","amount":1,"timestamp":1,"status":"failed","signature":"a"}},
+                    {{"trackingId":"t","amount":{amount},"timestamp":{timestamp},"status":"failed","signature":"b"}}]"#
+            )
+        };
+        let ok = parse_batch(body("1000000.0", "1.699876543e9").as_bytes(), 10).unwrap();
+        assert_eq!(
+            (ok[1].data.amount, ok[1].data.timestamp),
+            (1_000_000, 1_699_876_543)
+        );
+        for (amount, timestamp, field) in [
+            ("4503599627370496.5", "1", "amount"),
+            ("1.5", "1", "amount"),
+            ("9007199254740992.0", "1", "amount"),
+            ("1", "1699876543210.0", "timestamp"),
+            ("1", "1.0000000000000001", "timestamp"),
+        ] {
+            let err = parse_batch(body(amount, timestamp).as_bytes(), 10).unwrap_err();
+            let bad: Vec<_> = err
+                .details()
+                .iter()
+                .map(|d| (d.index, d.field.clone()))
+                .collect();
+            assert_eq!(bad, [(1, Some(field.to_owned()))], "{amount} {timestamp}");
+        }
+        let one =
+            r#"{"trackingId":"t","amount":2e3,"timestamp":5,"status":"failed","signature":"a"}"#;
+        assert_eq!(
+            parse_batch(one.as_bytes(), 10).unwrap()[0].data.amount,
+            2000
+        );
+    }
+
+    #[test]
     fn idempotency_key_wins_over_signature() {
         let mut details = Details::default();
-        let p = validate_item(0, &with("idempotencyKey", json!("k")), &mut details).unwrap();
+        let item = with("idempotencyKey", json!("k"));
+        let text = item.to_string();
+        let p = validate_item(0, &item, &mut details, &Literals::new(text.as_bytes())).unwrap();
         assert_eq!(p.dedupe, DedupeKey::Idempotency("k".into()));
         assert_eq!(p.data.signature.as_deref(), Some("sig"));
     }

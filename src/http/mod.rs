@@ -8,6 +8,7 @@
 //! - [`tokens`]: `POST /v1/ws/tokens`, socket tokens (section 5).
 //! - [`ops`]: health, readiness, metrics (section 6).
 //! - [`admin`]: the admin page behind `--api-key` (beyond the contract).
+//! - [`openapi`]: the OpenAPI document of these endpoints, `GET /openapi.json`.
 //! - [`error`]: the error body every endpoint answers with.
 //! - [`state`]: what the handlers share.
 //! - [`serve`]: the connection loop (timeouts, upgrades, graceful shutdown).
@@ -20,6 +21,7 @@ pub mod connections;
 pub mod error;
 pub mod events;
 pub mod ingest;
+pub mod openapi;
 pub mod ops;
 pub mod query;
 pub mod serve;
@@ -30,9 +32,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::handler::Handler;
 use axum::http::{HeaderName, HeaderValue, Method, Request, header};
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, on};
 use socketioxide::layer::SocketIoLayer;
 use tower::util::MapRequestLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -55,18 +58,10 @@ pub fn app(
     cors_origins: &[String],
 ) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/v1/payments", post(ingest::ingest))
-        .route("/v1/events", get(events::events))
-        .route("/v1/ws/tokens", post(tokens::mint))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/admin", get(admin::page))
-        .route("/admin/admin.js", get(admin::script))
-        .route("/admin/admin.css", get(admin::style))
-        .route("/admin/api/nodes", get(admin::nodes))
-        .route("/admin/api/tracking", get(admin::tracking))
+    rest()
+        .router
+        // The operators' page and its API, outside the public document.
+        .merge(admin_routes())
         .fallback(ops::not_found)
         .with_state(state)
         .layer(socket_io)
@@ -88,6 +83,61 @@ pub fn app(
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// The REST routes, and the list of what they are: the OpenAPI document
+/// must name exactly these (its test compares them).
+pub struct Rest {
+    pub router: Router<AppState>,
+    /// Each route's method and path, in the order they are mounted.
+    pub routes: Vec<(Method, &'static str)>,
+}
+
+impl Rest {
+    /// Serves `method` on `path` with `handler`; any other method on that
+    /// path is `405 METHOD_NOT_ALLOWED` with `Allow` (a GET route also
+    /// answers HEAD, as axum does).
+    fn mount<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone())
+            .unwrap_or_else(|_| unreachable!("only standard methods are mounted"));
+        self.router = self
+            .router
+            .route(path, on(filter, handler).fallback(ops::method_not_allowed));
+        self.routes.push((method, path));
+        self
+    }
+}
+
+/// Every REST route (contract sections 3 to 6, and the OpenAPI document).
+pub fn rest() -> Rest {
+    Rest {
+        router: Router::new(),
+        routes: Vec::new(),
+    }
+    .mount(Method::POST, "/v1/payments", ingest::ingest)
+    .mount(Method::GET, "/v1/events", events::events)
+    .mount(Method::POST, "/v1/ws/tokens", tokens::mint)
+    .mount(Method::GET, "/healthz", ops::healthz)
+    .mount(Method::GET, "/readyz", ops::readyz)
+    .mount(Method::GET, "/metrics", ops::metrics)
+    .mount(Method::GET, openapi::PATH, openapi::openapi_json)
+}
+
+/// The admin page (beyond the contract, not in the OpenAPI document);
+/// another method on its paths is `405` too.
+fn admin_routes() -> Router<AppState> {
+    use axum::routing::get;
+    let other = ops::method_not_allowed;
+    Router::new()
+        .route("/admin", get(admin::page).fallback(other))
+        .route("/admin/admin.js", get(admin::script).fallback(other))
+        .route("/admin/admin.css", get(admin::style).fallback(other))
+        .route("/admin/api/nodes", get(admin::nodes).fallback(other))
+        .route("/admin/api/tracking", get(admin::tracking).fallback(other))
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -1,7 +1,9 @@
 //! [`App`]: what the HTTP handlers share, handed to them as axum state.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Bytes;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use socketioxide::SocketIo;
@@ -32,6 +34,9 @@ pub struct App {
     pub io: Option<SocketIo>,
     /// The admin page's data (served only with `--api-key`).
     pub admin: Option<Arc<Admin>>,
+    /// `GET /openapi.json`, made at the first request (it depends on the
+    /// mode and bounds, which are fixed by then).
+    pub(super) openapi_json: OnceLock<Bytes>,
     shutting_down: AtomicBool,
     ingests: InFlight,
 }
@@ -59,6 +64,7 @@ impl App {
             local_publications,
             io: None,
             admin: None,
+            openapi_json: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
             ingests: InFlight::default(),
         }

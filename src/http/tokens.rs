@@ -11,12 +11,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::body::{read_bounded, refuse_unread};
-use super::error::{ApiError, Detail};
+use super::error::{
+    ApiError, Detail, InvalidPayloadError, NotFoundError, PayloadTooLargeError, UnauthorizedError,
+};
+use super::ingest::Literals;
 use super::state::AppState;
 use crate::auth::{self, Access};
-use crate::model::{ErrorCode, check_tracking_id, now_ms};
+use crate::model::{ErrorCode, check_tracking_id, json_integer, now_ms};
 use crate::telemetry;
 
 /// `ttlSeconds` when the request does not say.
@@ -24,12 +28,19 @@ pub const DEFAULT_TTL_SECONDS: u64 = 60;
 /// Largest `ttlSeconds`.
 pub const MAX_TTL_SECONDS: u64 = 3600;
 
-const FIELDS: [&str; 2] = ["trackingIds", "ttlSeconds"];
+/// The fields a mint request may have; any other is a detail.
+pub const FIELDS: [&str; 2] = ["trackingIds", "ttlSeconds"];
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MintedBody {
+/// A minted token (`201`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MintedBody {
+    /// An HS256 JWT (RFC 7519) with `exp`, `iat` (seconds) and `tids`, its
+    /// header naming the signing secret by `kid`.
+    #[schema(min_length = 1)]
     token: String,
+    /// When the token expires, in milliseconds since the Unix epoch.
+    #[schema(value_type = crate::model::schema::Millis)]
     expires_at: u64,
 }
 
@@ -40,7 +51,47 @@ pub struct MintRequest {
     pub ttl_seconds: u64,
 }
 
-/// `POST /v1/ws/tokens`.
+/// Mint a socket token (token mode).
+///
+/// A backend holding an API key gets a short-lived token naming the
+/// trackingIds a browser may watch, and hands it to that browser: the
+/// browser connects with it (handshake auth or `token` query parameter)
+/// and backfills with it. The key is checked before the body is read; in
+/// `--auth open` a call with a valid key answers `404` (tokens are not
+/// used there).
+#[utoipa::path(
+    post,
+    path = "/v1/ws/tokens",
+    tag = "tokens",
+    operation_id = "mintToken",
+    security(("apiKey" = [])),
+    request_body(
+        content = crate::http::openapi::TokenRequest,
+        content_type = "application/json",
+        example = json!({ "trackingIds": ["sub-1", "sub-2"], "ttlSeconds": 60 }),
+    ),
+    responses(
+        (status = 201, description = "The token.", body = MintedBody,
+            example = json!({ "token": "<jwt>", "expiresAt": 1699876603210u64 })),
+        (status = 400, description = "A bad request body: one detail per bad field (`index` 0, `field` `trackingIds`, `ttlSeconds` or an unknown field; the message names a bad entry's position).",
+            body = InvalidPayloadError,
+            example = json!({ "error": { "code": "INVALID_PAYLOAD", "message": "1 invalid field(s); no token was minted",
+                "details": [ { "index": 0, "field": "trackingIds",
+                    "message": "trackingIds[1]: a lone * is refused: name trackingIds or a prefix such as \"merchant-42:*\"" } ] } })),
+        (status = 401, description = "Missing or wrong API key (or no `--api-key` configured), checked before the body is read.",
+            body = UnauthorizedError,
+            example = json!({ "error": { "code": "UNAUTHORIZED", "message": "Invalid API key" } })),
+        (status = 404, description = "The server runs with `--auth open`: tokens are not used (after the key check).",
+            body = NotFoundError,
+            example = json!({ "error": { "code": "NOT_FOUND", "message": "Socket tokens are not used: the server runs with --auth open" } })),
+        (status = 408, description = "The body did not arrive whole within the body timeout (10 s).",
+            body = InvalidPayloadError,
+            example = json!({ "error": { "code": "INVALID_PAYLOAD", "message": "The request body was not received within 10 s" } })),
+        (status = 413, description = "The body is over `--max-body` bytes.",
+            body = PayloadTooLargeError,
+            example = json!({ "error": { "code": "PAYLOAD_TOO_LARGE", "message": "Request body is larger than 1048576 bytes" } })),
+    ),
+)]
 pub async fn mint(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     match mint_token(&app, &headers, body).await {
         Ok(minted) => (StatusCode::CREATED, Json(minted)).into_response(),
@@ -144,7 +195,12 @@ pub fn parse_mint(bytes: &[u8], max_entries: usize) -> Result<MintRequest, ApiEr
     };
     let ttl_seconds = match fields.get("ttlSeconds") {
         None | Some(Value::Null) => DEFAULT_TTL_SECONDS,
-        Some(v) => match v.as_u64() {
+        // `60.0` is 60, as for ingest's integers.
+        Some(v) => match json_integer(
+            v,
+            || Literals::new(bytes).of(0, "ttlSeconds"),
+            MAX_TTL_SECONDS,
+        ) {
             Some(n @ 1..=MAX_TTL_SECONDS) => n,
             _ => {
                 bad(
@@ -208,6 +264,13 @@ mod tests {
                 .ttl_seconds,
             3600
         );
+        // A whole number written with a fraction is that integer.
+        assert_eq!(
+            parse(json!({ "trackingIds": ["a"], "ttlSeconds": 60.0 }))
+                .unwrap()
+                .ttl_seconds,
+            60
+        );
     }
 
     #[test]
@@ -248,6 +311,11 @@ mod tests {
             ),
             (
                 json!({ "trackingIds": ["a"], "ttlSeconds": 1.5 }),
+                "ttlSeconds",
+                "1 to 3600",
+            ),
+            (
+                json!({ "trackingIds": ["a"], "ttlSeconds": 0.0 }),
                 "ttlSeconds",
                 "1 to 3600",
             ),

@@ -53,6 +53,9 @@ describe("admin API", () => {
     assert.match(page.headers.get("content-security-policy"), /script-src 'self'/);
     const ok = await get(`${keyed.url}/admin/api/nodes`, KEY);
     assert.equal(ok.status, 200, ok.text);
+    const post = await httpGet(`${keyed.url}/admin/api/nodes`, { method: "POST", headers: { authorization: `Bearer ${KEY}` } });
+    assertHttpError(post, 405, "METHOD_NOT_ALLOWED");
+    assert.match(post.headers.get("allow") ?? "", /GET/);
   });
 
   test("bad input: a clear error and nothing else", async () => {
