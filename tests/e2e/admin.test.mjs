@@ -15,7 +15,7 @@ import {
   REPO_ROOT, startServer, ingestOk, connect, subscribe, payment, uid, httpGet, closeAll, withTimeout,
   assertHttpError,
 } from "./lib/harness.mjs";
-import { startRedis, startNodes, stopNodes } from "./lib/cluster.mjs";
+import { startRedis, startRedisCluster, startNodes, stopNodes } from "./lib/cluster.mjs";
 
 const CHROMIUM = process.env.TIDINGS_CHROMIUM ?? "/usr/bin/chromium";
 const KEY = "admin-test-key";
@@ -73,6 +73,39 @@ describe("admin API", () => {
     assert.deepEqual(latest.position, { id: stored[24].id, seq: 25 });
     const tail = JSON.parse((await get(`${keyed.url}/admin/api/tracking?trackingId=${id}&since=${stored[22].id}`, KEY)).text);
     assert.deepEqual(tail.history.data.map((p) => p.id), [stored[23].id, stored[24].id]);
+  });
+});
+
+describe("admin API on a Redis Cluster", () => {
+  let cluster;
+  let nodes = [];
+  const sockets = [];
+  before(async () => {
+    cluster = await startRedisCluster();
+    nodes = await startNodes(2, cluster.url, ["--redis-cluster", "--api-key", KEY]);
+  });
+  after(async () => {
+    closeAll(...sockets);
+    await stopNodes(nodes);
+    await cluster?.stop();
+  });
+
+  test("every node lists both, and counts an inspected trackingId's subscribers", async () => {
+    const [A, B] = nodes;
+    const id = uid("rc");
+    const s = await connect(B.url, { transports: ["websocket"] });
+    sockets.push(s);
+    await subscribe(s, id);
+    const deadline = Date.now() + 15000;
+    for (;;) {
+      const body = JSON.parse((await get(`${A.url}/admin/api/tracking?trackingId=${id}`, KEY)).text);
+      const counts = Object.fromEntries(body.subscribers.map((x) => [x.listen, x.subscribers]));
+      if (body.subscribers.length === 2 && counts[new URL(A.url).host] === 0 && counts[new URL(B.url).host] === 1) break;
+      assert.ok(Date.now() < deadline, `both nodes counting: ${JSON.stringify(counts)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const listed = JSON.parse((await get(`${B.url}/admin/api/nodes`, KEY)).text).nodes.map((n) => n.listen).sort();
+    assert.deepEqual(listed, [new URL(A.url).host, new URL(B.url).host].sort());
   });
 });
 
