@@ -7,17 +7,14 @@
 
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./lib/browser.mjs";
 import {
-  REPO_ROOT, startServer, ingestOk, connect, subscribe, payment, uid, httpGet, closeAll, withTimeout,
-  assertHttpError,
+  REPO_ROOT, startServer, ingestOk, connect, subscribe, payment, uid, httpGet, closeAll, assertHttpError,
 } from "./lib/harness.mjs";
 import { startRedis, startRedisCluster, startNodes, stopNodes } from "./lib/cluster.mjs";
 
-const CHROMIUM = process.env.TIDINGS_CHROMIUM ?? "/usr/bin/chromium";
 const KEY = "admin-test-key";
 const SCREENSHOT = process.env.UPDATE_SCREENSHOT
   ? path.join(REPO_ROOT, "docs/admin.png")
@@ -115,15 +112,9 @@ describe("admin page in Chromium, two nodes on Redis", () => {
   let browser;
   const sockets = [];
   before(async () => {
-    assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM}`);
     redis = await startRedis();
     nodes = await startNodes(2, redis.url, ["--api-key", KEY]);
-    browser = await withTimeout(chromium.launch({
-      executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-      timeout: 30000,
-    }), 35000, "launching Chromium");
+    browser = await launchChromium();
   });
   after(async () => {
     closeAll(...sockets);

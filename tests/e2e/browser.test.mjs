@@ -4,15 +4,13 @@
 
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import http from "node:http";
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium, servePages } from "./lib/browser.mjs";
 import {
   E2E_DIR, startServer, ingestOk, payment, uid, assertPayment, withTimeout, WS_PATH,
 } from "./lib/harness.mjs";
 
-const CHROMIUM = process.env.TIDINGS_CHROMIUM ?? "/usr/bin/chromium";
 const BUNDLE = path.join(E2E_DIR, "node_modules/socket.io-client/dist/socket.io.min.js");
 
 const BROWSER_API_KEY = "browser-api-key-0123456789";
@@ -25,25 +23,9 @@ const PAGE = `<!doctype html>
 
 /** Serves the test page and the client bundle on its own port (its own origin). */
 function startPageServer() {
-  const bundle = readFileSync(BUNDLE);
-  const srv = http.createServer((req, res) => {
-    if (req.url === "/" || req.url.startsWith("/?")) {
-      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
-      res.end(PAGE);
-    } else if (req.url === "/socket.io.min.js") {
-      res.writeHead(200, { "content-type": "application/javascript" });
-      res.end(bundle);
-    } else {
-      res.writeHead(404);
-      res.end();
-    }
-  });
-  return new Promise((resolve, reject) => {
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => resolve({
-      url: `http://127.0.0.1:${srv.address().port}`,
-      close: () => new Promise((r) => { srv.closeAllConnections?.(); srv.close(() => r()); }),
-    }));
+  return servePages({
+    "/": ["text/html; charset=utf-8", PAGE],
+    "/socket.io.min.js": ["application/javascript", readFileSync(BUNDLE)],
   });
 }
 
@@ -59,18 +41,11 @@ describe("browser (headless Chromium, cross-origin)", () => {
     // Failures here are reported by every test below (as failures, not as
     // skips or cancellations).
     try {
-      assert.ok(existsSync(CHROMIUM),
-        `Chromium not found at ${CHROMIUM}: install it (apt-get install chromium) or set TIDINGS_CHROMIUM`);
       assert.ok(existsSync(BUNDLE), `socket.io-client browser bundle missing at ${BUNDLE}: run npm install`);
       server = await startServer();
       tokenServer = await startServer(["--auth", "token", "--api-key", BROWSER_API_KEY, "--token-secret", BROWSER_SECRET]);
       pages = await startPageServer();
-      browser = await withTimeout(chromium.launch({
-        executablePath: CHROMIUM,
-        args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-          "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        timeout: 30000,
-      }), 35000, "launching Chromium");
+      browser = await launchChromium();
     } catch (err) {
       setupError = err;
     }

@@ -5,14 +5,12 @@
 
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import http from "node:http";
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { launchChromium, servePages } from "../../../tests/e2e/lib/browser.mjs";
 import { startNode, startRedis, ingestOk, payment, uid, withTimeout } from "./lib/env.mjs";
 
-const CHROMIUM = process.env.TIDINGS_CHROMIUM ?? "/usr/bin/chromium";
 const BUNDLE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../dist/tidings-client.browser.js");
 
 // The page an application would write: the bundle, localStorage, a listener per event.
@@ -34,25 +32,9 @@ const PAGE = `<!doctype html>
 </script></body></html>`;
 
 function startPageServer() {
-  const bundle = readFileSync(BUNDLE);
-  const srv = http.createServer((req, res) => {
-    if (req.url === "/tidings-client.browser.js") {
-      res.writeHead(200, { "content-type": "application/javascript" });
-      res.end(bundle);
-    } else if (req.url.startsWith("/?")) {
-      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
-      res.end(PAGE);
-    } else {
-      res.writeHead(404);
-      res.end();
-    }
-  });
-  return new Promise((resolve, reject) => {
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => resolve({
-      url: `http://127.0.0.1:${srv.address().port}`,
-      close: () => new Promise((r) => { srv.closeAllConnections?.(); srv.close(() => r()); }),
-    }));
+  return servePages({
+    "/": ["text/html; charset=utf-8", PAGE],
+    "/tidings-client.browser.js": ["application/javascript", readFileSync(BUNDLE)],
   });
 }
 
@@ -65,17 +47,11 @@ describe("browser bundle (headless Chromium, another origin)", () => {
 
   before(async () => {
     try {
-      assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM} (apt-get install chromium, or TIDINGS_CHROMIUM)`);
       assert.ok(existsSync(BUNDLE), `${BUNDLE} missing: npm run build`);
       redis = await startRedis();
       node = await startNode(["--redis-url", redis.url]);
       pages = await startPageServer();
-      browser = await withTimeout(chromium.launch({
-        executablePath: CHROMIUM,
-        args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-          "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        timeout: 30000,
-      }), 35000, "launching Chromium");
+      browser = await launchChromium();
     } catch (err) {
       setupError = err;
     }

@@ -11,13 +11,12 @@ import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { launchChromium } from "../../../tests/e2e/lib/browser.mjs";
 import { startServer, ingestOk, payment, withTimeout, INGEST_TOKEN, uid } from "../../../tests/e2e/lib/harness.mjs";
 import { freePort } from "../../../tests/e2e/lib/cluster.mjs";
 import { serve } from "../serve.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const CHROMIUM = process.env.TIDINGS_CHROMIUM ?? "/usr/bin/chromium";
 const SDK_BUNDLE = path.resolve(here, "../../../clients/js/dist/tidings-client.browser.mjs");
 const SCREENSHOT = process.env.UPDATE_SCREENSHOT
   ? path.resolve(here, "../screenshot.png")
@@ -32,18 +31,12 @@ function start() {
 }
 
 before(async () => {
-  assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM} (apt-get install chromium, or set TIDINGS_CHROMIUM)`);
   assert.ok(existsSync(SDK_BUNDLE), `SDK bundle missing at ${SDK_BUNDLE}: npm --prefix clients/js run build`);
   // A fixed port, so that the restarted server is where the page left it.
   tidingsPort = await freePort();
   server = await start();
   pages = await serve(0);
-  browser = await withTimeout(chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    timeout: 30000,
-  }), 35000, "launching Chromium");
+  browser = await launchChromium();
 });
 
 after(async () => {
