@@ -360,14 +360,30 @@ impl StoredEvent {
 
 /// The `timestamp` of a serialised envelope: for a payment, when the server
 /// accepted it (ms). None if the envelope has none (not one of ours).
+///
+/// Called once per delivered payment and node, so it reads the envelopes
+/// this server writes ([`StoredEvent::new`]: `timestamp` is the last
+/// top-level field) from their end, and parses anything else whole.
 pub fn envelope_timestamp(envelope: &RawValue) -> Option<u64> {
     #[derive(Deserialize)]
     struct Stamp {
         timestamp: u64,
     }
-    serde_json::from_str::<Stamp>(envelope.get())
-        .ok()
-        .map(|s| s.timestamp)
+    let text = envelope.get();
+    let tail = text
+        .strip_suffix('}')
+        .and_then(|body| body.rsplit_once(':'))
+        .filter(|(before, digits)| {
+            before.ends_with(",\"timestamp\"")
+                && !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+        })
+        .and_then(|(_, digits)| digits.parse().ok());
+    tail.or_else(|| {
+        serde_json::from_str::<Stamp>(text)
+            .ok()
+            .map(|s| s.timestamp)
+    })
 }
 
 /// A server event envelope: `{ type, data, timestamp }`, and for a
@@ -640,6 +656,31 @@ pub mod schema {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn envelope_timestamp_reads_ours_from_the_end_and_anything_else_whole() {
+        let data = PaymentData {
+            tracking_id: "sub-1".into(),
+            amount: 1,
+            timestamp: 1_699_876_543,
+            status: PaymentStatus::Executed,
+            signature: Some("5Jt".into()),
+        };
+        let ev = StoredEvent::new(EventId { epoch: 7, seq: 3 }, 1_699_876_543_210, &data);
+        assert_eq!(envelope_timestamp(&ev.envelope), Some(1_699_876_543_210));
+        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
+        // Another field order, spaces: parsed whole.
+        assert_eq!(
+            envelope_timestamp(&raw(r#"{"timestamp": 5, "data": {"timestamp": 9}}"#)),
+            Some(5)
+        );
+        // The nested one is not the envelope's.
+        assert_eq!(
+            envelope_timestamp(&raw(r#"{"data":{"timestamp":9}}"#)),
+            None
+        );
+        assert_eq!(envelope_timestamp(&raw(r#"{"a":1,"timestamp":-1}"#)), None);
+    }
+
     use super::*;
 
     #[test]
