@@ -107,6 +107,28 @@ pub struct Hub {
     catch_ups: Arc<Semaphore>,
     /// Wakes the audit soon after a resync.
     audit_soon: Notify,
+    lag: LagHistograms,
+}
+
+/// The delivery lag histograms, looked up once (a lookup by name and
+/// label per delivery would cost more than the recording).
+#[derive(Default)]
+struct LagHistograms(std::sync::OnceLock<[metrics::Histogram; 2]>);
+
+impl LagHistograms {
+    fn get(&self, path: &'static str) -> &metrics::Histogram {
+        // Registered at the first delivery, once the server's recorder is
+        // installed (a handle taken before would record nowhere).
+        let [live, catch_up] = self.0.get_or_init(|| {
+            [telemetry::PATH_LIVE, telemetry::PATH_CATCH_UP]
+                .map(|p| metrics::histogram!(telemetry::DELIVERY_LAG, "path" => p))
+        });
+        if path == telemetry::PATH_LIVE {
+            live
+        } else {
+            catch_up
+        }
+    }
 }
 
 /// One trackingId on this node.
@@ -218,6 +240,7 @@ impl Hub {
             replay_limit,
             catch_ups: Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY)),
             audit_soon: Notify::new(),
+            lag: LagHistograms::default(),
         })
     }
 
@@ -556,8 +579,7 @@ impl Hub {
             // handed it; a clock behind the accepting node's reads as 0.
             if let Some(accepted) = envelope_timestamp(&envelope) {
                 let lag_ms = now_ms().saturating_sub(accepted);
-                metrics::histogram!(telemetry::DELIVERY_LAG, "path" => path)
-                    .record(lag_ms as f64 / 1000.0);
+                self.lag.get(path).record(lag_ms as f64 / 1000.0);
             }
         }
         for pending in live.pending.values_mut() {
