@@ -5,10 +5,10 @@
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import {
-  ingestOk, connect, makeSocket, waitFor, subscribe, payments, recorded, payment, uid,
+  ingest, ingestOk, connect, makeSocket, waitFor, subscribe, payments, recorded, payment, uid,
   assertPayment, backfill, closeAll, withTimeout, httpGet,
 } from "./lib/harness.mjs";
-import { startRedis, startNodes, stopNodes, startNginx, logLines } from "./lib/cluster.mjs";
+import { startRedis, startNodes, stopNodes, startNginx, logLines, readMetric } from "./lib/cluster.mjs";
 
 describe("behind nginx (deploy/nginx/tidings.conf), three nodes", () => {
   let redis;
@@ -110,6 +110,62 @@ describe("behind nginx (deploy/nginx/tidings.conf), three nodes", () => {
       assert.deepEqual(c.disconnects, [], "no disconnect (a poll on another node would end the session)");
       assert.deepEqual(recorded(c.s, "error"), []);
       assert.equal(c.s.connected, true);
+    }
+  });
+});
+
+describe("behind nginx (deploy/nginx/tidings.conf): ingest refused 503 by one of two nodes", () => {
+  let redis;
+  let replica;
+  let nodes = [];
+  let nginx;
+  before(async () => {
+    // The second node runs on a read-only replica of the cluster's Redis (as after a
+    // failover with a stale address): its /readyz passes (PING answers),
+    // every write fails, so its ingest answers 503 UNAVAILABLE.
+    redis = await startRedis();
+    replica = await startRedis({ replicaOf: redis.port });
+    // Two upstreams, so that least_conn's rotation reaches the refusing one
+    // every other request.
+    nodes = [...await startNodes(1, redis.url), ...await startNodes(1, replica.url)];
+    nginx = await startNginx(nodes.map((n) => n.port), { accessLog: true });
+  });
+  after(async () => {
+    await nginx?.stop();
+    await stopNodes(nodes);
+    await replica?.stop();
+    await redis?.stop();
+  });
+
+  test("is retried by nginx on another node: the client gets 202, each payment stored once", async (t) => {
+    const bad = nodes[1];
+    const direct = await ingest(bad.url, payment(uid("direct")));
+    assert.equal(direct.status, 503, `the replica's node alone refuses ingest: ${direct.text}`);
+    assert.equal((await httpGet(`${bad.url}/readyz`)).status, 200, "and passes its health check");
+    const refused = async () => (await readMetric(bad.url, "tidings_ingest_requests_total", { status: "503" })).value ?? 0;
+    const sent = [];
+    let retried = 0;
+    // Go on until the replica's node refused a request (and nginx retried
+    // it on the other); after a refusal nginx avoids that node for a while
+    // (max_fails=1, fail_timeout=1s, and its round robin's weight), so one
+    // is what a short test can count on.
+    for (let i = 0; retried < 1; i++) {
+      assert.ok(i < 30, `the replica's node refused only ${retried} of 30 requests`);
+      const tid = uid(`nginx-retry${i}`);
+      const body = [payment(tid), payment(tid)];
+      const before = await refused();
+      const r = await ingest(nginx.url, body);
+      assert.equal(r.status, 202, `request ${i} through nginx: ${r.status} ${r.text.slice(0, 300)}`);
+      assert.ok(r.body.data.every((d) => d.duplicate === false));
+      retried += (await refused()) - before;
+      sent.push({ tid, res: r.body.data });
+    }
+    t.diagnostic(`the replica's node refused ${retried} of ${sent.length} requests; nginx retried each on the other`);
+    assert.match(nginx.accessLog(), /POST \/v1\/payments 202 upstream=503, 202/, "nginx's log shows a 503 then a 202 upstream");
+    for (const { tid, res } of sent) {
+      const bf = await backfill(nginx.url, { trackingId: tid });
+      assert.equal(bf.status, 200, bf.text);
+      assert.deepEqual(bf.body.data.map((e) => e.id), res.map((d) => d.id), `${tid}: exactly the accepted events, once`);
     }
   });
 });
