@@ -42,6 +42,9 @@ pub struct Stats {
     pub per_conn: Vec<AtomicU32>,
     /// Payments of another phase received since the last reset.
     pub stale: AtomicU64,
+    /// Payments that came before their subscribe's ack (counted as
+    /// received: they were delivered), since the last reset.
+    pub before_ack: AtomicU64,
     pub received: AtomicU64,
     pub first_recv_ns: AtomicU64,
     pub last_recv_ns: AtomicU64,
@@ -80,6 +83,7 @@ impl Stats {
             phase: AtomicU64::new(0),
             per_conn: (0..conns).map(|_| AtomicU32::new(0)).collect(),
             stale: AtomicU64::new(0),
+            before_ack: AtomicU64::new(0),
             received: AtomicU64::new(0),
             first_recv_ns: AtomicU64::new(u64::MAX),
             last_recv_ns: AtomicU64::new(0),
@@ -104,6 +108,7 @@ impl Stats {
             c.store(0, Ordering::SeqCst);
         }
         self.stale.store(0, Ordering::SeqCst);
+        self.before_ack.store(0, Ordering::SeqCst);
         self.received.store(0, Ordering::SeqCst);
         self.first_recv_ns.store(u64::MAX, Ordering::SeqCst);
         self.last_recv_ns.store(0, Ordering::SeqCst);
@@ -277,7 +282,15 @@ pub async fn subscriber(
     let first = open(&seat, target, source, last_id.as_deref(), ack_timeout).await;
     drop(connecting);
     let mut ws = match first {
-        Ok(ws) => ws,
+        Ok((ws, early)) => {
+            stats
+                .before_ack
+                .fetch_add(early.len() as u64, Ordering::Relaxed);
+            for frame in &early {
+                take_payment(frame, conn, &stats, &mut last_id);
+            }
+            ws
+        }
         // One that never got its ack is a failure; one lost after its ack
         // shows up as missing deliveries.
         Err(_) => {
@@ -295,7 +308,15 @@ pub async fn subscriber(
         }
         stats.lost(conn);
         match reconnect(&seat, source, &stats, &mut stop, last_id.as_deref()).await {
-            Some(again) => ws = again,
+            Some((again, early)) => {
+                stats
+                    .before_ack
+                    .fetch_add(early.len() as u64, Ordering::Relaxed);
+                for frame in &early {
+                    take_payment(frame, conn, &stats, &mut last_id);
+                }
+                ws = again;
+            }
             None => return,
         }
     }
@@ -310,7 +331,7 @@ async fn reconnect(
     stats: &Stats,
     stop: &mut tokio::sync::watch::Receiver<bool>,
     since: Option<&str>,
-) -> Option<Ws> {
+) -> Option<(Ws, Vec<String>)> {
     let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
     for attempt in 0.. {
         let target = seat.alternatives[(seat.conn + attempt) % seat.alternatives.len()];
@@ -318,9 +339,9 @@ async fn reconnect(
             r = tokio::time::timeout(ATTEMPT_TIMEOUT, open(seat, target, source, since, ATTEMPT_TIMEOUT)) => r,
             _ = stop.changed() => return None,
         };
-        if let Ok(Ok(ws)) = tried {
+        if let Ok(Ok(opened)) = tried {
             stats.resubscribed(seat.conn);
-            return Some(ws);
+            return Some(opened);
         }
         if tokio::time::Instant::now() >= deadline {
             break;
@@ -332,14 +353,17 @@ async fn reconnect(
 }
 
 /// Connects to `target` and subscribes (with `since` if given); returns
-/// once the subscribe is acked.
+/// once the subscribe is acked, with the payment frames that came before
+/// the ack (Tidings sends none; the peer joins the room before it reads the
+/// history, so a live payment can precede its ack: it was delivered, and
+/// counts).
 async fn open(
     seat: &Seat,
     target: SocketAddr,
     source: IpAddr,
     since: Option<&str>,
     ack_timeout: Duration,
-) -> anyhow::Result<Ws> {
+) -> anyhow::Result<(Ws, Vec<String>)> {
     let mut ws = connect_with(target, source, seat.token.as_deref()).await?;
     let mut request = serde_json::json!({ "trackingId": seat.tracking_id });
     if let Some(since) = since {
@@ -347,6 +371,7 @@ async fn open(
     }
     let subscribe = format!("42[\"subscribe\",{request}]");
     ws.send(Message::text(subscribe)).await?;
+    let mut early = Vec::new();
     let acked = tokio::time::timeout(ack_timeout, async {
         loop {
             let frame = next_text(&mut ws).await?;
@@ -357,11 +382,14 @@ async fn open(
                 !frame.starts_with("42[\"error\""),
                 "subscribe refused: {frame}"
             );
+            if payment_id(&frame).is_some() {
+                early.push(frame);
+            }
         }
     })
     .await;
     match acked {
-        Ok(Ok(())) => Ok(ws),
+        Ok(Ok(())) => Ok((ws, early)),
         Ok(Err(e)) => Err(e),
         Err(_) => anyhow::bail!("no ack within {ack_timeout:?}"),
     }
@@ -386,17 +414,8 @@ async fn listen(
                         if ws.send(Message::text("3")).await.is_err() {
                             return Ended::Lost;
                         }
-                    } else if let Some(id) = payment_id(t) {
-                        if let Some(tag) = payment_tag(t) {
-                            stats.record(conn, tag);
-                        }
-                        match last_id {
-                            Some(held) => {
-                                held.clear();
-                                held.push_str(id);
-                            }
-                            None => *last_id = Some(id.to_owned()),
-                        }
+                    } else {
+                        take_payment(t, conn, stats, last_id);
                     }
                 }
                 Some(Ok(_)) => {}
@@ -407,6 +426,24 @@ async fn listen(
                 return Ended::Stopped;
             }
         }
+    }
+}
+
+/// Records a payment frame (anything else is ignored) and remembers its id
+/// as the connection's last, for a resubscription's `since`.
+fn take_payment(frame: &str, conn: usize, stats: &Stats, last_id: &mut Option<String>) {
+    let Some(id) = payment_id(frame) else {
+        return;
+    };
+    if let Some(tag) = payment_tag(frame) {
+        stats.record(conn, tag);
+    }
+    match last_id {
+        Some(held) => {
+            held.clear();
+            held.push_str(id);
+        }
+        None => *last_id = Some(id.to_owned()),
     }
 }
 

@@ -513,6 +513,7 @@ impl Clients {
         let mut d = Delivered {
             received: 0,
             stale: 0,
+            before_ack: 0,
             over: 0,
             short: 0,
             cpu_s: 0.0,
@@ -533,6 +534,7 @@ impl Clients {
                 WorkerLine::Report {
                     received,
                     stale,
+                    before_ack,
                     over,
                     short,
                     cpu_s,
@@ -557,6 +559,7 @@ impl Clients {
                     }
                     d.received += received;
                     d.stale += stale;
+                    d.before_ack += before_ack;
                     d.over += over;
                     d.short += short;
                     d.cpu_s += cpu_s;
@@ -629,6 +632,8 @@ struct Delivered {
     received: u64,
     /// Payments of an earlier phase received during this one (not counted).
     stale: u64,
+    /// Payments that came before their subscribe's ack (counted).
+    before_ack: u64,
     /// Deliveries beyond what each connection should have received.
     over: u64,
     /// Deliveries still missing, summed over the connections.
@@ -837,6 +842,7 @@ impl Recorder {
         self.add("deliveries_missing", "count", d.short as f64);
         self.add("deliveries_over", "count", d.over as f64);
         self.add("stale_frames", "count", d.stale as f64);
+        self.add("payments_before_ack", "count", d.before_ack as f64);
     }
 
     /// The ingester's failed requests and, for a rate loop, how far it

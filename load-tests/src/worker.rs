@@ -93,6 +93,9 @@ pub enum WorkerLine {
         received: u64,
         /// Payments of another phase (e.g. late warm-up frames).
         stale: u64,
+        /// Payments that came before their subscribe's ack.
+        #[serde(default)]
+        before_ack: u64,
         /// Deliveries beyond what each connection should have received.
         over: u64,
         /// Deliveries each connection is still missing.
@@ -223,6 +226,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 emit(&WorkerLine::Report {
                     received: stats.received.load(Ordering::SeqCst),
                     stale: stats.stale.load(Ordering::SeqCst),
+                    before_ack: stats.before_ack.load(Ordering::SeqCst),
                     over,
                     short,
                     cpu_s: own_cpu_s(),
