@@ -430,6 +430,23 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (the OpenAPI `ErrorBody` lists them).
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::InvalidTrackingId,
+        ErrorCode::InvalidPayload,
+        ErrorCode::InvalidSince,
+        ErrorCode::TooManySubscriptions,
+        ErrorCode::RateLimited,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::HistoryTruncated,
+        ErrorCode::ConnectionError,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::Unavailable,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidTrackingId => "INVALID_TRACKING_ID",
@@ -656,6 +673,24 @@ pub mod schema {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_error_code_once_and_as_serialised() {
+        let names: Vec<String> = ErrorCode::ALL
+            .iter()
+            .map(|c| {
+                serde_json::to_value(c)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        let as_str: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names, as_str);
+        let distinct: std::collections::HashSet<_> = as_str.iter().collect();
+        assert_eq!(distinct.len(), ErrorCode::ALL.len());
+    }
+
     #[test]
     fn envelope_timestamp_reads_ours_from_the_end_and_anything_else_whole() {
         let data = PaymentData {

@@ -210,6 +210,7 @@ pub async fn upkeep(handle: PrometheusHandle) {
 
 /// Series that dashboards and alerts query exist from the first scrape,
 /// at zero, rather than from the first time their thing happens.
+/// (Histograms cannot: they render only once they have a sample.)
 fn zero_series() {
     for reason in [DROP_QUEUE_FULL, DROP_SOCKET] {
         metrics::counter!(DELIVERIES_DROPPED, "reason" => reason).increment(0);
@@ -234,7 +235,6 @@ fn zero_series() {
     ] {
         metrics::counter!(name).increment(0);
     }
-    // Histograms render only once they have a sample.
 }
 
 fn describe() {

@@ -237,11 +237,14 @@ fn error_schema(codes: &[ErrorCode], details: bool, description: &str) -> RefOr<
 /// Declares a schema-only type for the error body of one kind of answer.
 macro_rules! error_schema {
     ($(#[$doc:meta])* $name:ident, [$($code:ident),+], details: $details:expr, $description:expr) => {
+        error_schema!($(#[$doc])* $name, codes: &[$(ErrorCode::$code),+], details: $details, $description);
+    };
+    ($(#[$doc:meta])* $name:ident, codes: $codes:expr, details: $details:expr, $description:expr) => {
         $(#[$doc])*
         pub struct $name;
         impl PartialSchema for $name {
             fn schema() -> RefOr<Schema> {
-                error_schema(&[$(ErrorCode::$code),+], $details, $description)
+                error_schema($codes, $details, $description)
             }
         }
         impl ToSchema for $name {
@@ -260,21 +263,7 @@ macro_rules! error_schema {
 error_schema!(
     /// Any error answer, with every code.
     ErrorBody,
-    [
-        InvalidTrackingId,
-        InvalidPayload,
-        InvalidSince,
-        TooManySubscriptions,
-        RateLimited,
-        Unauthorized,
-        Forbidden,
-        HistoryTruncated,
-        ConnectionError,
-        PayloadTooLarge,
-        Unavailable,
-        NotFound,
-        MethodNotAllowed
-    ],
+    codes: &ErrorCode::ALL,
     details: true,
     "Every error answer has this shape (contract section 3); each answer's own schema names the codes it can carry."
 );
