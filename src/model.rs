@@ -96,7 +96,8 @@ pub fn exact_integer(literal: &str, max: u64) -> Option<u64> {
     // Past these bounds a non-zero number is a fraction or beyond any u64.
     let exponent: i64 = match exponent {
         None => 0,
-        Some(e) => e.parse().ok().filter(|e: &i64| e.abs() <= 1000)?,
+        // `unsigned_abs`: `abs` of i64::MIN overflows (a panic in a debug build).
+        Some(e) => e.parse().ok().filter(|e: &i64| e.unsigned_abs() <= 1000)?,
     };
     let shift = exponent - fraction.len() as i64;
     let integer = if shift < 0 {
@@ -806,6 +807,10 @@ mod tests {
             ("1e400", None),
             ("18446744073709551616", None),
             ("1e19", None),
+            // Exponents at the ends of i64: refused, never an overflow.
+            ("1.5e-9223372036854775808", None),
+            ("1.5e9223372036854775807", None),
+            ("1e-9223372036854775809", None),
         ] {
             assert_eq!(exact_integer(literal, MAX_SAFE_INTEGER), value, "{literal}");
         }

@@ -571,6 +571,23 @@ mod tests {
         );
     }
 
+    /// An exponent of i64::MIN once overflowed `abs()` (a panic in a debug
+    /// build, the build the fuzzers use): refused as a bad amount instead.
+    #[test]
+    fn an_exponent_at_the_end_of_i64_is_a_bad_field_not_a_panic() {
+        let body = |exponent: &str| {
+            format!(
+                r#"{{"trackingId":"t","amount":1.5e{exponent},"timestamp":1,"status":"executed","signature":"s"}}"#
+            )
+        };
+        let err = parse_batch(body("-9223372036854775808").as_bytes(), 10).unwrap_err();
+        let bad: Vec<_> = err.details().iter().map(|d| d.field.clone()).collect();
+        assert_eq!(bad, [Some("amount".to_owned())]);
+        // Too large for serde_json: the body is not JSON it can read.
+        let err = parse_batch(body("9223372036854775807").as_bytes(), 10).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidPayload);
+    }
+
     #[test]
     fn idempotency_key_wins_over_signature() {
         let mut details = Details::default();
