@@ -56,6 +56,7 @@ pub mod model;
 pub mod realtime;
 pub mod server;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 
 pub use config::Config;

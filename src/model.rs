@@ -119,12 +119,6 @@ pub fn exact_integer(literal: &str, max: u64) -> Option<u64> {
     integer.parse::<u64>().ok().filter(|v| *v <= max)
 }
 
-/// The Socket.IO room of a trackingId. The prefix keeps trackingIds apart
-/// from any other room (a socket id, or rooms added later).
-pub fn room_of(tracking_id: &str) -> String {
-    format!("t:{tracking_id}")
-}
-
 /// An event id: the epoch of the trackingId's history and the event's seq,
 /// written `<epoch>-<seq>`. Clients treat it as opaque; the server reads the
 /// epoch to tell a `since` from a lost history (a new epoch starts whenever a
@@ -359,34 +353,6 @@ impl StoredEvent {
     }
 }
 
-/// The `timestamp` of a serialised envelope: for a payment, when the server
-/// accepted it (ms). None if the envelope has none (not one of ours).
-///
-/// Called once per delivered payment and node, so it reads the envelopes
-/// this server writes ([`StoredEvent::new`]: `timestamp` is the last
-/// top-level field) from their end, and parses anything else whole.
-pub fn envelope_timestamp(envelope: &RawValue) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct Stamp {
-        timestamp: u64,
-    }
-    let text = envelope.get();
-    let tail = text
-        .strip_suffix('}')
-        .and_then(|body| body.rsplit_once(':'))
-        .filter(|(before, digits)| {
-            before.ends_with(",\"timestamp\"")
-                && !digits.is_empty()
-                && digits.bytes().all(|b| b.is_ascii_digit())
-        })
-        .and_then(|(_, digits)| digits.parse().ok());
-    tail.or_else(|| {
-        serde_json::from_str::<Stamp>(text)
-            .ok()
-            .map(|s| s.timestamp)
-    })
-}
-
 /// A server event envelope: `{ type, data, timestamp }`, and for a
 /// subscribe's `ack` the trackingId's `position`.
 #[derive(Debug, Clone, Serialize)]
@@ -411,7 +377,8 @@ pub struct ErrorData {
 }
 
 /// Every error code of the contract, and the codes of the HTTP answers the
-/// contract leaves open (`NOT_FOUND`, `METHOD_NOT_ALLOWED`).
+/// contract leaves open (`NOT_FOUND`, `METHOD_NOT_ALLOWED`, and
+/// `INTERNAL_ERROR` for a `500`: the server could not read its storage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
@@ -428,11 +395,12 @@ pub enum ErrorCode {
     Unavailable,
     NotFound,
     MethodNotAllowed,
+    InternalError,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (the OpenAPI `ErrorBody` lists them).
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidTrackingId,
         ErrorCode::InvalidPayload,
         ErrorCode::InvalidSince,
@@ -446,6 +414,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::InternalError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -463,6 +432,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ErrorCode::InternalError => "INTERNAL_ERROR",
         }
     }
 }
@@ -690,31 +660,6 @@ mod tests {
         assert_eq!(names, as_str);
         let distinct: std::collections::HashSet<_> = as_str.iter().collect();
         assert_eq!(distinct.len(), ErrorCode::ALL.len());
-    }
-
-    #[test]
-    fn envelope_timestamp_reads_ours_from_the_end_and_anything_else_whole() {
-        let data = PaymentData {
-            tracking_id: "sub-1".into(),
-            amount: 1,
-            timestamp: 1_699_876_543,
-            status: PaymentStatus::Executed,
-            signature: Some("5Jt".into()),
-        };
-        let ev = StoredEvent::new(EventId { epoch: 7, seq: 3 }, 1_699_876_543_210, &data);
-        assert_eq!(envelope_timestamp(&ev.envelope), Some(1_699_876_543_210));
-        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
-        // Another field order, spaces: parsed whole.
-        assert_eq!(
-            envelope_timestamp(&raw(r#"{"timestamp": 5, "data": {"timestamp": 9}}"#)),
-            Some(5)
-        );
-        // The nested one is not the envelope's.
-        assert_eq!(
-            envelope_timestamp(&raw(r#"{"data":{"timestamp":9}}"#)),
-            None
-        );
-        assert_eq!(envelope_timestamp(&raw(r#"{"a":1,"timestamp":-1}"#)), None);
     }
 
     use super::*;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::admin::Admin;
@@ -17,7 +18,7 @@ use crate::config::{AuthMode, Config, ConfigError};
 use crate::http::connections::ConnectionLimits;
 use crate::http::serve::{self, HttpTimeouts};
 use crate::http::{self, App, AppState, SOCKET_PATH, ingest::IngestTokens};
-use crate::hub::Hub;
+use crate::hub::SocketHub;
 use crate::memory_limit;
 use crate::realtime::{self, Realtime};
 use crate::store::{
@@ -25,9 +26,6 @@ use crate::store::{
     RedisStore, Retention, StoreError,
 };
 use crate::telemetry;
-
-/// How often expired history and dedupe keys are swept from memory.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// How often the store is pinged in the background.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
@@ -69,11 +67,8 @@ pub struct Server {
     router: Router,
     io: SocketIo,
     app: AppState,
-    hub: Arc<Hub>,
+    hub: Arc<SocketHub>,
     publications: PublicationStream,
-    /// The memory store, which needs sweeping; `None` in cluster mode,
-    /// where Redis expires keys itself.
-    memory: Option<Arc<MemoryStore>>,
     shutdown_timeout: Duration,
     timeouts: HttpTimeouts,
 }
@@ -94,35 +89,31 @@ impl Server {
             dedupe_ttl_ms: config.dedupe_ttl * 1000,
         };
         let (publications, stream) = Publications::channel(config.delivery_buffer as usize);
-        let (store, memory, directory): (Arc<dyn HistoryStore>, _, Arc<dyn NodeDirectory>) =
-            match config.redis_target() {
-                None => {
-                    let (limit, source) = memory_limit::resolve(config.memory_limit);
-                    tracing::info!(
-                        bytes = limit,
-                        ?source,
-                        "memory store bounded to {limit} bytes; the oldest payments are evicted beyond it"
-                    );
-                    let memory = Arc::new(
-                        MemoryStore::new(retention, publications.clone()).with_memory_limit(limit),
-                    );
-                    (
-                        memory.clone(),
-                        Some(memory),
-                        Arc::new(MemoryDirectory::default()),
-                    )
-                }
-                Some(target) => {
-                    tracing::info!(
-                        ?target,
-                        "cluster mode: history, dedupe and publication in Redis"
-                    );
-                    let redis =
-                        RedisStore::connect(&target, retention, publications.clone()).await?;
-                    let directory = Arc::new(redis.directory());
-                    (Arc::new(redis), None, directory)
-                }
-            };
+        let (store, directory): (Arc<dyn HistoryStore>, Arc<dyn NodeDirectory>) = match config
+            .redis_target()
+        {
+            None => {
+                let (limit, source) = memory_limit::resolve(config.memory_limit);
+                tracing::info!(
+                    bytes = limit,
+                    ?source,
+                    "memory store bounded to {limit} bytes; the oldest payments are evicted beyond it"
+                );
+                let memory = Arc::new(
+                    MemoryStore::new(retention, publications.clone()).with_memory_limit(limit),
+                );
+                (memory, Arc::new(MemoryDirectory::default()))
+            }
+            Some(target) => {
+                tracing::info!(
+                    ?target,
+                    "cluster mode: history, dedupe and publication in Redis"
+                );
+                let redis = RedisStore::connect(&target, retention, publications.clone()).await?;
+                let directory = Arc::new(redis.directory());
+                (Arc::new(redis), directory)
+            }
+        };
 
         let (sio_layer, io) = SocketIo::builder()
             .req_path(SOCKET_PATH)
@@ -157,7 +148,7 @@ impl Server {
             // per connection would be most of an idle socket's memory.
             .ws_read_buffer_size(WS_READ_BUFFER)
             .build_layer();
-        let hub = Hub::new(io.clone(), store.clone(), history_limit);
+        let hub = SocketHub::new(store.clone(), history_limit);
         let access = match config.auth {
             AuthMode::Open => Access::Open,
             AuthMode::Token => Access::Token(Arc::new(
@@ -224,7 +215,6 @@ impl Server {
             app,
             hub,
             publications: stream,
-            memory,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
             timeouts: HttpTimeouts {
                 header_read: Duration::from_secs(config.header_read_timeout),
@@ -263,16 +253,18 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let addr = self.local_addr();
-        let sweeper = self.memory.map(|store| tokio::spawn(sweep(store)));
-        let audit = tokio::spawn(self.hub.clone().audit());
-        let delivery = tokio::spawn(self.hub.run(self.publications));
-        let keepalive = tokio::spawn(keepalive(self.app.store.clone()));
-        let upkeep = tokio::spawn(telemetry::upkeep(self.app.metrics.clone()));
-        let reporter = self
-            .app
-            .admin
-            .clone()
-            .map(|admin| tokio::spawn(admin.report_forever()));
+        // Every background part of the node, ended together when this set
+        // is dropped (on return, whatever happened).
+        let mut background = JoinSet::new();
+        let store = self.app.store.clone();
+        background.spawn(async move { store.upkeep().await });
+        background.spawn(keepalive(self.app.store.clone()));
+        background.spawn(self.hub.clone().audit());
+        background.spawn(self.hub.clone().run(self.publications));
+        background.spawn(telemetry::upkeep(self.app.metrics.clone()));
+        if let Some(admin) = self.app.admin.clone() {
+            background.spawn(admin.report_forever());
+        }
         let (stop_accepting, accepting) = tokio::sync::oneshot::channel::<()>();
         let mut serve = tokio::spawn(serve::serve(
             self.listener,
@@ -292,16 +284,8 @@ impl Server {
             }
             served = &mut serve => served.unwrap_or_else(|e| Err(std::io::Error::other(e))),
         };
-        if let Some(sweeper) = sweeper {
-            sweeper.abort();
-        }
-        delivery.abort();
-        audit.abort();
-        keepalive.abort();
-        upkeep.abort();
-        if let Some(reporter) = reporter {
-            reporter.abort();
-        }
+        background.abort_all();
+        self.hub.stop();
         serve.abort();
         tracing::info!("stopped");
         result
@@ -372,16 +356,5 @@ async fn keepalive(store: Arc<dyn HistoryStore>) {
             _ => {}
         }
         metrics::gauge!(telemetry::STORE_UP).set(if up { 1.0 } else { 0.0 });
-    }
-}
-
-async fn sweep(store: Arc<MemoryStore>) {
-    let mut every = tokio::time::interval(SWEEP_EVERY);
-    loop {
-        every.tick().await;
-        let stats = store.sweep();
-        metrics::gauge!(telemetry::STORE_HISTORIES).set(stats.histories as f64);
-        metrics::gauge!(telemetry::STORE_EVENTS).set(stats.events as f64);
-        metrics::gauge!(telemetry::STORE_DEDUPE_KEYS).set(stats.dedupe_keys as f64);
     }
 }

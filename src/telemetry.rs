@@ -81,6 +81,10 @@ pub const STORE_MEMORY_BYTES: &str = "tidings_store_memory_bytes";
 /// Counter: payments (event and dedupe key) the memory store evicted,
 /// oldest first, to keep within `--memory-limit`.
 pub const STORE_EVICTIONS: &str = "tidings_store_evictions_total";
+/// Counter: answers from the storage this server could not read (a reply
+/// of the wrong shape, a key of the wrong type, a publication that is not
+/// ours): a bug or a foreign writer, answered `500`, never retried.
+pub const STORE_MALFORMED: &str = "tidings_store_malformed_total";
 /// Gauge: this node's `--max-connections` (for "near its limit" alerts
 /// against [`CONNECTIONS`]).
 pub const CONNECTIONS_LIMIT: &str = "tidings_connections_limit";
@@ -103,6 +107,17 @@ pub const APPEND_DURATION: &str = "tidings_store_append_duration_seconds";
 pub const DELIVERY_LAG: &str = "tidings_delivery_lag_seconds";
 pub const PATH_LIVE: &str = "live";
 pub const PATH_CATCH_UP: &str = "catch_up";
+/// The [`DELIVERY_LAG`] histogram of `path` ([`PATH_LIVE`] or
+/// [`PATH_CATCH_UP`]), looked up once: a lookup by name and label per
+/// delivery would cost more than the recording. Registered at the first
+/// delivery, once the server's recorder is installed.
+pub fn delivery_lag(path: &'static str) -> &'static metrics::Histogram {
+    static HANDLES: std::sync::OnceLock<[metrics::Histogram; 2]> = std::sync::OnceLock::new();
+    let [live, catch_up] = HANDLES.get_or_init(|| {
+        [PATH_LIVE, PATH_CATCH_UP].map(|p| metrics::histogram!(DELIVERY_LAG, "path" => p))
+    });
+    if path == PATH_LIVE { live } else { catch_up }
+}
 /// Histogram: events replayed to one socket for one subscribe with
 /// `since` (0 when it was already up to date).
 pub const REPLAY_EVENTS: &str = "tidings_replay_events";
@@ -225,6 +240,7 @@ fn zero_series() {
         PAYMENTS_STORED,
         PAYMENTS_DUPLICATE,
         STORE_EVICTIONS,
+        STORE_MALFORMED,
         STORE_RESYNCS,
         GAPS_ANNOUNCED,
         CATCH_UP_EVENTS,
@@ -319,6 +335,10 @@ fn describe() {
     describe_gauge!(
         STORE_MEMORY_BYTES,
         "Estimated bytes retained by the memory store (bounded by --memory-limit)"
+    );
+    describe_counter!(
+        STORE_MALFORMED,
+        "Answers from the storage that could not be read (a bug or a foreign writer; answered 500, not retried)"
     );
     describe_counter!(
         STORE_EVICTIONS,

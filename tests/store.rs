@@ -57,10 +57,10 @@ async fn next_seq(rx: &mut PublicationStream) -> (String, u64) {
     let Signal::Publication(p) = next_signal(rx).await else {
         panic!("a publication")
     };
-    let v: Value = serde_json::from_str(p.envelope.get()).unwrap();
-    assert_eq!(v["id"], p.id.to_string());
-    assert_eq!(v["seq"], p.id.seq);
-    (p.tracking_id, p.id.seq)
+    let v: Value = serde_json::from_str(p.event.envelope.get()).unwrap();
+    assert_eq!(v["id"], p.event.id.to_string());
+    assert_eq!(v["seq"], p.event.id.seq);
+    (p.tracking_id, p.event.id.seq)
 }
 
 async fn redis_store(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use metrics_exporter_prometheus::PrometheusHandle;
 use socketioxide::SocketIo;
 
-use crate::hub::Hub;
+use crate::hub::SocketHub;
 use crate::model::now_ms;
 use crate::store::{NodeDirectory, StoreError};
 use crate::{realtime, telemetry};
@@ -49,7 +49,7 @@ pub struct Admin {
     listen: String,
     started_at: u64,
     directory: Arc<dyn NodeDirectory>,
-    hub: Arc<Hub>,
+    hub: Arc<SocketHub>,
     io: SocketIo,
     metrics: PrometheusHandle,
 }
@@ -58,7 +58,7 @@ impl Admin {
     pub fn new(
         listen: String,
         directory: Arc<dyn NodeDirectory>,
-        hub: Arc<Hub>,
+        hub: Arc<SocketHub>,
         io: SocketIo,
         metrics: PrometheusHandle,
     ) -> Self {

@@ -161,6 +161,12 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %detail, "storage unavailable");
                 ApiError::unavailable("Storage is unavailable; retry the same request")
             }
+            // Logged and counted where it was found; retrying reads the same.
+            StoreError::Malformed(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::InternalError,
+                "The server could not read its storage's answer",
+            ),
         }
     }
 }

@@ -24,13 +24,13 @@ use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 
 use crate::auth::{Access, Grant, TokenError};
-use crate::hub::Hub;
+use crate::hub::SocketHub;
 use crate::telemetry;
 use session::{Command, Op, Session};
 
 /// What the protocol handlers share, for every socket.
 pub struct Realtime {
-    pub hub: Arc<Hub>,
+    pub hub: Arc<SocketHub>,
     /// Who may connect and what they may watch (contract section 5).
     pub access: Access,
     pub max_subscriptions: usize,
@@ -43,7 +43,7 @@ pub struct Realtime {
 
 impl Realtime {
     pub fn new(
-        hub: Arc<Hub>,
+        hub: Arc<SocketHub>,
         access: Access,
         max_subscriptions: usize,
         per_second: u32,
@@ -155,7 +155,7 @@ fn attach(socket: &SocketRef, realtime: Arc<Realtime>, grant: Option<Grant>) {
         let hub = realtime.hub.clone();
         async move {
             for tid in held {
-                hub.unsubscribe(&s, &tid).await;
+                hub.unsubscribe(s.id, &tid).await;
             }
         }
     });

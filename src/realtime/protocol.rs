@@ -75,6 +75,11 @@ impl SubscribeRequest {
 pub fn refusal(tracking_id: &str, err: &StoreError) -> Refusal {
     match err {
         StoreError::InvalidSince => (ErrorCode::InvalidSince, err.to_string()),
+        // Logged and counted where it was found.
+        StoreError::Malformed(_) => (
+            ErrorCode::ConnectionError,
+            "The server could not read its storage's answer".to_owned(),
+        ),
         StoreError::Unavailable(detail) => {
             tracing::warn!(tracking_id, error = %detail, "subscribe failed: storage unavailable");
             (

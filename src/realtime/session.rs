@@ -225,7 +225,7 @@ impl Session {
         } else if self.state().closed {
             // The socket disconnected meanwhile and released what it held;
             // release this one too.
-            realtime.hub.unsubscribe(socket, &tid).await;
+            realtime.hub.unsubscribe(socket.id, &tid).await;
         }
     }
 
@@ -241,7 +241,7 @@ impl Session {
             at.map(|i| state.subscriptions.swap_remove(i)).is_some()
         };
         if held {
-            realtime.hub.unsubscribe(socket, &tid).await;
+            realtime.hub.unsubscribe(socket.id, &tid).await;
             metrics::gauge!(telemetry::SUBSCRIPTIONS).decrement(1.0);
         }
         reply(socket, cmd.ack, "ack", &Envelope::unsubscribed(&tid));

@@ -47,6 +47,10 @@ const KEY_OVERHEAD: usize = 350;
 /// its shard's map, its queues' and map's first allocations.
 const HISTORY_OVERHEAD: usize = 850;
 
+/// How often expired history and dedupe keys are swept (reads and appends
+/// also prune what they touch).
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
 /// Bytes one entry of the store-wide acceptance order costs.
 const ORDER_ENTRY: usize = std::mem::size_of::<Evictable>();
 
@@ -369,8 +373,7 @@ impl MemoryStore {
             // the queue in seq order.
             self.publications.publish(Publication {
                 tracking_id: tracking_id.to_owned(),
-                id,
-                envelope: event.envelope.clone(),
+                event: event.clone(),
             });
             out.push(Appended::Stored(event));
         }
@@ -554,6 +557,19 @@ impl HistoryStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Sweeps expired events and keys every [`SWEEP_EVERY`], and reports
+    /// what is held.
+    async fn upkeep(&self) {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            every.tick().await;
+            let stats = self.sweep();
+            metrics::gauge!(telemetry::STORE_HISTORIES).set(stats.histories as f64);
+            metrics::gauge!(telemetry::STORE_EVENTS).set(stats.events as f64);
+            metrics::gauge!(telemetry::STORE_DEDUPE_KEYS).set(stats.dedupe_keys as f64);
+        }
     }
 }
 

@@ -78,9 +78,28 @@ pub enum StoreError {
     /// (its seq is ahead of the history, or its epoch is in the future).
     #[error("since is not an event id this server could have issued")]
     InvalidSince,
-    /// The backing storage cannot be reached; nothing was changed.
+    /// The backing storage cannot be reached; nothing was changed. Worth
+    /// retrying: it recovers by itself.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The storage answered something this server cannot read (a reply of
+    /// the wrong shape, a key of the wrong type, an envelope that is not
+    /// JSON): a bug or a foreign writer, not an outage. Retrying gives the
+    /// same answer, so callers do not retry it; it is logged and counted
+    /// where it is made ([`StoreError::malformed`]).
+    #[error("unreadable answer from the storage: {0}")]
+    Malformed(String),
+}
+
+impl StoreError {
+    /// A [`StoreError::Malformed`], logged with its context and counted
+    /// (`tidings_store_malformed_total`) once, where it is found.
+    pub fn malformed(what: impl Into<String>) -> Self {
+        let what = what.into();
+        tracing::error!(what, "unreadable answer from the storage");
+        metrics::counter!(crate::telemetry::STORE_MALFORMED).increment(1);
+        StoreError::Malformed(what)
+    }
 }
 
 /// Per-trackingId payment history with idempotency.
@@ -129,6 +148,8 @@ pub enum StoreError {
 /// - **Unavailable means unchanged.** Every method fails with
 ///   [`StoreError::Unavailable`] rather than wait indefinitely when the
 ///   backing storage is unreachable, and recovers by itself when it is back.
+///   An answer it cannot read is [`StoreError::Malformed`], never
+///   `Unavailable`: retrying it would loop forever.
 #[async_trait]
 pub trait HistoryStore: Send + Sync + 'static {
     /// Appends `payments`, all for `tracking_id`, in order, and publishes
@@ -160,6 +181,13 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// Succeeds when the store can serve reads, writes and publications.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The store's own upkeep, run for as long as the store serves (the
+    /// memory store sweeps expired history; Redis expires keys itself).
+    /// Never returns; the default has nothing to do.
+    async fn upkeep(&self) {
+        std::future::pending::<()>().await
+    }
 
     /// Checks that this node still listens to every one of `tracking_ids`
     /// (those the hub listens to) and returns those whose listen may have

@@ -13,18 +13,18 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::model::EventId;
+use crate::model::StoredEvent;
 use crate::telemetry;
 
-/// A published event, on its way to this node's subscribed sockets.
+/// A published event, on its way to this node's subscribed sockets: the
+/// event as the store stored it (its id, acceptance time and envelope), so
+/// that nothing has to be read back out of the envelope.
 #[derive(Debug, Clone)]
 pub struct Publication {
     pub tracking_id: String,
-    pub id: EventId,
-    pub envelope: Arc<RawValue>,
+    pub event: StoredEvent,
 }
 
 /// What the hub is told, in order.
@@ -93,16 +93,23 @@ impl Publications {
                     tracking_id = %p.tracking_id,
                     "delivery buffer full: publication dropped; this node catches its sockets up from the history"
                 );
-                self.side
-                    .dropped
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(p.tracking_id);
-                self.side.wake.notify_one();
+                self.lost(p.tracking_id);
             }
             // The hub is gone (shutting down) or a flush marker: nothing to do.
             Err(_) => {}
         }
+    }
+
+    /// A publication of `tracking_id` reached this node but could not be
+    /// read (or was dropped): the hub catches that trackingId up from the
+    /// history. Must not block, as [`Publications::publish`].
+    pub fn lost(&self, tracking_id: String) {
+        self.side
+            .dropped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tracking_id);
+        self.side.wake.notify_one();
     }
 
     /// The publication connection was lost: every trackingId this node

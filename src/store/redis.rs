@@ -256,33 +256,33 @@ fn on_push(push: PushInfo, publications: &Publications) {
     let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
         return;
     };
-    let (Some(channel), Some(payload)) = (bulk_string(channel), bulk_string(payload)) else {
-        tracing::warn!("unreadable pub/sub message");
+    let Some(tracking_id) = bulk_string(channel)
+        .as_deref()
+        .and_then(Keys::tracking_id_of_channel)
+    else {
+        tracing::warn!("publication on a channel that is not a trackingId's");
         return;
     };
-    let Some(tracking_id) = Keys::tracking_id_of_channel(&channel) else {
-        tracing::warn!(
-            channel,
-            "publication on a channel that is not a trackingId's"
-        );
-        return;
-    };
-    let envelope: Arc<RawValue> = match RawValue::from_string(payload) {
-        Ok(envelope) => Arc::from(envelope),
-        Err(err) => {
-            tracing::warn!(%tracking_id, %err, "publication is not JSON");
-            return;
+    match bulk_string(payload).as_deref().and_then(read_publication) {
+        Some(event) => publications.publish(Publication { tracking_id, event }),
+        None => {
+            // Not ours (a node of an older version, a foreign publisher):
+            // the history is the truth, so this node reads it back.
+            let _ = StoreError::malformed(format!("publication of trackingId {tracking_id}"));
+            publications.lost(tracking_id);
         }
-    };
-    let Some(id) = EventId::of_envelope(&envelope) else {
-        tracing::warn!(%tracking_id, "publication has no event id");
-        return;
-    };
-    publications.publish(Publication {
-        tracking_id,
-        id,
-        envelope,
-    });
+    }
+}
+
+/// A publication as `append.lua` writes it: `<id> <accepted ms> <envelope>`.
+fn read_publication(payload: &str) -> Option<StoredEvent> {
+    let (id, rest) = payload.split_once(' ')?;
+    let (accepted_ms, envelope) = rest.split_once(' ')?;
+    Some(StoredEvent {
+        id: id.parse().ok()?,
+        accepted_ms: accepted_ms.parse().ok()?,
+        envelope: Arc::from(RawValue::from_string(envelope.to_owned()).ok()?),
+    })
 }
 
 /// A count field (`sub=3`, `ssub=3`) of a `CLIENT INFO` line.
@@ -364,7 +364,25 @@ fn int(v: &Value) -> Option<u64> {
 }
 
 fn malformed(what: &str) -> StoreError {
-    StoreError::Unavailable(format!("unexpected reply from Redis ({what})"))
+    StoreError::malformed(format!("unexpected reply from Redis ({what})"))
+}
+
+/// The one mapping from a Redis error to a [`StoreError`]: an answer of the
+/// wrong type (a key holding something else, a script's reply of another
+/// shape) is [`StoreError::Malformed`] and is not retried; everything else
+/// (connection refused or dropped, timeouts, a cluster resharding, a
+/// replica that is loading or read-only) is [`StoreError::Unavailable`].
+fn store_error(err: redis::RedisError) -> StoreError {
+    use redis::{ErrorKind, ServerErrorKind};
+    let unreadable = matches!(
+        err.kind(),
+        ErrorKind::UnexpectedReturnType | ErrorKind::Server(ServerErrorKind::CrossSlot)
+    ) || err.code() == Some("WRONGTYPE");
+    if unreadable {
+        StoreError::malformed(format!("Redis: {err}"))
+    } else {
+        StoreError::Unavailable(err.to_string())
+    }
 }
 
 /// Keys and channel of one trackingId.
@@ -447,13 +465,13 @@ impl HistoryStore for RedisStore {
             .arg(keys.channel());
         for p in payments {
             let data = serde_json::to_string(&p.data)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                .map_err(|e| StoreError::malformed(format!("payment data: {e}")))?;
             invocation.arg(data);
         }
         let reply: Value = invocation
             .invoke_async(&mut self.commands.clone())
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(store_error)?;
         let Value::Array(items) = reply else {
             return Err(malformed("append"));
         };
@@ -515,7 +533,7 @@ impl HistoryStore for RedisStore {
             .arg(self.retention.history_ttl_ms)
             .invoke_async(&mut self.commands.clone())
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(store_error)?;
         let Value::Array(items) = reply else {
             return Err(malformed("read"));
         };
@@ -567,7 +585,7 @@ impl HistoryStore for RedisStore {
             Conn::Single(mut c) => c.subscribe(&channel).await,
             Conn::Cluster(mut c) => c.ssubscribe(&channel).await,
         };
-        result.map_err(|e| StoreError::Unavailable(e.to_string()))
+        result.map_err(store_error)
     }
 
     async fn unlisten(&self, tracking_id: &str) {
@@ -586,7 +604,7 @@ impl HistoryStore for RedisStore {
     }
 
     async fn audit(&self, tracking_ids: &[String]) -> Result<Vec<String>, StoreError> {
-        let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
+        let unavailable = store_error;
         match &self.pubsub {
             Conn::Single(conn) => {
                 let info: String = redis::cmd("CLIENT")
@@ -678,7 +696,7 @@ impl RedisDirectory {
     async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         cmd.query_async(&mut self.commands.clone())
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+            .map_err(store_error)
     }
 }
 

@@ -12,6 +12,9 @@
 --
 -- Returns { now, { id, 0, envelope } | { original id, 1 }, ... } in payment order.
 --
+-- Each new event is published as `<id> <accepted ms> <envelope>`: the nodes
+-- take its id and time from there, never from the envelope's JSON.
+--
 -- Everything that can fail (a key of the wrong type) is read before the
 -- first payment is written: a script that fails changes no payment.
 local meta, events = KEYS[1], KEYS[2]
@@ -50,7 +53,7 @@ for i = FIRST, #ARGV do
       fmt(seq) .. ',"data":' .. ARGV[i] .. ',"timestamp":' .. fmt(now) .. '}'
     redis.call('XADD', events, 'MAXLEN', max_events, id, 't', fmt(now), 'e', envelope)
     redis.call('SET', key, id, 'PX', dedupe_ttl)
-    redis.call(publish, channel, envelope)
+    redis.call(publish, channel, id .. ' ' .. fmt(now) .. ' ' .. envelope)
     taken[key] = id
     out[#out + 1] = { id, 0, envelope }
   end

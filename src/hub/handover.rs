@@ -1,0 +1,209 @@
+//! Hand-over of a subscribe with `since`: the subscriber's replay, then
+//! what the room got while the replay was read, then the room, with
+//! nothing lost, nothing twice and nothing early; and the way back into the
+//! room after a resubscribe whose read failed.
+
+use std::sync::Arc;
+
+use super::catch_up::Backoff;
+use super::order::{Step, jump, resume, step};
+use super::topic::{Missed, Topic, send_payment, warn};
+use super::{Hub, Subscriber};
+use crate::model::{EventId, Position};
+use crate::store::{HistoryPage, StoreError};
+use crate::telemetry;
+
+/// What [`send_following`] does at a gap.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gaps {
+    /// Stop there: the caller reads what is missing.
+    Stop,
+    /// Warn the subscriber (`HISTORY_TRUNCATED`) and go on.
+    Warn,
+}
+
+impl<S: Subscriber> Hub<S> {
+    /// A pending subscriber's read is back: ack, warning, replay, then what
+    /// was buffered meanwhile from where the replay ended, then the room.
+    pub(super) async fn hand_over(
+        &self,
+        topic: &Arc<Topic<S>>,
+        sub: &S,
+        since: Option<EventId>,
+        page: HistoryPage,
+        ack: impl FnOnce(Position),
+    ) {
+        let tid = topic.tracking_id.as_str();
+        ack(page.position);
+        let mut at = page.position;
+        if since.is_some() {
+            if page.truncated {
+                warn(
+                    sub,
+                    tid,
+                    format!(
+                        "Some payments of trackingId {tid} after the given since are no longer retained; replay starts at the oldest retained one"
+                    ),
+                );
+            }
+            metrics::counter!(telemetry::REPLAYED).increment(page.events.len() as u64);
+            metrics::histogram!(telemetry::REPLAY_EVENTS).record(page.events.len() as f64);
+            for event in &page.events {
+                send_payment(sub, event);
+            }
+            if page.has_more
+                && let Some(last) = page.events.last()
+            {
+                at = last.id.into();
+            }
+        }
+        let mut retry = Backoff::default();
+        loop {
+            {
+                let mut live = topic.live();
+                let Some(pending) = live.pending.get_mut(&sub.id()) else {
+                    return; // unsubscribed (disconnected) meanwhile
+                };
+                let overflow = std::mem::take(&mut pending.overflow);
+                let buffered = std::mem::take(&mut pending.buffered);
+                let missing = match send_following(sub, tid, at, buffered, Gaps::Stop) {
+                    Ok(after) => {
+                        at = after;
+                        overflow
+                    }
+                    Err(before) => {
+                        at = before;
+                        true
+                    }
+                };
+                if !missing {
+                    tracing::debug!(tracking_id = tid, ?at, "joins the room after its replay");
+                    live.pending.remove(&sub.id());
+                    live.join(sub);
+                    return;
+                }
+            }
+            // Live payments outran the buffer: read what is missing.
+            match self.store.read(tid, at.id(), self.replay_limit).await {
+                Ok(more) => {
+                    let (gap, base) = resume(at, more.position, more.events.first().map(|e| e.id));
+                    if gap {
+                        warn(
+                            sub,
+                            tid,
+                            format!("Some payments of trackingId {tid} are no longer retained"),
+                        );
+                    }
+                    at = base;
+                    for event in more.events {
+                        if step(at, event.id) == Step::Next {
+                            send_payment(sub, &event);
+                            at = event.id.into();
+                        }
+                    }
+                }
+                Err(StoreError::InvalidSince) => at = Position::NONE,
+                Err(StoreError::Malformed(_)) => {
+                    // Reading again reads the same: what is missing cannot be
+                    // had. The subscriber is told, and joins from what was
+                    // buffered on.
+                    warn(
+                        sub,
+                        tid,
+                        format!(
+                            "Payments of trackingId {tid} may be missing and cannot be recovered"
+                        ),
+                    );
+                    self.rejoin_from(topic, sub, at);
+                    return;
+                }
+                Err(StoreError::Unavailable(_)) => {
+                    if !sub.is_connected() {
+                        topic.live().pending.remove(&sub.id());
+                        return;
+                    }
+                    retry.wait().await;
+                }
+            }
+        }
+    }
+
+    /// A failed resubscribe: the subscriber gets what the room got
+    /// meanwhile, warnings included, and is back in the room, as if nothing
+    /// happened.
+    pub(super) fn rejoin(&self, topic: &Topic<S>, sub: &S) {
+        let left_at = {
+            let live = topic.live();
+            let Some(pending) = live.pending.get(&sub.id()) else {
+                return;
+            };
+            pending.left_at.unwrap_or_default()
+        };
+        self.rejoin_from(topic, sub, left_at);
+    }
+
+    /// Sends `sub`, standing at `at`, what it missed from the room, warning
+    /// of every gap, and puts it back in the room.
+    fn rejoin_from(&self, topic: &Topic<S>, sub: &S, at: Position) {
+        let mut live = topic.live();
+        let Some(pending) = live.pending.remove(&sub.id()) else {
+            return;
+        };
+        let tid = topic.tracking_id.as_str();
+        tracing::debug!(
+            tracking_id = tid,
+            ?at,
+            missed = pending.buffered.len(),
+            "rejoining the room"
+        );
+        // No gap can stop it: the room's own gaps were announced to the
+        // room, so they are announced here too.
+        let _ = send_following(sub, tid, at, pending.buffered, Gaps::Warn);
+        live.join(sub);
+    }
+}
+
+/// Sends `sub` what it missed from the room (`missed`) that follows `at`,
+/// with a `HISTORY_TRUNCATED` warning before a history that started afresh
+/// (and, with [`Gaps::Warn`], before any gap). Returns where the
+/// subscriber now stands, or, with [`Gaps::Stop`], where it stood at the
+/// first gap.
+fn send_following<S: Subscriber>(
+    sub: &S,
+    tid: &str,
+    mut at: Position,
+    missed: Vec<Missed>,
+    gaps: Gaps,
+) -> Result<Position, Position> {
+    let lost = || format!("Payments of trackingId {tid} may be missing and cannot be recovered");
+    for item in missed {
+        let event = match item {
+            Missed::Event(event) => event,
+            Missed::Jump(to) => {
+                let (after, gap) = jump(at, to);
+                if gap && gaps == Gaps::Stop {
+                    return Err(at);
+                }
+                if gap {
+                    warn(sub, tid, lost());
+                }
+                at = after;
+                continue;
+            }
+        };
+        match step(at, event.id) {
+            Step::Old => continue,
+            Step::Next => {}
+            Step::Restart => warn(
+                sub,
+                tid,
+                format!("The history of trackingId {tid} started afresh"),
+            ),
+            Step::Gap if gaps == Gaps::Stop => return Err(at),
+            Step::Gap => warn(sub, tid, lost()),
+        }
+        send_payment(sub, &event);
+        at = event.id.into();
+    }
+    Ok(at)
+}

@@ -1,0 +1,367 @@
+//! One trackingId on this node: [`Topic`], its subscribers here and the
+//! node's *cursor* (the last event they were handed), and [`Live`], the
+//! rules that move the cursor. Everything in `Live` runs under the topic's
+//! live lock and never awaits: delivery, holding publications while the
+//! topic is out of step with the store, buffering for subscribers whose
+//! replay is being read, applying a catch-up read. What needs the store
+//! (listen, read) is the hub's ([`super::handover`], [`super::catch_up`]).
+//!
+//! A `Live` answers `true` where a catch-up read must start; the hub, which
+//! owns the tasks, starts it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::Subscriber;
+use super::order::{Step, resume, step};
+use crate::model::{Envelope, Position, StoredEvent, now_ms};
+use crate::store::HistoryPage;
+use crate::telemetry;
+
+/// Live publications held per trackingId while its catch-up read is in
+/// flight; beyond it they are dropped and the next read fetches them.
+const HELD_LIMIT: usize = 4096;
+
+/// Live payments buffered per subscriber while its replay is read; beyond
+/// it the hub reads again from where the subscriber stands.
+pub(super) const PENDING_LIMIT: usize = 1024;
+
+/// One trackingId on this node.
+pub(super) struct Topic<S: Subscriber> {
+    pub tracking_id: String,
+    /// Serialises the subscribe and unsubscribe decisions of this
+    /// trackingId (listen, unlisten); held across the store's listen and
+    /// first read. Delivery never takes it.
+    pub control: tokio::sync::Mutex<()>,
+    /// Delivery state; held briefly, never across an await.
+    live: Mutex<Live<S>>,
+    /// Set once the topic is out of the hub's registry: whoever still holds
+    /// it lets go (a new subscriber makes a new topic).
+    retired: AtomicBool,
+    /// The store delivers this trackingId's publications here. Changed
+    /// only under `control`; read by anyone (the audit).
+    listening: AtomicBool,
+}
+
+/// What a subscriber whose replay is being read missed from the room.
+pub(super) enum Missed {
+    /// An event handed to the room.
+    Event(StoredEvent),
+    /// The room's cursor moved to this position without an event (a
+    /// catch-up found events gone, or a history that started afresh with
+    /// none yet): the room was warned.
+    Jump(Position),
+}
+
+/// A subscriber whose replay is being read: out of the room, live payments
+/// buffered (bounded).
+#[derive(Default)]
+pub(super) struct Pending {
+    pub buffered: Vec<Missed>,
+    pub overflow: bool,
+    /// For a subscriber that was in the room (a resubscribe): the cursor
+    /// when it left, where it stands if its read fails.
+    pub left_at: Option<Position>,
+}
+
+/// The catch-up task's bookkeeping.
+#[derive(Default)]
+pub(super) struct CatchUp {
+    /// A catch-up task runs for this topic.
+    pub running: bool,
+    /// Rounds asked for; a round that started before the last request is
+    /// followed by another.
+    pub wanted: u64,
+    /// The next round listens again first (after a resync).
+    pub relisten: bool,
+}
+
+/// Publications waiting for the cursor (first read, or catch-up).
+#[derive(Default)]
+struct Held {
+    events: VecDeque<StoredEvent>,
+    /// Some were dropped beyond [`HELD_LIMIT`]: a read must fetch them.
+    overflow: bool,
+}
+
+/// A topic's delivery state.
+pub(super) struct Live<S: Subscriber> {
+    /// The last event handed to the room; `None` until the first
+    /// subscriber's read says where the history stands.
+    pub cursor: Option<Position>,
+    /// The room: subscribers handed every event as it comes. The one
+    /// membership of this node.
+    pub members: HashMap<S::Id, S>,
+    /// Subscribers whose replay is being read.
+    pub pending: HashMap<S::Id, Pending>,
+    held: Held,
+    pub catch_up: CatchUp,
+}
+
+impl<S: Subscriber> Default for Live<S> {
+    fn default() -> Self {
+        Live {
+            cursor: None,
+            members: HashMap::new(),
+            pending: HashMap::new(),
+            held: Held::default(),
+            catch_up: CatchUp::default(),
+        }
+    }
+}
+
+impl Pending {
+    pub fn buffer(&mut self, missed: Missed) {
+        if self.buffered.len() < PENDING_LIMIT {
+            self.buffered.push(missed);
+        } else {
+            self.overflow = true;
+        }
+    }
+}
+
+impl<S: Subscriber> Topic<S> {
+    pub fn new(tracking_id: &str) -> Self {
+        Topic {
+            tracking_id: tracking_id.to_owned(),
+            control: tokio::sync::Mutex::default(),
+            live: Mutex::default(),
+            retired: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
+        }
+    }
+
+    pub fn live(&self) -> MutexGuard<'_, Live<S>> {
+        // Every field is updated in one step; a panic elsewhere cannot leave
+        // it half-written, so a poisoned lock is still usable.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+
+    /// Called with `control` held.
+    pub fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::SeqCst);
+    }
+}
+
+/// Hands `envelope` to `sub`, counting a subscriber that cannot take it.
+pub(super) fn send_payment<S: Subscriber>(sub: &S, event: &StoredEvent) -> bool {
+    let sent = sub.send_payment(&event.envelope);
+    if !sent {
+        metrics::counter!(telemetry::DELIVERIES_DROPPED, "reason" => telemetry::DROP_SOCKET)
+            .increment(1);
+    }
+    sent
+}
+
+/// Sends `sub` a `HISTORY_TRUNCATED` warning about `tracking_id`.
+pub(super) fn warn<S: Subscriber>(sub: &S, tracking_id: &str, message: String) {
+    metrics::counter!(telemetry::SOCKET_ERRORS, "code" => "HISTORY_TRUNCATED").increment(1);
+    if !sub.send_error(&Envelope::truncated(tracking_id, message)) {
+        metrics::counter!(telemetry::DELIVERIES_DROPPED, "reason" => telemetry::DROP_SOCKET)
+            .increment(1);
+    }
+}
+
+impl<S: Subscriber> Live<S> {
+    /// No subscriber left, in the room or pending.
+    pub fn idle(&self) -> bool {
+        self.members.is_empty() && self.pending.is_empty()
+    }
+
+    /// `sub` joins the room: from now on it is handed every event.
+    pub fn join(&mut self, sub: &S) {
+        self.members.insert(sub.id(), sub.clone());
+    }
+
+    /// `id` leaves the room and stops waiting for its replay, if it did.
+    pub fn remove(&mut self, id: S::Id) {
+        self.members.remove(&id);
+        self.pending.remove(&id);
+    }
+
+    /// `sub` resubscribes with `since`: it leaves the room and waits for
+    /// its replay. Whether it was in the room.
+    pub fn begin_replay(&mut self, id: S::Id) -> bool {
+        let was_member = self.members.remove(&id).is_some();
+        let left_at = self.cursor.filter(|_| was_member);
+        self.pending.insert(
+            id,
+            Pending {
+                left_at,
+                ..Pending::default()
+            },
+        );
+        was_member
+    }
+
+    /// Asks for a catch-up read; true when its task must be started (none
+    /// runs, and the cursor is known).
+    pub fn want_catch_up(&mut self, reason: &'static str, relisten: bool) -> bool {
+        metrics::counter!(telemetry::CATCH_UPS, "reason" => reason).increment(1);
+        self.catch_up.wanted += 1;
+        self.catch_up.relisten |= relisten;
+        if self.cursor.is_some() && !self.catch_up.running {
+            self.catch_up.running = true;
+            return true;
+        }
+        false
+    }
+
+    /// The first subscriber's read says where the history stands: from
+    /// there, the topic delivers. True when a catch-up must start (a drop
+    /// or a resync came while the read was in flight, or what was held
+    /// does not follow).
+    pub fn start(&mut self, tracking_id: &str, position: Position) -> bool {
+        self.cursor = Some(position);
+        if self.catch_up.wanted > 0 {
+            self.catch_up.running = true;
+            return true;
+        }
+        if !self.drain_held(tracking_id) {
+            return self.want_catch_up("gap", false);
+        }
+        false
+    }
+
+    /// A live publication: delivered now if it is the next one, held while
+    /// the topic is not in step with the store. True when a catch-up must
+    /// start.
+    pub fn offer(&mut self, tracking_id: &str, event: StoredEvent) -> bool {
+        let cursor = match self.cursor {
+            Some(cursor) if !self.catch_up.running => cursor,
+            _ => {
+                self.hold(event);
+                return false;
+            }
+        };
+        if let Err(event) = self.follow(tracking_id, cursor, event) {
+            self.hold(event);
+            return self.want_catch_up("gap", false);
+        }
+        false
+    }
+
+    fn hold(&mut self, event: StoredEvent) {
+        if self.held.events.len() < HELD_LIMIT {
+            self.held.events.push_back(event);
+        } else {
+            self.held.overflow = true;
+        }
+    }
+
+    /// Drops the oldest held publication (one the store never shows).
+    pub fn drop_held_front(&mut self) -> Option<StoredEvent> {
+        self.held.events.pop_front()
+    }
+
+    /// Delivers `event` if it follows `cursor` (announcing a history that
+    /// started afresh), skips it if it is old; hands it back on a gap.
+    fn follow(
+        &mut self,
+        tracking_id: &str,
+        cursor: Position,
+        event: StoredEvent,
+    ) -> Result<(), StoredEvent> {
+        match step(cursor, event.id) {
+            Step::Old => {}
+            Step::Next => self.deliver(event, telemetry::PATH_LIVE),
+            Step::Restart => {
+                self.announce_gap(tracking_id, "its history started afresh");
+                self.deliver(event, telemetry::PATH_LIVE);
+            }
+            Step::Gap => return Err(event),
+        }
+        Ok(())
+    }
+
+    /// Hands the next event to the room and to every pending subscriber's
+    /// buffer, and moves the cursor. `path` labels its delivery lag.
+    pub fn deliver(&mut self, event: StoredEvent, path: &'static str) {
+        metrics::counter!(telemetry::BROADCASTS).increment(1);
+        if !self.members.is_empty() {
+            for sub in self.members.values() {
+                send_payment(sub, &event);
+            }
+            // Once per payment and node, after the last subscriber here was
+            // handed it; a clock behind the accepting node's reads as 0.
+            let lag_ms = now_ms().saturating_sub(event.accepted_ms);
+            telemetry::delivery_lag(path).record(lag_ms as f64 / 1000.0);
+        }
+        self.cursor = Some(event.id.into());
+        for pending in self.pending.values_mut() {
+            pending.buffer(Missed::Event(event.clone()));
+        }
+    }
+
+    /// Tells the room that some of its events cannot be delivered.
+    pub fn announce_gap(&self, tracking_id: &str, why: &str) {
+        metrics::counter!(telemetry::GAPS_ANNOUNCED).increment(1);
+        tracing::warn!(
+            tracking_id,
+            members = self.members.len(),
+            pending = self.pending.len(),
+            "announcing a gap: {why}"
+        );
+        for sub in self.members.values() {
+            warn(
+                sub,
+                tracking_id,
+                format!(
+                    "Payments of trackingId {tracking_id} may be missing and cannot be recovered: {why}"
+                ),
+            );
+        }
+    }
+
+    /// Delivers held publications that follow the cursor; false when one
+    /// does not (or some were dropped): a catch-up read is needed.
+    pub fn drain_held(&mut self, tracking_id: &str) -> bool {
+        while let Some(event) = self.held.events.pop_front() {
+            let Some(cursor) = self.cursor else {
+                self.held.events.push_front(event);
+                return false;
+            };
+            if let Err(event) = self.follow(tracking_id, cursor, event) {
+                self.held.events.push_front(event);
+                return false;
+            }
+        }
+        !std::mem::take(&mut self.held.overflow)
+    }
+
+    /// Applies a catch-up read made from `from`: announces what cannot be
+    /// recovered and delivers the rest. False when the history has more.
+    pub fn apply(&mut self, tracking_id: &str, from: Position, page: HistoryPage) -> bool {
+        let (gap, base) = resume(from, page.position, page.events.first().map(|e| e.id));
+        if gap {
+            self.announce_gap(tracking_id, "they are no longer retained");
+            // Subscribers out of the room now are told when they come back.
+            for pending in self.pending.values_mut() {
+                pending.buffer(Missed::Jump(base));
+            }
+        }
+        self.cursor = Some(base);
+        let mut delivered = 0;
+        for event in page.events {
+            if self.cursor.is_some_and(|c| step(c, event.id) == Step::Next) {
+                self.deliver(event, telemetry::PATH_CATCH_UP);
+                delivered += 1;
+            }
+        }
+        metrics::counter!(telemetry::CATCH_UP_EVENTS).increment(delivered);
+        !page.has_more
+    }
+}
