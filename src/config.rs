@@ -3,10 +3,10 @@
 
 use std::net::SocketAddr;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::memory_limit::MemoryLimit;
-use crate::store::RedisTarget;
 use crate::telemetry::LogFormat;
 
 /// Largest value of a flag in seconds: ten years. Durations are kept in
@@ -49,12 +49,12 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_DELIVERY_BUFFER", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub delivery_buffer: u64,
 
-    /// Bearer token that ingest accepts; repeat (or comma-separate the variable)
-    /// to accept several. Without one, ingest refuses every request.
+    /// Bearer token that ingest accepts; repeat the flag (each value taken
+    /// whole) or comma-separate the variable to accept several. Without
+    /// one, ingest refuses every request.
     #[arg(
         long = "ingest-token",
         env = "TIDINGS_INGEST_TOKEN",
-        value_delimiter = ',',
         hide_env_values = true
     )]
     pub ingest_tokens: Vec<String>,
@@ -96,12 +96,7 @@ pub struct Config {
 
     /// A key that may mint socket tokens (token mode) and open the admin
     /// page (`/admin`); repeatable.
-    #[arg(
-        long = "api-key",
-        env = "TIDINGS_API_KEY",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
+    #[arg(long = "api-key", env = "TIDINGS_API_KEY", hide_env_values = true)]
     pub api_keys: Vec<String>,
 
     /// (token mode) An HS256 secret for socket tokens; repeatable; the first
@@ -109,18 +104,12 @@ pub struct Config {
     #[arg(
         long = "token-secret",
         env = "TIDINGS_TOKEN_SECRET",
-        value_delimiter = ',',
         hide_env_values = true
     )]
     pub token_secrets: Vec<String>,
 
     /// An origin browsers may call from; repeatable; `*` allows any.
-    #[arg(
-        long = "cors-origin",
-        env = "TIDINGS_CORS_ORIGIN",
-        value_delimiter = ',',
-        default_value = "*"
-    )]
+    #[arg(long = "cors-origin", env = "TIDINGS_CORS_ORIGIN", default_value = "*")]
     pub cors_origins: Vec<String>,
 
     /// Log format: `pretty` (default on a terminal) or `json` (default otherwise).
@@ -266,19 +255,37 @@ impl Config {
         ])
     }
 
-    /// Where history lives: `None` for memory.
-    pub fn redis_target(&self) -> Option<RedisTarget> {
-        let url = self.redis_url.as_ref()?;
-        Some(if self.redis_cluster {
-            RedisTarget::Cluster(
-                url.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            )
-        } else {
-            RedisTarget::Single(url.clone())
-        })
+    /// Reads the command line and the `TIDINGS_*` variables (contract
+    /// section 7). A repeatable flag takes each value whole (a secret may
+    /// hold a comma); its variable is a comma-separated list.
+    pub fn load() -> Self {
+        Self::try_load_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Config::load`] from the given arguments.
+    pub fn try_load_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut config = Self::from_arg_matches(&matches)?;
+        let from_env = |id: &str| matches.value_source(id) == Some(ValueSource::EnvVariable);
+        for (id, values) in [
+            ("ingest_tokens", &mut config.ingest_tokens),
+            ("api_keys", &mut config.api_keys),
+            ("token_secrets", &mut config.token_secrets),
+            ("cors_origins", &mut config.cors_origins),
+        ] {
+            if from_env(id) {
+                *values = values
+                    .iter()
+                    .flat_map(|v| v.split(','))
+                    .map(str::to_owned)
+                    .collect();
+            }
+        }
+        Ok(config)
     }
 }
 

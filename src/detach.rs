@@ -6,7 +6,7 @@
 //! every socket for the socket's whole life, and axum's `OriginalUri` keeps
 //! a copy of the URI, so that buffer stays allocated for as long as the
 //! socket is connected, long after the websocket upgrade made it useless.
-//! Measured in `shared/notes/memory-per-connection.md`: 16 KB of a 38 KB
+//! Measured in `docs/memory-per-connection.md`: 16 KB of a 38 KB
 //! idle connection. This layer rebuilds the head of requests to the
 //! Socket.IO path as owned copies, keeping only the headers the handshake
 //! and the transports read; of the extensions (which engineioxide keeps

@@ -1,7 +1,6 @@
 //! The `tidings` binary: parse the configuration, start logging, catch
 //! SIGTERM and Ctrl-C, run the server until one arrives.
 
-use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// mimalloc (the default feature): glibc malloc was a fifth of the CPU
@@ -13,7 +12,7 @@ use tidings::{Config, Server, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config = Config::load();
     telemetry::init_logging(config.log_format);
     // Installed before the server binds and announces itself: a SIGTERM
     // that follows the `listening on` line is always a graceful shutdown.

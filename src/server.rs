@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinSet;
@@ -17,13 +18,14 @@ use crate::auth::{Access, BearerKeys, TokenKeys};
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::http::connections::ConnectionLimits;
 use crate::http::serve::{self, HttpTimeouts};
-use crate::http::{self, App, AppState, SOCKET_PATH, ingest::IngestTokens};
+use crate::http::state::{Credentials, Limits};
+use crate::http::{self, App, AppState, SOCKET_PATH};
 use crate::hub::SocketHub;
 use crate::memory_limit;
 use crate::realtime::{self, Realtime};
 use crate::store::{
     HistoryStore, MemoryDirectory, MemoryStore, NodeDirectory, PublicationStream, Publications,
-    RedisStore, Retention, StoreError,
+    RedisStore, RedisTarget, Retention, StoreError,
 };
 use crate::telemetry;
 
@@ -44,7 +46,7 @@ const MAX_SOCKET_MESSAGE: u64 = 64 * 1024;
 const ACCEPT_BACKLOG: u32 = 8192;
 
 /// Bytes of the websocket read buffer per connection (see
-/// `shared/notes/memory-per-connection.md`).
+/// `docs/memory-per-connection.md`).
 const WS_READ_BUFFER: usize = 256;
 
 /// Why the server could not start.
@@ -83,131 +85,56 @@ impl Server {
             );
         }
         let history_limit = config.history_limit as usize;
-        let retention = Retention {
-            max_events: history_limit,
-            history_ttl_ms: config.history_ttl * 1000,
-            dedupe_ttl_ms: config.dedupe_ttl * 1000,
-        };
         let (publications, stream) = Publications::channel(config.delivery_buffer as usize);
-        let (store, directory): (Arc<dyn HistoryStore>, Arc<dyn NodeDirectory>) = match config
-            .redis_target()
-        {
-            None => {
-                let (limit, source) = memory_limit::resolve(config.memory_limit);
-                tracing::info!(
-                    bytes = limit,
-                    ?source,
-                    "memory store bounded to {limit} bytes; the oldest payments are evicted beyond it"
-                );
-                let memory = Arc::new(
-                    MemoryStore::new(retention, publications.clone()).with_memory_limit(limit),
-                );
-                (memory, Arc::new(MemoryDirectory::default()))
-            }
-            Some(target) => {
-                tracing::info!(
-                    ?target,
-                    "cluster mode: history, dedupe and publication in Redis"
-                );
-                let redis = RedisStore::connect(&target, retention, publications.clone()).await?;
-                let directory = Arc::new(redis.directory());
-                (Arc::new(redis), directory)
-            }
-        };
-
-        let (sio_layer, io) = SocketIo::builder()
-            .req_path(SOCKET_PATH)
-            .max_buffer_size(history_limit + LIVE_BUFFER)
-            .max_payload(MAX_SOCKET_MESSAGE)
-            // tungstenite's defaults (64 MiB messages, 16 MiB frames) would let
-            // one client make the server buffer megabytes before any check.
-            .ws_max_message_size(MAX_SOCKET_MESSAGE as usize)
-            .ws_max_frame_size(MAX_SOCKET_MESSAGE as usize)
-            // No event of the contract carries binary data: a packet that
-            // announces attachments closes the connection at once instead
-            // of the server holding attachments (up to 10 MB for a minute
-            // by default) until they arrive.
-            .with_parser(
-                ParserConfig::common()
-                    .max_incoming_binaries(0)
-                    .max_incoming_binary_buf_size(0),
-            )
-            // A silent client (vanished, or an abandoned polling session) is
-            // closed after a ping it does not answer; so is one whose
-            // outgoing buffer is full when a ping is due (the close completes
-            // once its stalled connection is reset: `drop_when_stalled`).
-            .ping_interval(Duration::from_secs(config.ping_interval))
-            .ping_timeout(Duration::from_secs(config.ping_timeout))
-            // A session that has not joined the namespace by then is closed
-            // (socket.io-client joins at once); with the default pings, 45 s,
-            // socket.io's own default.
-            .connect_timeout(Duration::from_secs(
-                config.ping_interval + config.ping_timeout,
-            ))
-            // Clients send a few small events; a 4 KB websocket read buffer
-            // per connection would be most of an idle socket's memory.
-            .ws_read_buffer_size(WS_READ_BUFFER)
-            .build_layer();
+        let (store, directory) = open_store(config, publications.clone()).await?;
+        let (sio_layer, io) = socket_io(config);
         let hub = SocketHub::new(store.clone(), history_limit);
-        let access = match config.auth {
-            AuthMode::Open => Access::Open,
-            AuthMode::Token => Access::Token(Arc::new(
-                TokenKeys::new(&config.token_secrets).ok_or(ConfigError::TokenModeWithoutSecret)?,
-            )),
-        };
-        realtime::register(
-            &io,
-            Arc::new(Realtime::new(
-                hub.clone(),
-                access.clone(),
-                config.max_subscriptions as usize,
-                config.rate_limit,
-                config.rate_burst,
-            )),
+        let access = access(config)?;
+        let realtime = Realtime::new(
+            hub.clone(),
+            access.clone(),
+            config.max_subscriptions as usize,
+            config.rate_limit,
+            config.rate_burst,
         );
+        realtime::register(&io, Arc::new(realtime));
         let listener = listen(config.listen).map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?;
+        let counted = io.clone();
+        let metrics = telemetry::Exporter::new(move || realtime::sockets_by_transport(&counted));
         let listen_addr = listener
             .local_addr()
             .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
-        let admin = Arc::new(Admin::new(
-            listen_addr,
-            directory,
-            hub.clone(),
-            io.clone(),
-            telemetry::metrics_handle(),
+        let admin = Admin::new(listen_addr, directory, hub.clone(), metrics.clone());
+        let credentials = Credentials {
+            ingest_tokens: BearerKeys::new(&config.ingest_tokens),
+            api_keys: BearerKeys::new(&config.api_keys),
+            access,
+        };
+        let limits = Limits {
+            max_body: config.max_body as usize,
+            max_batch: config.max_batch as usize,
+            max_subscriptions: config.max_subscriptions as usize,
+        };
+        // One node: a 202 means this node's sockets have been handed the
+        // payments. A cluster node cannot promise that for other nodes.
+        let local = config.redis_url.is_none().then_some(publications);
+        let app = Arc::new(App::new(
+            store,
+            credentials,
+            limits,
+            metrics,
+            local,
+            Some(Arc::new(admin)),
         ));
-        let app: AppState = Arc::new(
-            App::new(
-                store,
-                IngestTokens::new(&config.ingest_tokens),
-                config.max_body as usize,
-                config.max_batch as usize,
-                telemetry::metrics_handle(),
-                // One node: a 202 means this node's sockets have been handed the
-                // payments. A cluster node cannot promise that for other nodes.
-                config.redis_url.is_none().then_some(publications),
-            )
-            .with_access(
-                access,
-                BearerKeys::new(&config.api_keys),
-                config.max_subscriptions as usize,
-            )
-            .with_io(io.clone())
-            .with_admin(admin.clone()),
+        let router = http::app(
+            app.clone(),
+            sio_layer,
+            connection_limits(config),
+            &config.cors_origins,
         );
-        metrics::gauge!(telemetry::CONNECTIONS_LIMIT).set(config.max_connections as f64);
-        let connections = ConnectionLimits::new(
-            SOCKET_PATH,
-            usize::try_from(config.max_connections).unwrap_or(usize::MAX),
-            config
-                .max_connections_per_ip
-                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        );
-        let router = http::app(app.clone(), sio_layer, connections, &config.cors_origins);
-
         Ok(Server {
             listener,
             router,
@@ -261,7 +188,7 @@ impl Server {
         background.spawn(keepalive(self.app.store.clone()));
         background.spawn(self.hub.clone().audit());
         background.spawn(self.hub.clone().run(self.publications));
-        background.spawn(telemetry::upkeep(self.app.metrics.clone()));
+        background.spawn(self.app.metrics.clone().upkeep());
         if let Some(admin) = self.app.admin.clone() {
             background.spawn(admin.report_forever());
         }
@@ -318,6 +245,97 @@ async fn drain(
     if tokio::time::timeout_at(deadline, serve).await.is_err() {
         tracing::warn!("shutdown timed out; exiting with requests in flight");
     }
+}
+
+/// The history store the configuration names (memory, or Redis) and the
+/// node directory beside it.
+async fn open_store(
+    config: &Config,
+    publications: Publications,
+) -> Result<(Arc<dyn HistoryStore>, Arc<dyn NodeDirectory>), StartError> {
+    let retention = Retention {
+        max_events: config.history_limit as usize,
+        history_ttl_ms: config.history_ttl * 1000,
+        dedupe_ttl_ms: config.dedupe_ttl * 1000,
+    };
+    let Some(url) = &config.redis_url else {
+        let (limit, source) = memory_limit::resolve(config.memory_limit);
+        tracing::info!(
+            bytes = limit,
+            ?source,
+            "memory store bounded to {limit} bytes; the oldest payments are evicted beyond it"
+        );
+        let memory = MemoryStore::new(retention, publications).with_memory_limit(limit);
+        return Ok((Arc::new(memory), Arc::new(MemoryDirectory::default())));
+    };
+    let target = RedisTarget::new(url, config.redis_cluster);
+    tracing::info!(
+        ?target,
+        "cluster mode: history, dedupe and publication in Redis"
+    );
+    let redis = RedisStore::connect(&target, retention, publications).await?;
+    let directory = Arc::new(redis.directory());
+    Ok((Arc::new(redis), directory))
+}
+
+/// The Socket.IO layer and its handle, with the bounds a hostile client
+/// meets.
+fn socket_io(config: &Config) -> (SocketIoLayer, SocketIo) {
+    SocketIo::builder()
+        .req_path(SOCKET_PATH)
+        .max_buffer_size(config.history_limit as usize + LIVE_BUFFER)
+        .max_payload(MAX_SOCKET_MESSAGE)
+        // tungstenite's defaults (64 MiB messages, 16 MiB frames) would let
+        // one client make the server buffer megabytes before any check.
+        .ws_max_message_size(MAX_SOCKET_MESSAGE as usize)
+        .ws_max_frame_size(MAX_SOCKET_MESSAGE as usize)
+        // No event of the contract carries binary data: a packet that
+        // announces attachments closes the connection at once instead
+        // of the server holding attachments (up to 10 MB for a minute
+        // by default) until they arrive.
+        .with_parser(
+            ParserConfig::common()
+                .max_incoming_binaries(0)
+                .max_incoming_binary_buf_size(0),
+        )
+        // A silent client (vanished, or an abandoned polling session) is
+        // closed after a ping it does not answer; so is one whose
+        // outgoing buffer is full when a ping is due (the close completes
+        // once its stalled connection is reset: `drop_when_stalled`).
+        .ping_interval(Duration::from_secs(config.ping_interval))
+        .ping_timeout(Duration::from_secs(config.ping_timeout))
+        // A session that has not joined the namespace by then is closed
+        // (socket.io-client joins at once); with the default pings, 45 s,
+        // socket.io's own default.
+        .connect_timeout(Duration::from_secs(
+            config.ping_interval + config.ping_timeout,
+        ))
+        // Clients send a few small events; a 4 KB websocket read buffer
+        // per connection would be most of an idle socket's memory.
+        .ws_read_buffer_size(WS_READ_BUFFER)
+        .build_layer()
+}
+
+/// Who may watch what (contract section 5).
+fn access(config: &Config) -> Result<Access, ConfigError> {
+    Ok(match config.auth {
+        AuthMode::Open => Access::Open,
+        AuthMode::Token => Access::Token(Arc::new(
+            TokenKeys::new(&config.token_secrets).ok_or(ConfigError::TokenModeWithoutSecret)?,
+        )),
+    })
+}
+
+/// `--max-connections` and `--max-connections-per-ip`.
+fn connection_limits(config: &Config) -> Arc<ConnectionLimits> {
+    metrics::gauge!(telemetry::CONNECTIONS_LIMIT).set(config.max_connections as f64);
+    ConnectionLimits::new(
+        SOCKET_PATH,
+        usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+        config
+            .max_connections_per_ip
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+    )
 }
 
 /// Binds with a deep accept queue: when thousands of clients reconnect at

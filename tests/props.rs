@@ -15,10 +15,10 @@ use axum::http::{Request, StatusCode, header};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
+use tidings::auth::{Access, BearerKeys};
 use tidings::http::connections::ConnectionLimits;
-use tidings::http::ingest::{
-    FIELDS, IngestTokens, MAX_KEY_BYTES, MAX_TIMESTAMP_SECONDS, parse_batch,
-};
+use tidings::http::ingest::{FIELDS, MAX_KEY_BYTES, MAX_TIMESTAMP_SECONDS, parse_batch};
+use tidings::http::state::{Credentials, Limits};
 use tidings::http::{self, App, SOCKET_PATH};
 use tidings::model::{
     DedupeKey, ErrorCode, EventId, MAX_SAFE_INTEGER, NewPayment, PaymentData, PaymentStatus,
@@ -258,12 +258,23 @@ static NODE: LazyLock<Node> = LazyLock::new(|| {
     let store = Arc::new(MemoryStore::new(retention, publications));
     let router = rt.block_on(async {
         let (layer, _io) = SocketIo::builder().req_path(SOCKET_PATH).build_layer();
+        let credentials = Credentials {
+            ingest_tokens: BearerKeys::new(&[TOKEN]),
+            api_keys: BearerKeys::default(),
+            access: Access::Open,
+        };
+        let limits = Limits {
+            max_body: 1 << 20,
+            max_batch: MAX_BATCH,
+            max_subscriptions: 100,
+        };
+        let metrics = tidings::telemetry::Exporter::new(|| (0, 0));
         let app = Arc::new(App::new(
             store.clone(),
-            IngestTokens::new(&[TOKEN]),
-            1 << 20,
-            MAX_BATCH,
-            tidings::telemetry::metrics_handle(),
+            credentials,
+            limits,
+            metrics,
+            None,
             None,
         ));
         let connections = ConnectionLimits::new(SOCKET_PATH, usize::MAX, None);

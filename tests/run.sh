@@ -36,6 +36,9 @@ fi
 
 cargo build --locked
 cargo test --locked --workspace
+# The mutation patches still apply, build, and are caught by the hub's
+# unit tests (a few seconds of tests after one build each).
+timeout 1200 bash tests/mutations/check.sh
 
 bin="$(pwd)/target/debug/tidings"
 (

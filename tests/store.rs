@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use redis_server::{RedisCluster, RedisServer};
 use serde_json::Value;
-use tidings::model::{DedupeKey, EventId, NewPayment, PaymentData, PaymentStatus, now_ms};
+use tidings::model::{
+    DedupeKey, EventId, NewPayment, PaymentData, PaymentStatus, StoredEvent, now_ms,
+};
 use tidings::store::{
     Appended, HistoryStore, MemoryStore, PublicationStream, Publications, RedisStore, RedisTarget,
     Retention, Signal, StoreError,
@@ -61,6 +63,13 @@ async fn next_seq(rx: &mut PublicationStream) -> (String, u64) {
     assert_eq!(v["id"], p.event.id.to_string());
     assert_eq!(v["seq"], p.event.id.seq);
     (p.tracking_id, p.event.id.seq)
+}
+
+async fn next_publication(rx: &mut PublicationStream) -> tidings::store::Publication {
+    match next_signal(rx).await {
+        Signal::Publication(p) => p,
+        _ => panic!("a publication"),
+    }
 }
 
 async fn redis_store(
@@ -497,8 +506,80 @@ async fn redis_restarted_with_its_data_starts_histories_afresh() {
     assert_eq!((after.epoch, after.seq), (page.position.epoch, 1));
 }
 
+/// One envelope: the Lua script writes it for Redis, `StoredEvent::new`
+/// for memory, and both must be the same bytes for the same payment
+/// (unicode, the largest amount, no signature with an idempotencyKey, every
+/// status), in what the append returns, what a read returns and what is
+/// published.
+#[tokio::test]
+async fn the_lua_envelope_is_byte_for_byte_the_rust_one() {
+    let redis = RedisServer::start();
+    let (store, mut rx) = redis_store(&redis, 1000).await;
+    let tid = "商户-42:sub-é\"q\"\u{1F4B8}";
+    store.listen(tid).await.unwrap();
+    let data = |status, amount, signature: Option<&str>| PaymentData {
+        tracking_id: tid.into(),
+        amount,
+        timestamp: 253_402_300_799,
+        status,
+        signature: signature.map(str::to_owned),
+    };
+    let batch = [
+        NewPayment {
+            data: data(
+                PaymentStatus::Executed,
+                9_007_199_254_740_991,
+                Some("5Jt…<\u{7}>\\/"),
+            ),
+            dedupe: DedupeKey::Signature("a".into()),
+        },
+        NewPayment {
+            data: data(PaymentStatus::Failed, 0, None),
+            dedupe: DedupeKey::Idempotency("never reached the chain".into()),
+        },
+        NewPayment {
+            data: data(PaymentStatus::Pending, 1, Some("\u{2028}\u{a0}")),
+            dedupe: DedupeKey::Signature("c".into()),
+        },
+    ];
+    let appended = store.append(tid, &batch).await.unwrap();
+    let page = store.read(tid, None, 10).await.unwrap();
+    for (i, (payment, outcome)) in batch.iter().zip(&appended).enumerate() {
+        let Appended::Stored(stored) = outcome else {
+            panic!("payment {i} stored");
+        };
+        let rust = StoredEvent::new(stored.id, stored.accepted_ms, &payment.data);
+        assert_eq!(
+            stored.envelope.get(),
+            rust.envelope.get(),
+            "payment {i}: append"
+        );
+        assert_eq!(
+            page.events[i].envelope.get(),
+            rust.envelope.get(),
+            "payment {i}: read"
+        );
+        assert_eq!(
+            page.events[i].accepted_ms, stored.accepted_ms,
+            "payment {i}: time"
+        );
+        let published = next_publication(&mut rx).await;
+        assert_eq!(
+            published.event.envelope.get(),
+            rust.envelope.get(),
+            "payment {i}: published"
+        );
+        assert_eq!(
+            (published.event.id, published.event.accepted_ms),
+            (stored.id, stored.accepted_ms)
+        );
+    }
+}
+
 /// A key of the wrong type stops an append before it writes any payment:
-/// one trackingId's payments of a call are stored whole or not at all.
+/// one trackingId's payments of a call are stored whole or not at all. It is
+/// an answer the server cannot read (`Malformed`, answered 500), not an
+/// outage (`Unavailable`, retried).
 #[tokio::test]
 async fn a_failing_append_writes_nothing() {
     let redis = RedisServer::start();
@@ -509,7 +590,7 @@ async fn a_failing_append_writes_nothing() {
     let batch = [payment("w", "good"), payment("w", "bad")];
     assert!(matches!(
         store.append("w", &batch).await,
-        Err(StoreError::Unavailable(_))
+        Err(StoreError::Malformed(_))
     ));
     let page = store.read("w", None, 10).await.unwrap();
     assert!(page.events.is_empty(), "nothing stored: {:?}", page.events);

@@ -2,7 +2,7 @@
 //! [`REPORT_EVERY`] through the store's [`NodeDirectory`] (Redis in a
 //! cluster), and any node's `/admin` reads every report. A report
 //! ([`report::NodeReport`]) carries what the node holds and what it did
-//! since its last report, sampled from its own metrics exposition, and the
+//! since its last report, sampled from its own metric handles, and the
 //! number of its subscribers of each trackingId an operator is inspecting.
 //!
 //! Off the payment path: a report that cannot be written is logged and
@@ -13,13 +13,10 @@ pub mod report;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics_exporter_prometheus::PrometheusHandle;
-use socketioxide::SocketIo;
-
 use crate::hub::SocketHub;
 use crate::model::now_ms;
 use crate::store::{NodeDirectory, StoreError};
-use crate::{realtime, telemetry};
+use crate::telemetry::{self, Exporter};
 use report::{NodeReport, Sample, Window};
 
 /// How often a node reports itself.
@@ -50,8 +47,7 @@ pub struct Admin {
     started_at: u64,
     directory: Arc<dyn NodeDirectory>,
     hub: Arc<SocketHub>,
-    io: SocketIo,
-    metrics: PrometheusHandle,
+    metrics: Exporter,
 }
 
 impl Admin {
@@ -59,8 +55,7 @@ impl Admin {
         listen: String,
         directory: Arc<dyn NodeDirectory>,
         hub: Arc<SocketHub>,
-        io: SocketIo,
-        metrics: PrometheusHandle,
+        metrics: Exporter,
     ) -> Self {
         let uuid = uuid::Uuid::new_v4().simple().to_string();
         Admin {
@@ -70,7 +65,6 @@ impl Admin {
             started_at: now_ms(),
             directory,
             hub,
-            io,
             metrics,
         }
     }
@@ -88,7 +82,7 @@ impl Admin {
         loop {
             every.tick().await;
             telemetry::collect_process_metrics();
-            let sample = Sample::parse(&self.metrics.render());
+            let sample = Sample::now();
             let now = Instant::now();
             let window = match &previous {
                 Some((at, before)) => {
@@ -115,7 +109,7 @@ impl Admin {
                 (tid, n)
             })
             .collect();
-        let (polling, websocket) = realtime::sockets_by_transport(&self.io);
+        let (polling, websocket) = self.metrics.sockets_by_transport();
         let report = NodeReport {
             id: self.id.clone(),
             hostname: self.hostname.clone(),

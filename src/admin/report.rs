@@ -1,12 +1,15 @@
 //! A node's report for the admin page: what it holds now (sockets,
 //! subscriptions, connections, memory) and what it did since its previous
 //! report (payments ingested per second, live delivery lag p99, drops),
-//! read from this node's own `/metrics` exposition so that the page and
-//! Prometheus show the same figures.
+//! read from the handles that feed this node's `/metrics`
+//! ([`crate::telemetry::figures`]), so that the page and Prometheus show the
+//! same figures.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::telemetry::figures::figures;
 
 /// One node's report, as stored in the [`NodeDirectory`](crate::store::NodeDirectory)
 /// and served to the admin page.
@@ -65,57 +68,23 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Reads the figures out of Prometheus text; absent ones are 0.
-    pub fn parse(exposition: &str) -> Sample {
-        let mut s = Sample::default();
-        for line in exposition.lines() {
-            if line.starts_with('#') {
-                continue;
-            }
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(value) = value.parse::<f64>() else {
-                continue;
-            };
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            match name {
-                "tidings_sockets" => s.sockets = value,
-                "tidings_subscriptions" => s.subscriptions = value,
-                "tidings_topics" => s.topics = value,
-                "tidings_connections" => s.connections = value,
-                "tidings_connections_limit" => s.connections_limit = value,
-                "tidings_store_up" => s.store_up = value,
-                "process_resident_memory_bytes" => s.rss_bytes = value,
-                "tidings_payments_stored_total" => s.stored = value,
-                "tidings_broadcasts_total" => s.broadcasts = value,
-                "tidings_deliveries_dropped_total" => s.dropped += value,
-                "tidings_delivery_lag_seconds_bucket" if labels.contains("path=\"live\"") => {
-                    if let Some(le) = label(labels, "le") {
-                        let bound = if le == "+Inf" {
-                            f64::INFINITY
-                        } else {
-                            le.parse().unwrap_or(f64::INFINITY)
-                        };
-                        s.lag_buckets.push((bound, value));
-                    }
-                }
-                _ => {}
-            }
+    /// The figures now, from this node's metric handles.
+    pub fn now() -> Sample {
+        let f = figures();
+        Sample {
+            sockets: f.sockets.get(),
+            subscriptions: f.subscriptions.get(),
+            topics: f.topics.get(),
+            connections: f.connections.get(),
+            connections_limit: f.connections_limit.get(),
+            store_up: f.store_up.get(),
+            rss_bytes: f.rss_bytes.get(),
+            stored: f.stored.get() as f64,
+            broadcasts: f.broadcasts.get() as f64,
+            dropped: f.dropped.get() as f64,
+            lag_buckets: f.lag.cumulative(),
         }
-        s.lag_buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        s
     }
-}
-
-fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
-    labels.split(',').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k.trim() == name).then(|| v.trim_matches('"'))
-    })
 }
 
 /// What happened between two samples `seconds` apart.
@@ -181,26 +150,14 @@ impl Window {
 mod tests {
     use super::*;
 
-    const TEXT: &str = "# HELP tidings_sockets x\n\
-        tidings_sockets 3\n\
-        tidings_payments_stored_total 10\n\
-        tidings_deliveries_dropped_total{reason=\"queue_full\"} 2\n\
-        tidings_deliveries_dropped_total{reason=\"socket_buffer\"} 5\n\
-        tidings_delivery_lag_seconds_bucket{path=\"live\",le=\"0.001\"} 90\n\
-        tidings_delivery_lag_seconds_bucket{path=\"live\",le=\"0.01\"} 99\n\
-        tidings_delivery_lag_seconds_bucket{path=\"live\",le=\"+Inf\"} 100\n\
-        tidings_delivery_lag_seconds_bucket{path=\"catch_up\",le=\"+Inf\"} 7\n";
-
-    #[test]
-    fn parses_gauges_counters_and_live_buckets_only() {
-        let s = Sample::parse(TEXT);
-        assert_eq!(s.sockets, 3.0);
-        assert_eq!(s.stored, 10.0);
-        assert_eq!(s.dropped, 7.0, "summed over reasons");
-        assert_eq!(
-            s.lag_buckets,
-            vec![(0.001, 90.0), (0.01, 99.0), (f64::INFINITY, 100.0)]
-        );
+    fn sample() -> Sample {
+        Sample {
+            sockets: 3.0,
+            stored: 10.0,
+            dropped: 7.0,
+            lag_buckets: vec![(0.001, 90.0), (0.01, 99.0), (f64::INFINITY, 100.0)],
+            ..Sample::default()
+        }
     }
 
     #[test]
@@ -211,7 +168,7 @@ mod tests {
             lag_buckets: vec![(0.001, 90.0), (0.01, 90.0), (f64::INFINITY, 90.0)],
             ..Sample::default()
         };
-        let now = Sample::parse(TEXT);
+        let now = sample();
         let w = Window::between(&before, &now, 2.0);
         assert_eq!(w.ingest_per_second, 3.0);
         assert_eq!(w.dropped_recent, 6);

@@ -11,17 +11,18 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::bearer::{Credential, require};
 use super::error::ApiError;
 use super::events::{bad_query, limit_param, required_tracking_id, since_param};
 use super::query::{QueryError, StrictQuery};
 use super::state::AppState;
 use crate::admin::{Admin, NodeView};
-use crate::model::{ErrorCode, EventId, Position};
+use crate::model::{EventId, Position};
 
 const PAGE: &str = include_str!("assets/admin.html");
 const SCRIPT: &str = include_str!("assets/admin.js");
@@ -174,16 +175,12 @@ pub async fn tracking(
 }
 
 fn disabled() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        ErrorCode::NotFound,
-        "The admin page is disabled: the server has no --api-key",
-    )
+    ApiError::not_found("The admin page is disabled: the server has no --api-key")
 }
 
 fn enabled(app: &AppState) -> Result<&Arc<Admin>, ApiError> {
     match &app.admin {
-        Some(admin) if !app.api_keys.is_empty() => Ok(admin),
+        Some(admin) if !app.credentials.api_keys.is_empty() => Ok(admin),
         _ => Err(disabled()),
     }
 }
@@ -191,11 +188,6 @@ fn enabled(app: &AppState) -> Result<&Arc<Admin>, ApiError> {
 /// An API key as the bearer token.
 fn authorize<'a>(app: &'a AppState, headers: &HeaderMap) -> Result<&'a Arc<Admin>, ApiError> {
     let admin = enabled(app)?;
-    match crate::auth::bearer(headers) {
-        Some(key) if app.api_keys.accepts(key) => Ok(admin),
-        Some(_) => Err(ApiError::unauthorized("Invalid API key")),
-        None => Err(ApiError::unauthorized(
-            "Missing Authorization: Bearer <api key>",
-        )),
-    }
+    require(&app.credentials.api_keys, headers, Credential::ApiKey)?;
+    Ok(admin)
 }

@@ -17,13 +17,12 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use super::error::ApiError;
-use crate::model::ErrorCode;
 
 /// Bytes of an over-limit body read and discarded after the `413`, beyond
 /// what was read before the limit was found: enough for a client that
@@ -132,11 +131,8 @@ pub async fn read_bounded(
 
 /// The `413`; drains what the client is still sending.
 fn too_large(headers: &HeaderMap, body: Body, max_bytes: usize) -> ApiError {
-    let refusal = ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::PayloadTooLarge,
-        format!("Request body is larger than {max_bytes} bytes"),
-    );
+    let refusal =
+        ApiError::PayloadTooLarge(format!("Request body is larger than {max_bytes} bytes"));
     refuse_unread(headers, body, refusal)
 }
 
@@ -173,14 +169,10 @@ fn read_error(err: axum::Error) -> ApiError {
     let deadline = std::error::Error::source(&err)
         .and_then(|source| source.downcast_ref::<BodyDeadlineElapsed>());
     match deadline {
-        Some(elapsed) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            ErrorCode::InvalidPayload,
-            format!(
-                "The request body was not received within {} s",
-                elapsed.0.as_secs()
-            ),
-        )
+        Some(elapsed) => ApiError::BodyTimeout(format!(
+            "The request body was not received within {} s",
+            elapsed.0.as_secs()
+        ))
         .closing(),
         None => {
             ApiError::invalid_payload(format!("Could not read the request body: {err}")).closing()
@@ -191,6 +183,7 @@ fn read_error(err: axum::Error) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
     use http_body_util::{Full, StreamBody};
 
     fn headers(content_length: Option<u64>) -> HeaderMap {

@@ -20,12 +20,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use crate::model::ErrorCode;
 use crate::telemetry;
 
 /// The limits and the sessions holding a slot.
@@ -71,10 +70,8 @@ impl IntoResponse for Refusal {
             Refusal::NodeFull => ApiError::unavailable(
                 "This node holds its maximum of connections; retry later or on another node",
             ),
-            Refusal::AddressFull => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::RateLimited,
-                "Too many connections from this address; close one before opening another",
+            Refusal::AddressFull => ApiError::RateLimited(
+                "Too many connections from this address; close one before opening another".into(),
             ),
         }
         .into_response()

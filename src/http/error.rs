@@ -78,95 +78,177 @@ impl Details {
         } else {
             format!("{} invalid field(s); nothing was stored", self.total)
         };
-        ApiError::invalid_payload(message).with_details(self.kept)
+        ApiError::InvalidPayload {
+            message,
+            details: Some(self.kept),
+        }
     }
 }
 
-/// An HTTP error answer.
+/// An HTTP error answer. Each variant fixes its status and code; the one
+/// place where they are chosen.
 #[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: ErrorCode,
-    message: String,
-    details: Option<Vec<Detail>>,
-    /// Answer with `Connection: close`: what is left of the request on the
-    /// connection cannot be trusted (a body cut short or too large).
-    close: bool,
+pub enum ApiError {
+    /// `400 INVALID_PAYLOAD`: a bad body or parameter; `details` lists the
+    /// bad fields when the body was read and validated.
+    InvalidPayload {
+        message: String,
+        details: Option<Vec<Detail>>,
+    },
+    /// `400 INVALID_TRACKING_ID`.
+    InvalidTrackingId(String),
+    /// `400 INVALID_SINCE`.
+    InvalidSince(String),
+    /// `401 UNAUTHORIZED`: a credential missing or wrong.
+    Unauthorized(String),
+    /// `403 FORBIDDEN`: a socket token that does not cover the trackingId.
+    Forbidden(String),
+    /// `404 NOT_FOUND`.
+    NotFound(String),
+    /// `405 METHOD_NOT_ALLOWED` (the router adds `Allow`).
+    MethodNotAllowed(String),
+    /// `408 INVALID_PAYLOAD`: the body did not arrive in time.
+    BodyTimeout(String),
+    /// `413 PAYLOAD_TOO_LARGE`.
+    PayloadTooLarge(String),
+    /// `429 RATE_LIMITED`.
+    RateLimited(String),
+    /// `500 INTERNAL_ERROR`: the server could not read its storage's
+    /// answer. Retrying the same request reads the same.
+    Internal(String),
+    /// `503 UNAVAILABLE` with `Retry-After`: retry the same request.
+    Unavailable(String),
+    /// Any of the above, answered with `Connection: close`: what is left of
+    /// the request on the connection cannot be trusted (a body cut short,
+    /// too large, or refused unread).
+    Closing(Box<ApiError>),
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
+    pub fn invalid_payload(message: impl Into<String>) -> Self {
+        ApiError::InvalidPayload {
             message: message.into(),
             details: None,
-            close: false,
         }
     }
 
-    pub fn invalid_payload(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, message)
+    pub fn invalid_tracking_id(message: impl Into<String>) -> Self {
+        ApiError::InvalidTrackingId(message.into())
     }
 
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            message,
-        )
+    pub fn invalid_since() -> Self {
+        ApiError::InvalidSince("since is not an event id this server could have issued".into())
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
-    }
-
-    pub fn with_details(mut self, details: Vec<Detail>) -> Self {
-        self.details = Some(details);
-        self
-    }
-
-    /// Closes the connection after the answer.
-    pub fn closing(mut self) -> Self {
-        self.close = true;
-        self
-    }
-
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    pub fn code(&self) -> ErrorCode {
-        self.code
-    }
-
-    pub fn details(&self) -> &[Detail] {
-        self.details.as_deref().unwrap_or_default()
+        ApiError::Unauthorized(message.into())
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+        ApiError::Forbidden(message.into())
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::NotFound(message.into())
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::Unavailable(message.into())
+    }
+
+    /// The same answer, closing the connection after it.
+    pub fn closing(self) -> Self {
+        match self {
+            closing @ ApiError::Closing(_) => closing,
+            other => ApiError::Closing(Box::new(other)),
+        }
+    }
+
+    /// The answer without its connection handling.
+    fn inner(&self) -> &ApiError {
+        match self {
+            ApiError::Closing(inner) => inner.inner(),
+            other => other,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.inner() {
+            ApiError::InvalidPayload { .. }
+            | ApiError::InvalidTrackingId(_)
+            | ApiError::InvalidSince(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Closing(_) => unreachable!("inner() unwraps Closing"),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self.inner() {
+            ApiError::InvalidPayload { .. } | ApiError::BodyTimeout(_) => ErrorCode::InvalidPayload,
+            ApiError::InvalidTrackingId(_) => ErrorCode::InvalidTrackingId,
+            ApiError::InvalidSince(_) => ErrorCode::InvalidSince,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            ApiError::RateLimited(_) => ErrorCode::RateLimited,
+            ApiError::Internal(_) => ErrorCode::InternalError,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Closing(_) => unreachable!("inner() unwraps Closing"),
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self.inner() {
+            ApiError::InvalidPayload { message, .. }
+            | ApiError::InvalidTrackingId(message)
+            | ApiError::InvalidSince(message)
+            | ApiError::Unauthorized(message)
+            | ApiError::Forbidden(message)
+            | ApiError::NotFound(message)
+            | ApiError::MethodNotAllowed(message)
+            | ApiError::BodyTimeout(message)
+            | ApiError::PayloadTooLarge(message)
+            | ApiError::RateLimited(message)
+            | ApiError::Internal(message)
+            | ApiError::Unavailable(message) => message,
+            ApiError::Closing(_) => unreachable!("inner() unwraps Closing"),
+        }
+    }
+
+    pub fn details(&self) -> &[Detail] {
+        match self.inner() {
+            ApiError::InvalidPayload {
+                details: Some(details),
+                ..
+            } => details,
+            _ => &[],
+        }
     }
 }
 
+/// The one mapping from store errors to HTTP answers.
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::InvalidSince => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidSince,
-                "since is not an event id this server could have issued",
-            ),
+            StoreError::InvalidSince => ApiError::invalid_since(),
             StoreError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "storage unavailable");
                 ApiError::unavailable("Storage is unavailable; retry the same request")
             }
             // Logged and counted where it was found; retrying reads the same.
-            StoreError::Malformed(_) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::InternalError,
-                "The server could not read its storage's answer",
-            ),
+            StoreError::Malformed(_) => {
+                ApiError::Internal("The server could not read its storage's answer".into())
+            }
         }
     }
 }
@@ -184,21 +266,26 @@ impl IntoResponse for ApiError {
             #[serde(skip_serializing_if = "Option::is_none")]
             details: Option<&'a [Detail]>,
         }
+        let details = match self.inner() {
+            ApiError::InvalidPayload { details, .. } => details.as_deref(),
+            _ => None,
+        };
         let body = Body {
             error: Inner {
-                code: self.code,
-                message: &self.message,
-                details: self.details.as_deref(),
+                code: self.code(),
+                message: self.message(),
+                details,
             },
         };
-        let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        let status = self.status();
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
         }
-        if self.close {
+        if matches!(self, ApiError::Closing(_)) {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -347,18 +434,18 @@ mod tests {
         let mut few = Details::default();
         (0..3).for_each(|i| few.push(detail(i)));
         let err = few.into_error();
-        assert_eq!(err.message, "3 invalid field(s); nothing was stored");
-        assert_eq!(err.details.as_ref().map(Vec::len), Some(3));
+        assert_eq!(err.message(), "3 invalid field(s); nothing was stored");
+        assert_eq!(err.details().len(), 3);
 
         let mut many = Details::default();
         (0..MAX_DETAILS + 5).for_each(|i| many.push(detail(i)));
         assert_eq!(many.total(), MAX_DETAILS + 5);
         let err = many.into_error();
         assert_eq!(
-            err.message,
+            err.message(),
             "105 invalid fields, the first 100 listed; nothing was stored"
         );
-        let kept = err.details.unwrap();
+        let kept = err.details();
         assert_eq!(kept.len(), MAX_DETAILS);
         assert_eq!(kept.last().map(|d| d.index), Some(MAX_DETAILS - 1));
     }

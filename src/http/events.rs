@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -16,7 +16,7 @@ use super::error::{
 use super::query::{QueryError, StrictQuery};
 use super::state::AppState;
 use crate::auth::{self, Access};
-use crate::model::{ErrorCode, EventId, check_tracking_id};
+use crate::model::{EventId, check_tracking_id};
 
 /// Default and largest page of `GET /v1/events`.
 pub const DEFAULT_PAGE: usize = 100;
@@ -127,12 +127,13 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let StrictQuery(q) = query.map_err(bad_query)?;
     // Token mode: who is asking comes before what is asked.
-    let token = if matches!(app.access, Access::Token(_)) {
+    let token = if matches!(app.credentials.access, Access::Token(_)) {
         presented_token(&headers, q.token.as_deref())?
     } else {
         None
     };
     let grant = app
+        .credentials
         .access
         .grant(token)
         .map_err(|e| ApiError::unauthorized(format!("{e}")))?;
@@ -178,15 +179,9 @@ fn presented_token<'a>(
 /// fault.
 /// The `trackingId` parameter, required and checked.
 pub fn required_tracking_id(tracking_id: Option<String>) -> Result<String, ApiError> {
-    let tracking_id = tracking_id.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidTrackingId,
-            "trackingId is required",
-        )
-    })?;
-    check_tracking_id(&tracking_id)
-        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidTrackingId, m))?;
+    let tracking_id =
+        tracking_id.ok_or_else(|| ApiError::invalid_tracking_id("trackingId is required"))?;
+    check_tracking_id(&tracking_id).map_err(ApiError::invalid_tracking_id)?;
     Ok(tracking_id)
 }
 
@@ -197,7 +192,7 @@ pub fn since_param(since: Option<&str>) -> Result<Option<EventId>, ApiError> {
         Some(s) => s
             .parse::<EventId>()
             .map(Some)
-            .map_err(|_| ApiError::from(crate::store::StoreError::InvalidSince)),
+            .map_err(|_| ApiError::invalid_since()),
     }
 }
 
@@ -218,10 +213,10 @@ pub fn limit_param(limit: Option<&str>, default: usize) -> Result<usize, ApiErro
 /// A query refused by [`StrictQuery`], with the code of the parameter at
 /// fault.
 pub fn bad_query(err: QueryError) -> ApiError {
-    let code = match err.parameter() {
-        Some("trackingId") => ErrorCode::InvalidTrackingId,
-        Some("since") => ErrorCode::InvalidSince,
-        _ => ErrorCode::InvalidPayload,
-    };
-    ApiError::new(StatusCode::BAD_REQUEST, code, err.to_string())
+    let message = err.to_string();
+    match err.parameter() {
+        Some("trackingId") => ApiError::InvalidTrackingId(message),
+        Some("since") => ApiError::InvalidSince(message),
+        _ => ApiError::invalid_payload(message),
+    }
 }

@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::bearer::{Credential, require};
 use super::body::{read_bounded, refuse_unread};
 use super::error::{
     ApiError, Detail, Details, InvalidPayloadError, PayloadTooLargeError, UnauthorizedError,
@@ -27,16 +28,13 @@ use super::error::{
 };
 use super::state::AppState;
 use crate::model::{
-    DedupeKey, ErrorCode, EventId, MAX_SAFE_INTEGER, NewPayment, PaymentData, PaymentStatus,
+    DedupeKey, EventId, MAX_SAFE_INTEGER, NewPayment, PaymentData, PaymentStatus,
     check_tracking_id, json_integer,
 };
 use crate::store::Appended;
 use crate::telemetry;
 
 pub use crate::model::{MAX_KEY_BYTES, MAX_TIMESTAMP_SECONDS};
-
-/// The ingest tokens (`--ingest-token`).
-pub use crate::auth::BearerKeys as IngestTokens;
 
 /// The `202` answer: one entry per item, in request order.
 #[derive(Debug, Serialize, ToSchema)]
@@ -145,15 +143,19 @@ async fn accept(
     body: Body,
 ) -> Result<Vec<Accepted>, ApiError> {
     // The token is checked before a byte of the body is read.
-    if let Err(refusal) = authorize(&app.ingest_tokens, headers) {
+    if let Err(refusal) = require(
+        &app.credentials.ingest_tokens,
+        headers,
+        Credential::IngestToken,
+    ) {
         return Err(refuse_unread(headers, body, refusal));
     }
     if app.shutting_down() {
         let refusal = ApiError::unavailable("The server is shutting down; retry on another node");
         return Err(refuse_unread(headers, body, refusal));
     }
-    let bytes = read_bounded(headers, body, app.max_body).await?;
-    let payments = parse_batch(&bytes, app.max_batch)?;
+    let bytes = read_bounded(headers, body, app.limits.max_body).await?;
+    let payments = parse_batch(&bytes, app.limits.max_batch)?;
 
     let mut out: Vec<Option<Accepted>> = (0..payments.len()).map(|_| None).collect();
     for Group {
@@ -191,22 +193,6 @@ async fn accept(
         publications.flush().await;
     }
     Ok(out.into_iter().flatten().collect())
-}
-
-fn authorize(tokens: &IngestTokens, headers: &HeaderMap) -> Result<(), ApiError> {
-    if tokens.is_empty() {
-        return Err(ApiError::unauthorized(
-            "Ingest is disabled: the server has no --ingest-token",
-        ));
-    }
-    let presented = crate::auth::bearer(headers);
-    match presented {
-        Some(token) if tokens.accepts(token) => Ok(()),
-        Some(_) => Err(ApiError::unauthorized("Invalid ingest token")),
-        None => Err(ApiError::unauthorized(
-            "Missing Authorization: Bearer <ingest token>",
-        )),
-    }
 }
 
 /// Parses and validates a whole ingest body, as `POST /v1/payments` does
@@ -270,14 +256,10 @@ fn parse_items(bytes: &[u8], max_batch: usize) -> Result<Vec<Value>, ApiError> {
         ));
     }
     if items.len() > max_batch {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "A batch holds at most {max_batch} payments; got {}",
-                items.len()
-            ),
-        ));
+        return Err(ApiError::PayloadTooLarge(format!(
+            "A batch holds at most {max_batch} payments; got {}",
+            items.len()
+        )));
     }
     Ok(items)
 }
@@ -483,6 +465,7 @@ fn group_by_tracking_id(payments: Vec<NewPayment>) -> Vec<Group> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ErrorCode;
     use serde_json::json;
 
     fn fields(item: Value) -> Vec<Option<String>> {

@@ -13,9 +13,10 @@
 //! - [`state`]: what the handlers share.
 //! - [`serve`]: the connection loop (timeouts, upgrades, graceful shutdown).
 //! - [`body`], [`query`]: bounded body reads and strict query strings,
-//!   for any endpoint.
+//!   for any endpoint; [`bearer`]: the one bearer-key check.
 
 pub mod admin;
+pub mod bearer;
 pub mod body;
 pub mod connections;
 pub mod error;

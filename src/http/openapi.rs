@@ -380,13 +380,13 @@ pub async fn openapi_json(State(app): State<AppState>) -> Response {
 /// The document of the node `app` serves: [`ApiDoc`] fitted to its mode and
 /// bounds.
 pub fn document(app: &App) -> Value {
-    let token_mode = matches!(app.access, Access::Token(_));
+    let token_mode = matches!(app.credentials.access, Access::Token(_));
     fit(
         base(),
         &Node {
             token_mode,
-            max_batch: app.max_batch,
-            max_subscriptions: app.max_subscriptions.max(1),
+            max_batch: app.limits.max_batch,
+            max_subscriptions: app.limits.max_subscriptions.max(1),
         },
     )
 }

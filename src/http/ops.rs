@@ -3,15 +3,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, UnavailableError};
 use super::state::AppState;
-use crate::model::ErrorCode;
-use crate::telemetry;
 
 /// The body of `/healthz`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -99,7 +97,7 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 /// Prometheus metrics.
 ///
 /// This node's counters, gauges and histograms in the Prometheus text
-/// format (the metrics are listed in the README). The figures read rather
+/// format (the metrics are listed in `docs/operations.md`). The figures read rather
 /// than counted (process, sockets by transport) are taken at each scrape.
 #[utoipa::path(
     get,
@@ -113,14 +111,6 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
     ),
 )]
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    telemetry::collect_process_metrics();
-    if let Some(io) = &app.io {
-        let (polling, websocket) = crate::realtime::sockets_by_transport(io);
-        metrics::gauge!(telemetry::SOCKETS_BY_TRANSPORT, "transport" => "polling")
-            .set(polling as f64);
-        metrics::gauge!(telemetry::SOCKETS_BY_TRANSPORT, "transport" => "websocket")
-            .set(websocket as f64);
-    }
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         app.metrics.render(),
@@ -130,20 +120,14 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
 
 /// Any other path.
 pub async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        ErrorCode::NotFound,
-        "No such endpoint",
-    )
+    ApiError::not_found("No such endpoint")
 }
 
 /// A method a path does not serve. The router adds `Allow` (the methods
 /// it does serve) to this answer; without this handler axum would answer
 /// with an empty body, outside the contract's error shape.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::MethodNotAllowed,
-        "This path does not serve this method; Allow lists those it serves",
+    ApiError::MethodNotAllowed(
+        "This path does not serve this method; Allow lists those it serves".into(),
     )
 }

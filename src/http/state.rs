@@ -5,33 +5,43 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
 
-use metrics_exporter_prometheus::PrometheusHandle;
-use socketioxide::SocketIo;
 use tokio::sync::Notify;
 
-use super::ingest::IngestTokens;
 use crate::admin::Admin;
 use crate::auth::{Access, BearerKeys};
 use crate::store::{HistoryStore, Publications};
+use crate::telemetry::Exporter;
+
+/// Who may call what (contract sections 3 and 5).
+pub struct Credentials {
+    /// `--ingest-token`: who may ingest.
+    pub ingest_tokens: BearerKeys,
+    /// `--api-key`: who may mint socket tokens and open the admin page.
+    pub api_keys: BearerKeys,
+    /// Who may watch a trackingId over backfill.
+    pub access: Access,
+}
+
+/// Bounds on what one request may ask.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes of an ingest or mint body (`--max-body`).
+    pub max_body: usize,
+    /// Payments per ingest request (`--max-batch`).
+    pub max_batch: usize,
+    /// Entries a minted token may name (`--max-subscriptions`).
+    pub max_subscriptions: usize,
+}
 
 /// What the HTTP handlers share.
 pub struct App {
     pub store: Arc<dyn HistoryStore>,
-    pub ingest_tokens: IngestTokens,
-    /// Who may watch a trackingId over backfill (contract section 5).
-    pub access: Access,
-    /// Keys that may mint socket tokens.
-    pub api_keys: BearerKeys,
-    /// Entries a minted token may name (`--max-subscriptions`).
-    pub max_subscriptions: usize,
-    pub max_body: usize,
-    pub max_batch: usize,
-    pub metrics: PrometheusHandle,
+    pub credentials: Credentials,
+    pub limits: Limits,
+    pub metrics: Exporter,
     /// On a single node, ingest waits until the hub has handled what it
     /// published before answering.
     pub local_publications: Option<Publications>,
-    /// This node's sockets, counted by transport at each scrape.
-    pub io: Option<SocketIo>,
     /// The admin page's data (served only with `--api-key`).
     pub admin: Option<Arc<Admin>>,
     /// `GET /openapi.json`, made at the first request (it depends on the
@@ -46,54 +56,23 @@ pub type AppState = Arc<App>;
 impl App {
     pub fn new(
         store: Arc<dyn HistoryStore>,
-        ingest_tokens: IngestTokens,
-        max_body: usize,
-        max_batch: usize,
-        metrics: PrometheusHandle,
+        credentials: Credentials,
+        limits: Limits,
+        metrics: Exporter,
         local_publications: Option<Publications>,
+        admin: Option<Arc<Admin>>,
     ) -> Self {
         App {
             store,
-            ingest_tokens,
-            access: Access::Open,
-            api_keys: BearerKeys::default(),
-            max_subscriptions: 0,
-            max_body,
-            max_batch,
+            credentials,
+            limits,
             metrics,
             local_publications,
-            io: None,
-            admin: None,
+            admin,
             openapi_json: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
             ingests: InFlight::default(),
         }
-    }
-
-    /// Token mode: backfill needs a token, and `api_keys` may mint tokens
-    /// naming up to `max_subscriptions` entries.
-    pub fn with_access(
-        mut self,
-        access: Access,
-        api_keys: BearerKeys,
-        max_subscriptions: usize,
-    ) -> Self {
-        self.access = access;
-        self.api_keys = api_keys;
-        self.max_subscriptions = max_subscriptions;
-        self
-    }
-
-    /// The Socket.IO handle whose sockets `/metrics` counts by transport.
-    pub fn with_io(mut self, io: SocketIo) -> Self {
-        self.io = Some(io);
-        self
-    }
-
-    /// The admin page's data source.
-    pub fn with_admin(mut self, admin: Arc<Admin>) -> Self {
-        self.admin = Some(admin);
-        self
     }
 
     /// From now on ingest answers `503` and `/readyz` is unready.

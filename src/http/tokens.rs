@@ -13,14 +13,15 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::bearer::{Credential, require};
 use super::body::{read_bounded, refuse_unread};
 use super::error::{
     ApiError, Detail, InvalidPayloadError, NotFoundError, PayloadTooLargeError, UnauthorizedError,
 };
 use super::ingest::Literals;
 use super::state::AppState;
-use crate::auth::{self, Access};
-use crate::model::{ErrorCode, check_tracking_id, json_integer, now_ms};
+use crate::auth::Access;
+use crate::model::{check_tracking_id, json_integer, now_ms};
 use crate::telemetry;
 
 /// `ttlSeconds` when the request does not say.
@@ -104,41 +105,22 @@ async fn mint_token(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<MintedBody, ApiError> {
-    if let Err(refusal) = may_mint(app, headers) {
+    if let Err(refusal) = require(&app.credentials.api_keys, headers, Credential::ApiKey) {
         return Err(refuse_unread(headers, body, refusal));
     }
-    let Access::Token(keys) = &app.access else {
-        let refusal = ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            "Socket tokens are not used: the server runs with --auth open",
-        );
+    let Access::Token(keys) = &app.credentials.access else {
+        let refusal =
+            ApiError::not_found("Socket tokens are not used: the server runs with --auth open");
         return Err(refuse_unread(headers, body, refusal));
     };
-    let bytes = read_bounded(headers, body, app.max_body).await?;
-    let request = parse_mint(&bytes, app.max_subscriptions)?;
+    let bytes = read_bounded(headers, body, app.limits.max_body).await?;
+    let request = parse_mint(&bytes, app.limits.max_subscriptions)?;
     let minted = keys.mint(&request.tracking_ids, request.ttl_seconds, now_ms());
     metrics::counter!(telemetry::TOKENS_MINTED).increment(1);
     Ok(MintedBody {
         token: minted.token,
         expires_at: minted.expires_at_ms,
     })
-}
-
-/// The API key check, before a byte of the body is read.
-fn may_mint(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if app.api_keys.is_empty() {
-        return Err(ApiError::unauthorized(
-            "Token minting is disabled: the server has no --api-key",
-        ));
-    }
-    match auth::bearer(headers) {
-        Some(key) if app.api_keys.accepts(key) => Ok(()),
-        Some(_) => Err(ApiError::unauthorized("Invalid API key")),
-        None => Err(ApiError::unauthorized(
-            "Missing Authorization: Bearer <api key>",
-        )),
-    }
 }
 
 /// Parses and validates a mint body; every bad field is a detail of one
@@ -213,10 +195,10 @@ pub fn parse_mint(bytes: &[u8], max_entries: usize) -> Result<MintRequest, ApiEr
     };
     if !details.is_empty() {
         let count = details.len();
-        return Err(ApiError::invalid_payload(format!(
-            "{count} invalid field(s); no token was minted"
-        ))
-        .with_details(details));
+        return Err(ApiError::InvalidPayload {
+            message: format!("{count} invalid field(s); no token was minted"),
+            details: Some(details),
+        });
     }
     Ok(MintRequest {
         tracking_ids,

@@ -72,6 +72,23 @@ pub enum RedisTarget {
     Cluster(Vec<String>),
 }
 
+impl RedisTarget {
+    /// `--redis-url`: one URL, or with `--redis-cluster` a comma-separated
+    /// list of seed node URLs.
+    pub fn new(url: &str, cluster: bool) -> Self {
+        if cluster {
+            RedisTarget::Cluster(
+                url.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            )
+        } else {
+            RedisTarget::Single(url.to_owned())
+        }
+    }
+}
+
 /// A connection to a single Redis or a Redis Cluster; both reconnect by
 /// themselves.
 #[derive(Clone)]

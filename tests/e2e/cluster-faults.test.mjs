@@ -469,7 +469,7 @@ describe("a multi-trackingId batch cut by a storage failure", () => {
     await redis?.stop();
   });
 
-  test("503; each trackingId's payments stored and published whole or not at all; the same request retried stores the rest, the stored part answers duplicate", withLogs(() => nodes, async () => {
+  test("500 INTERNAL_ERROR for a key the server cannot read (not 503: retrying reads the same); each trackingId's payments stored and published whole or not at all; the same request retried once the key is fixed stores the rest, the stored part answers duplicate", withLogs(() => nodes, async () => {
     const [A] = nodes;
     const [t1, t2, t3] = [uid("cut1"), uid("cut2"), uid("cut3")];
     const s = await connect(A.url, WS);
@@ -479,8 +479,10 @@ describe("a multi-trackingId batch cut by a storage failure", () => {
     assert.equal(await redis.cli("SET", `tidings:{${t2}}:meta`, "not a hash"), "OK");
     const body = [payment(t1), payment(t1), payment(t2), payment(t3)];
     const cut = await ingest(A.url, body);
-    assertHttpError(cut, 503, "UNAVAILABLE");
-    assertRetryAfter(cut);
+    assertHttpError(cut, 500, "INTERNAL_ERROR");
+    assert.equal(cut.headers.get("retry-after"), null, "no Retry-After: retrying as is reads the same");
+    const { value: malformed } = await readMetric(A.url, "tidings_store_malformed_total");
+    assert.ok(malformed >= 1, `counted: ${malformed}`);
     const stored = await backfill(A.url, { trackingId: t1 });
     assert.deepEqual(stored.body.data.map((e) => e.data.signature), [body[0].signature, body[1].signature], "t1 stored whole");
     assert.deepEqual((await backfill(A.url, { trackingId: t3 })).body.data, [], "t3, after the failure, not stored");

@@ -153,6 +153,15 @@ describe("configuration", () => {
     assertHttpError(await ingest(server.url, payment(uid("tok")), { token: "third-token" }), 401, "UNAUTHORIZED");
   });
 
+  test("a flag's value is taken whole: --ingest-token with a comma is one token", async () => {
+    const server = await start(["--ingest-token", "with,comma"]);
+    const r = await ingest(server.url, payment(uid("tok")), { token: "with,comma" });
+    assert.equal(r.status, 202, `the whole value: ${r.text}`);
+    for (const part of ["with", "comma"]) {
+      assertHttpError(await ingest(server.url, payment(uid("tok")), { token: part }), 401, "UNAUTHORIZED");
+    }
+  });
+
   test("TIDINGS_INGEST_TOKEN takes comma-separated tokens", async () => {
     const server = await start([], { TIDINGS_INGEST_TOKEN: "env-one,env-two" },
       { baseArgs: ["--listen", "127.0.0.1:0", "--log-format", "json"] });

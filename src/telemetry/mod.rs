@@ -1,8 +1,13 @@
 //! Telemetry: logging through `tracing` (pretty or JSON) and Prometheus
 //! metrics. Every metric name the server records is declared here, so the
-//! list of what `/metrics` exposes is in one place.
+//! list of what `/metrics` exposes is in one place; [`Exporter`] renders
+//! them (with the figures read at each scrape: the process's, sockets by
+//! transport), and [`figures`] keeps the few the admin report reads.
+
+pub mod figures;
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 
 use clap::ValueEnum;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -169,7 +174,8 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = buckets(PrometheusBuilder::new()).build_recorder();
             let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
+            // Prometheus's recorder, keeping the admin report's figures.
+            if metrics::set_global_recorder(figures::Tee(recorder)).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
             describe();
@@ -212,14 +218,51 @@ pub fn collect_process_metrics() {
         .collect();
 }
 
-/// Folds recorded histogram samples into their buckets every few seconds,
-/// so their memory stays bounded between scrapes.
-pub async fn upkeep(handle: PrometheusHandle) {
-    let mut every = tokio::time::interval(UPKEEP_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        handle.run_upkeep();
+/// Counts this node's connected sockets by transport: (polling, websocket).
+pub type TransportCount = dyn Fn() -> (u64, u64) + Send + Sync;
+
+/// This node's metrics in the Prometheus text format. The figures that are
+/// read rather than counted (the process's, sockets by transport) are
+/// taken at each render; the socket layer says how to count its sockets.
+#[derive(Clone)]
+pub struct Exporter {
+    handle: PrometheusHandle,
+    transports: Arc<TransportCount>,
+}
+
+impl Exporter {
+    /// Installs the recorder (once per process) and counts sockets by
+    /// transport with `transports`.
+    pub fn new(transports: impl Fn() -> (u64, u64) + Send + Sync + 'static) -> Self {
+        Exporter {
+            handle: metrics_handle(),
+            transports: Arc::new(transports),
+        }
+    }
+
+    /// Connected sockets by transport now: (polling, websocket).
+    pub fn sockets_by_transport(&self) -> (u64, u64) {
+        (self.transports)()
+    }
+
+    /// The exposition, with the read figures taken now.
+    pub fn render(&self) -> String {
+        collect_process_metrics();
+        let (polling, websocket) = self.sockets_by_transport();
+        metrics::gauge!(SOCKETS_BY_TRANSPORT, "transport" => "polling").set(polling as f64);
+        metrics::gauge!(SOCKETS_BY_TRANSPORT, "transport" => "websocket").set(websocket as f64);
+        self.handle.render()
+    }
+
+    /// Folds recorded histogram samples into their buckets every few
+    /// seconds, so their memory stays bounded between scrapes.
+    pub async fn upkeep(self) {
+        let mut every = tokio::time::interval(UPKEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.handle.run_upkeep();
+        }
     }
 }
 

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Keeps the mutation proofs alive (run by tests/run.sh, so by CI): each
+# patch here puts a known defect back into the server (see prove.sh). For
+# each one this script checks that it still applies to the current source,
+# that the patched server builds, and that the hub's unit tests
+# (`cargo test --lib hub::`: no sockets, no Redis, a few seconds) fail on
+# it. A refactor that leaves a patch behind, or tests that stop biting,
+# fail here.
+#
+# The full proof against a running server (the randomized checker, minutes
+# per patch) is `bash tests/mutations/prove.sh`.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+
+# The source as it is now, committed or not (a stash commit of the work
+# tree, or HEAD when it is clean), in a scratch worktree.
+snapshot=$(git stash create)
+snapshot=${snapshot:-HEAD}
+work=$(mktemp -d /tmp/tidings-mutants-XXXXXX)
+cleanup() { git worktree remove --force "$work" >/dev/null 2>&1 || rm -rf "$work"; }
+trap cleanup EXIT
+git worktree add -q --detach "$work" "$snapshot"
+# The main target directory: dependencies are built once (the mutant's own
+# crate lives at another path, so it never overwrites the real build).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+
+status=0
+for patch in "$root"/tests/mutations/*.patch; do
+  name=$(basename "$patch" .patch)
+  git -C "$work" checkout -q -- .
+  if ! git -C "$work" apply --check "$patch" 2>/dev/null; then
+    echo "mutation $name: the patch no longer applies; update it to the current source" >&2
+    git -C "$work" apply --check "$patch" || true
+    status=1
+    continue
+  fi
+  git -C "$work" apply "$patch"
+  if ! timeout 900 cargo test --locked -q --manifest-path "$work/Cargo.toml" --lib --no-run 2>"$work/build.log"; then
+    echo "mutation $name: the patched server does not build; update the patch" >&2
+    tail -40 "$work/build.log" >&2
+    status=1
+    continue
+  fi
+  if timeout 300 cargo test --locked -q --manifest-path "$work/Cargo.toml" --lib hub:: >"$work/test.log" 2>&1; then
+    echo "mutation $name: NOT caught: the hub's unit tests pass with the defect" >&2
+    status=1
+    continue
+  fi
+  failed=$(grep -E '^    hub::' "$work/test.log" | sed 's/^ *//' | tr '\n' ' ')
+  if [ -z "$failed" ]; then
+    echo "mutation $name: the tests did not finish (timeout or crash): counted as caught" >&2
+    tail -20 "$work/test.log" >&2
+  fi
+  echo "mutation $name: caught by ${failed:-a hang}"
+done
+exit $status
