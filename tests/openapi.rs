@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const API_KEY: &str = "openapi-api-key";
 const SECRET: &str = "openapi-token-secret-0123456789abcdef";
 
-/// The contract's JSON examples of the REST side (shared/spec/protocol.md,
+/// The contract's JSON examples of the REST side (docs/protocol.md,
 /// sections 1, 3 and 5), verbatim.
 const CONTRACT_PAYMENT: &str = r#"{ "trackingId": "sub-1", "amount": 1000000, "timestamp": 1699876543,
   "status": "executed", "signature": "5Jt...base58" }"#;
@@ -217,10 +217,9 @@ fn examples(doc: &Value) -> Vec<(String, Value, Value)> {
 
 #[tokio::test]
 async fn the_contract_examples_are_in_the_document_and_every_example_validates() {
-    // The examples here are the contract's own text, where the contract is
-    // at hand (beside the repository, as in the workplace and CI).
-    let contract =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/protocol.md");
+    // The examples here are the contract's own text (docs/protocol.md, the
+    // repository's copy of the contract).
+    let contract = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/protocol.md");
     if let Ok(text) = std::fs::read_to_string(&contract) {
         for example in [CONTRACT_PAYMENT, CONTRACT_ENVELOPE, CONTRACT_MINT_REQUEST] {
             assert!(

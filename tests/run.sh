@@ -34,6 +34,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The docs (seconds, no network): relative Markdown links and anchors resolve,
+# every alert links its runbook section, docs/protocol.md is the contract.
+node tests/docs/check.mjs
+
 cargo build --locked
 cargo test --locked --workspace
 # The mutation patches still apply, build, and are caught by the hub's

@@ -1,4 +1,4 @@
-// The load-test peer: Tidings' wire contract (shared/spec/protocol.md,
+// The load-test peer: Tidings' wire contract (docs/protocol.md,
 // sections 1-3) on plain Node.js socket.io 4.8, with @socket.io/redis-adapter
 // for a cluster. It is the baseline Tidings is measured against, so it is
 // written the idiomatic socket.io way and does no per-event logging.
