@@ -52,8 +52,8 @@ bin="$(pwd)/target/debug/tidings"
 )
 
 # The client SDK (clients/js): built, then tested in Node and headless
-# Chromium against the same binary (its tests use tests/e2e/lib and its
-# node_modules, installed above), and packed and installed as a user would.
+# Chromium against the same binary (its test helpers and packages are its
+# own, from its npm ci), and packed and installed as a user would.
 (
   cd clients/js
   timeout 300 npm ci --no-audit --no-fund --loglevel=error

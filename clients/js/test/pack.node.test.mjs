@@ -1,13 +1,15 @@
-// The package as a user installs it: `npm pack` here, `npm install` of the
-// tarball in an empty project elsewhere (socket.io-client comes from the
-// registry, as it would for the user), then that project imports it as an
-// ES module and requires it as CommonJS, type-checks against its
-// declarations, and receives a payment from a real server through it.
+// The package as a user installs it from a clone (README.md, "Installing
+// from a clone"): `npm pack` here (its prepack builds dist/), `npm install`
+// of the tarball in an empty project elsewhere (socket.io-client comes from
+// the registry, as it would for the user), then that project imports it as
+// an ES module and requires it as CommonJS, type-checks against its
+// declarations, and receives a payment from a real server through it. And
+// `npm pack` before `npm ci` says what to run instead of a stack trace.
 
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
@@ -25,8 +27,8 @@ describe("npm pack: the package a user installs", () => {
   let node;
   before(async () => {
     dir = mkdtempSync(path.join(os.tmpdir(), "tidings-client-pack-"));
-    // dist/ was built by `npm test`; --ignore-scripts so packing does not rebuild it.
-    const out = JSON.parse(npm(["pack", "--json", "--ignore-scripts", "--pack-destination", dir], root));
+    // As the README says (its prepack rebuilds dist/; with --json, npm prints the scripts' output on stderr).
+    const out = JSON.parse(npm(["pack", "--json", "--pack-destination", dir], root));
     tarball = out[0];
     const app = path.join(dir, "app");
     execFileSync("mkdir", ["-p", app]);
@@ -46,6 +48,8 @@ describe("npm pack: the package a user installs", () => {
       assert.ok(files.includes(f), `${f} in the tarball (${files.join(", ")})`);
     }
     assert.deepEqual(files.filter((f) => /^(src|test|scripts|node_modules)\//.test(f)), [], "no sources, tests or scripts");
+    assert.deepEqual(files.filter((f) => f !== "package.json" && f !== "README.md" && !f.startsWith("dist/")), [],
+      "only package.json, README.md and dist/");
     assert.equal(tarball.name, "tidings-client");
     assert.equal(tarball.version, pkg.version);
   });
@@ -110,5 +114,30 @@ describe("npm pack: the package a user installs", () => {
     const code = await exited;
     assert.match(out, new RegExp(`PAYMENT ${accepted.id} ${accepted.seq}`), out);
     assert.equal(code, 0, "closed and exited by itself");
+  });
+});
+
+describe("npm pack before npm ci (a fresh clone)", () => {
+  let dir;
+  before(() => {
+    // The package as a clone has it: everything git tracks here, no node_modules, no dist/.
+    dir = mkdtempSync(path.join(os.tmpdir(), "tidings-client-clone-"));
+    for (const f of ["package.json", "package-lock.json", "tsconfig.json", "README.md", "scripts", "src"]) {
+      cpSync(path.join(root, f), path.join(dir, f), { recursive: true });
+    }
+  });
+  after(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("fails, saying to run npm ci first, and writes no tarball", () => {
+    const r = spawnSync("npm", ["pack", "--no-audit", "--no-fund"], { cwd: dir, encoding: "utf8", timeout: 120000 });
+    const output = `${r.stdout}\n${r.stderr}`;
+    assert.notEqual(r.status, 0, `npm pack without the devDependencies must fail:\n${output}`);
+    assert.match(output, /cannot build dist\/: esbuild and typescript \(devDependencies\) not installed/, output);
+    assert.match(output, /npm ci && npm pack/, output);
+    assert.doesNotMatch(output, /ERR_MODULE_NOT_FOUND|\n\s+at /, `a message, not a stack trace:\n${output}`);
+    assert.deepEqual(readdirSync(dir).filter((f) => f.endsWith(".tgz")), [], "no tarball");
+    assert.ok(!existsSync(path.join(dir, "dist")), "no dist/");
   });
 });

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { launchChromium, servePages } from "../../../tests/e2e/lib/browser.mjs";
+import { launchChromium, servePages } from "./lib/browser.mjs";
 import { startNode, startRedis, ingestOk, payment, uid, withTimeout } from "./lib/env.mjs";
 
 const BUNDLE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../dist/tidings-client.browser.js");

@@ -1,19 +1,20 @@
-// Test helpers of the SDK: the server, Redis and nginx processes come from the
-// end-to-end suite's helpers (tests/e2e/lib, which need its node_modules);
-// here only what is about the SDK: a node on a fixed port (to restart it
-// there), and a recorder of what the application sees, with bounded waits.
+// Test helpers of the SDK: the server, Redis and nginx processes come from
+// ./harness.mjs and ./cluster.mjs (this package's copies of the end-to-end
+// suite's helpers); here only what is about the SDK: a node on a fixed port
+// (to restart it there), and a recorder of what the application sees, with
+// bounded waits.
 
 import assert from "node:assert/strict";
 import { TidingsError } from "tidings-client";
-import { startServer, withTimeout, INGEST_TOKEN } from "../../../../tests/e2e/lib/harness.mjs";
-import { freePort } from "../../../../tests/e2e/lib/cluster.mjs";
+import { startServer, withTimeout, INGEST_TOKEN } from "./harness.mjs";
+import { freePort } from "./cluster.mjs";
 
 export {
   startServer, ingestOk, payment, uid, withTimeout, INGEST_TOKEN, SERVER_BIN,
-} from "../../../../tests/e2e/lib/harness.mjs";
+} from "./harness.mjs";
 export {
   startRedis, startNodes, stopNodes, startNginx, freePort, readMetric, pace,
-} from "../../../../tests/e2e/lib/cluster.mjs";
+} from "./cluster.mjs";
 
 /**
  * A node listening on `port` (a free one if not given), so that it can be

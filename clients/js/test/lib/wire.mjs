@@ -8,7 +8,7 @@
 // event is the packet `42["event",payload]`.
 
 import http from "node:http";
-import { freePort } from "../../../../tests/e2e/lib/cluster.mjs";
+import { freePort } from "./cluster.mjs";
 
 /**
  * Starts the proxy. `rule(action, match, times = 1)` adds a rule: `match(event,
