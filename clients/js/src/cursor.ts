@@ -1,6 +1,6 @@
 /**
  * @file Where a subscription stands in a trackingId's history, and how a
- * payment compares to it. Tidings ids are `<epoch>-<seq>` (README, "Choices"):
+ * payment compares to it. Tidings ids are `<epoch>-<seq>` (docs/reference.md, "Choices where the contract is silent"):
  * the epoch tells one history from the next (a larger one begins when the
  * server lost the old), the seq orders payments within a history.
  */

@@ -1,5 +1,5 @@
 /**
- * @file The wire contract's envelopes and codes (shared/spec/protocol.md), and
+ * @file The wire contract's envelopes and codes (docs/protocol.md), and
  * the SDK's own event shapes. Names and fields are exactly the server's.
  */
 
