@@ -5,6 +5,10 @@
 //! stored whole or not at all; a request spanning several may be cut by a
 //! storage failure (`503`) after some of them, and a retry of the same
 //! request is then safe (what was stored answers `duplicate`).
+//!
+//! Why this file is long (about 460 lines of code, then its tests): a
+//! fifth of it is the OpenAPI description of the endpoint beside its
+//! handler, the rest is the validation of every field the contract names.
 
 use std::cell::OnceCell;
 use std::collections::HashMap;

@@ -3,6 +3,9 @@
 //! relayed by hand, so that each test decides which publication the hub
 //! gets, which it never sees, and when a store read returns. No sockets,
 //! no Redis, no timing: every wait is for an event, bounded.
+//!
+//! Why this file is long: one scenario per race the hub must survive, each
+//! set up in full where it is read.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};

@@ -12,6 +12,11 @@
 //! wall clock again, which has moved past every earlier epoch (none ran
 //! ahead of it): this assumes the system clock does not step back by more
 //! than the restart took.
+//!
+//! Why this file is long (about 580 lines of code, then its tests): the
+//! histories, the memory accounting and eviction keep one invariant together
+//! (the accounted bytes match what is held, checked by a recount in the
+//! tests); split, each half would have to trust the other.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};

@@ -1,5 +1,9 @@
 //! The wire types of the contract: trackingIds, event ids, payments, and the
 //! envelopes every server event is wrapped in (contract sections 1 and 3).
+//!
+//! Why this file is long (about 420 lines of code, then its tests): the
+//! contract's wire types are read together; the OpenAPI schemas and the
+//! integer literals are beside it (`schema.rs`, `number.rs`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,6 +13,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
+
+mod number;
+pub mod schema;
+
+pub use number::{exact_integer, json_integer};
 
 /// Longest trackingId accepted, in UTF-8 bytes.
 pub const MAX_TRACKING_ID_BYTES: usize = 256;
@@ -47,76 +56,6 @@ pub fn check_tracking_id(id: &str) -> Result<(), &'static str> {
     } else {
         Ok(())
     }
-}
-
-/// A JSON number that is an integer from 0 to `max`, however it is written:
-/// `455`, `455.0` and `4.55e2` are all 455, as JSON Schema and JavaScript
-/// read them. A number written with a fraction or an exponent is decided
-/// on its `literal` (the text in the request, asked for only then), never
-/// on the float it parses to: `4503599627370496.5` rounds to an integral
-/// float, and is refused.
-pub fn json_integer(
-    value: &serde_json::Value,
-    literal: impl FnOnce() -> Option<String>,
-    max: u64,
-) -> Option<u64> {
-    let serde_json::Value::Number(n) = value else {
-        return None;
-    };
-    match n.as_u64() {
-        Some(v) => (v <= max).then_some(v),
-        None if n.is_f64() => literal().and_then(|l| exact_integer(&l, max)),
-        None => None, // a negative integer
-    }
-}
-
-/// The value of a JSON number literal when it is exactly an integer from 0
-/// to `max`: decided on its decimal digits, so nothing is rounded.
-pub fn exact_integer(literal: &str, max: u64) -> Option<u64> {
-    let (negative, unsigned) = match literal.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, literal),
-    };
-    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
-        Some(at) => (&unsigned[..at], Some(&unsigned[at + 1..])),
-        None => (unsigned, None),
-    };
-    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    if whole.is_empty() || !(whole.bytes().chain(fraction.bytes())).all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let digits = format!("{whole}{fraction}");
-    let digits = digits.trim_start_matches('0');
-    if digits.is_empty() {
-        return Some(0); // 0, -0, 0.000, 0e5
-    }
-    if negative {
-        return None;
-    }
-    // Past these bounds a non-zero number is a fraction or beyond any u64.
-    let exponent: i64 = match exponent {
-        None => 0,
-        // `unsigned_abs`: `abs` of i64::MIN overflows (a panic in a debug build).
-        Some(e) => e.parse().ok().filter(|e: &i64| e.unsigned_abs() <= 1000)?,
-    };
-    let shift = exponent - fraction.len() as i64;
-    let integer = if shift < 0 {
-        let cut = digits.len().checked_sub(shift.unsigned_abs() as usize)?;
-        let (kept, dropped) = digits.split_at(cut);
-        if !dropped.bytes().all(|b| b == b'0') {
-            return None;
-        }
-        kept.to_owned()
-    } else {
-        format!(
-            "{digits}{}",
-            "0".repeat(usize::try_from(shift).ok()?.min(21))
-        )
-    };
-    if integer.is_empty() {
-        return None;
-    }
-    integer.parse::<u64>().ok().filter(|v| *v <= max)
 }
 
 /// An event id: the epoch of the trackingId's history and the event's seq,
@@ -487,161 +426,6 @@ impl Envelope<ErrorData> {
     }
 }
 
-/// The JSON Schemas of the contract's scalar rules, for the OpenAPI
-/// document (`GET /openapi.json`): each is built from the constants the
-/// validation above uses, so the document cannot drift from it.
-pub mod schema {
-    use std::borrow::Cow;
-
-    use utoipa::openapi::RefOr;
-    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
-    use utoipa::{PartialSchema, ToSchema};
-
-    use super::{
-        EventId, MAX_KEY_BYTES, MAX_SAFE_INTEGER, MAX_TIMESTAMP_SECONDS, MAX_TRACKING_ID_BYTES,
-    };
-
-    /// A string without control characters (Unicode category Cc, what
-    /// `char::is_control` tests), as an ECMA-262 pattern.
-    pub const NO_CONTROL_CHARACTERS: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
-
-    /// Declares a schema-only type: `$name` in the document, built by `$build`.
-    macro_rules! scalar {
-        ($(#[$doc:meta])* $name:ident => $build:expr) => {
-            $(#[$doc])*
-            pub struct $name;
-            impl PartialSchema for $name {
-                fn schema() -> RefOr<Schema> {
-                    let build: fn() -> ObjectBuilder = $build;
-                    build().build().into()
-                }
-            }
-            impl ToSchema for $name {
-                fn name() -> Cow<'static, str> {
-                    Cow::Borrowed(stringify!($name))
-                }
-            }
-        };
-    }
-
-    scalar!(
-        /// A trackingId.
-        TrackingId => || {
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-                .max_length(Some(MAX_TRACKING_ID_BYTES))
-                .pattern(Some(NO_CONTROL_CHARACTERS))
-                .description(Some(format!(
-                    "A non-empty string of at most {MAX_TRACKING_ID_BYTES} bytes of UTF-8 \
-                     (maxLength counts characters: the bound is in bytes) without control \
-                     characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F)."
-                )))
-                .examples(["sub-1"])
-        }
-    );
-
-    scalar!(
-        /// An amount in the token's base units.
-        Amount => || {
-            ObjectBuilder::new()
-                .schema_type(Type::Integer)
-                .minimum(Some(0))
-                .maximum(Some(MAX_SAFE_INTEGER))
-                .description(Some(
-                    "A non-negative integer in the token's base units, at most 2^53 - 1 \
-                     (9007199254740991) so that JavaScript clients read it exactly: a larger \
-                     amount is refused, never rounded.",
-                ))
-        }
-    );
-
-    scalar!(
-        /// An on-chain execution time in seconds.
-        ChainTimestamp => || {
-            ObjectBuilder::new()
-                .schema_type(Type::Integer)
-                .minimum(Some(0))
-                .maximum(Some(MAX_TIMESTAMP_SECONDS))
-                .description(Some(
-                    "The on-chain execution time in **seconds** since the Unix epoch, at most \
-                     253402300799 (9999-12-31T23:59:59Z): milliseconds are refused.",
-                ))
-        }
-    );
-
-    scalar!(
-        /// A server time in milliseconds.
-        Millis => || {
-            ObjectBuilder::new()
-                .schema_type(Type::Integer)
-                .minimum(Some(0))
-                .description(Some("Milliseconds since the Unix epoch."))
-        }
-    );
-
-    scalar!(
-        /// A `signature` or `idempotencyKey`.
-        Key => || {
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-                .max_length(Some(MAX_KEY_BYTES))
-                .pattern(Some(NO_CONTROL_CHARACTERS))
-                .description(Some(format!(
-                    "A non-empty string of at most {MAX_KEY_BYTES} bytes of UTF-8 without \
-                     control characters."
-                )))
-        }
-    );
-
-    scalar!(
-        /// The `type` of a payment envelope.
-        PaymentNotification => || {
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .enum_values(Some(["payment_notification"]))
-        }
-    );
-
-    scalar!(
-        /// The `since` query parameter of backfill. The epoch and the seq
-        /// are written without signs or leading zeros, the seq at least 1;
-        /// 19 digits each at most, which always fit the server's 64-bit
-        /// integers (a longer number is `INVALID_SINCE`).
-        Since => || {
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .pattern(Some("^$|^(0|[1-9][0-9]{0,18})-[1-9][0-9]{0,18}$"))
-                .description(Some(
-                    "An event id this server issued (`<epoch>-<seq>`), or empty (the same as \
-                     absent: from the oldest retained event). A well-formed id this server \
-                     could not have issued (a seq beyond the history, an epoch in the future) \
-                     is `INVALID_SINCE` too.",
-                ))
-        }
-    );
-
-    /// An event id as the server writes it. Clients treat it as opaque
-    /// (the contract's examples show other shapes).
-    impl PartialSchema for EventId {
-        fn schema() -> RefOr<Schema> {
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-                .description(Some(
-                    "The event id: opaque to clients, unique within its trackingId. Keep the \
-                     last one seen and pass it as `since` to resume. This server writes \
-                     `<epoch>-<seq>`.",
-                ))
-                .build()
-                .into()
-        }
-    }
-
-    impl ToSchema for EventId {}
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -723,53 +507,6 @@ mod tests {
         );
         let other = serde_json::value::to_raw_value(&serde_json::json!({"id": 5})).unwrap();
         assert_eq!(EventId::of_envelope(&other), None);
-    }
-
-    #[test]
-    fn integers_may_be_written_as_whole_numbers_but_nothing_is_rounded() {
-        for (literal, value) in [
-            ("455", Some(455)),
-            ("455.0", Some(455)),
-            ("4.55e2", Some(455)),
-            ("4550E-1", Some(455)),
-            ("45500e-2", Some(455)),
-            ("0", Some(0)),
-            ("-0", Some(0)),
-            ("-0.0", Some(0)),
-            ("0.000e7", Some(0)),
-            ("1e6", Some(1_000_000)),
-            ("1.699876543e9", Some(1_699_876_543)),
-            ("9007199254740991.0", Some(MAX_SAFE_INTEGER)),
-            ("9007199254740992.0", None), // beyond the bound
-            ("4503599627370496.5", None), // a float would round it to an integer
-            ("1.0000000000000001", None),
-            ("1.5", None),
-            ("455e-1", None),
-            ("5e-1000", None),
-            ("-1", None),
-            ("-1.0", None),
-            ("1e1000", None),
-            ("1e400", None),
-            ("18446744073709551616", None),
-            ("1e19", None),
-            // Exponents at the ends of i64: refused, never an overflow.
-            ("1.5e-9223372036854775808", None),
-            ("1.5e9223372036854775807", None),
-            ("1e-9223372036854775809", None),
-        ] {
-            assert_eq!(exact_integer(literal, MAX_SAFE_INTEGER), value, "{literal}");
-        }
-        assert_eq!(
-            exact_integer("1e19", u64::MAX),
-            Some(10_000_000_000_000_000_000)
-        );
-        let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
-        let literal = |s: &'static str| move || Some(s.to_owned());
-        assert_eq!(json_integer(&v("455.0"), literal("455.0"), 1000), Some(455));
-        assert_eq!(json_integer(&v("455"), || None, 1000), Some(455));
-        assert_eq!(json_integer(&v("4550"), || None, 1000), None);
-        assert_eq!(json_integer(&v("-3"), || None, 1000), None);
-        assert_eq!(json_integer(&v("\"3\""), || None, 1000), None);
     }
 
     #[test]

@@ -37,6 +37,20 @@
 //! - Epochs are Redis's clock in milliseconds: Redis servers' clocks are
 //!   expected to be synchronised (NTP), as a failover moves the clock with
 //!   the data.
+//!
+//! Why this file is long (about 540 lines): the store, its publication
+//! connection and the audit of that connection's subscriptions share the
+//! connection types and the key layout above; the key layout, reply parsing
+//! and the node directory are beside it (`keys.rs`, `reply.rs`,
+//! `directory.rs`).
+
+mod directory;
+mod keys;
+mod reply;
+
+pub use directory::RedisDirectory;
+use keys::{Keys, key_slot};
+use reply::{bulk_string, client_info_count, int, malformed, slot_owners, store_error};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,7 +65,6 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, PushInfo, PushKind, RedisFuture, Script, Value};
 use serde_json::value::RawValue;
 
-use super::directory::{INSPECT_KEY, MAX_INSPECTED, NODES_KEY, NodeDirectory};
 use super::{
     Appended, HistoryPage, HistoryStore, Publication, Publications, Retention, StoreError,
     resolve_since,
@@ -302,165 +315,6 @@ fn read_publication(payload: &str) -> Option<StoredEvent> {
     })
 }
 
-/// A count field (`sub=3`, `ssub=3`) of a `CLIENT INFO` line.
-fn client_info_count(info: &str, field: &str) -> Option<usize> {
-    info.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('=')?.parse().ok())
-}
-
-/// A range of slots and its master: (first slot, last slot, (host, port)).
-type SlotRange = (u16, u16, (String, u16));
-
-/// `CLUSTER SLOTS` as ranges with their masters.
-fn slot_owners(reply: Value) -> Option<Vec<SlotRange>> {
-    let Value::Array(ranges) = reply else {
-        return None;
-    };
-    ranges
-        .into_iter()
-        .map(|range| {
-            let Value::Array(fields) = range else {
-                return None;
-            };
-            let mut fields = fields.into_iter();
-            let start = u16::try_from(int(&fields.next()?)?).ok()?;
-            let end = u16::try_from(int(&fields.next()?)?).ok()?;
-            let Value::Array(master) = fields.next()? else {
-                return None;
-            };
-            let mut master = master.into_iter();
-            let host = bulk_string(master.next()?)?;
-            let port = u16::try_from(int(&master.next()?)?).ok()?;
-            Some((start, end, (host, port)))
-        })
-        .collect()
-}
-
-/// The Redis Cluster slot of a key (CRC16/XMODEM of its hash tag).
-fn key_slot(key: &[u8]) -> u16 {
-    let tagged = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            let close = rest.iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &byte in tagged {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
-}
-
-fn bulk_string(v: Value) -> Option<String> {
-    match v {
-        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
-        Value::SimpleString(s) => Some(s),
-        // RESP3 answers CLIENT INFO with a verbatim string.
-        Value::VerbatimString { text, .. } => Some(text),
-        _ => None,
-    }
-}
-
-fn int(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-fn malformed(what: &str) -> StoreError {
-    StoreError::malformed(format!("unexpected reply from Redis ({what})"))
-}
-
-/// The one mapping from a Redis error to a [`StoreError`]: an answer of the
-/// wrong type (a key holding something else, a script's reply of another
-/// shape) is [`StoreError::Malformed`] and is not retried; everything else
-/// (connection refused or dropped, timeouts, a cluster resharding, a
-/// replica that is loading or read-only) is [`StoreError::Unavailable`].
-fn store_error(err: redis::RedisError) -> StoreError {
-    use redis::{ErrorKind, ServerErrorKind};
-    let unreadable = matches!(
-        err.kind(),
-        ErrorKind::UnexpectedReturnType | ErrorKind::Server(ServerErrorKind::CrossSlot)
-    ) || err.code() == Some("WRONGTYPE");
-    if unreadable {
-        StoreError::malformed(format!("Redis: {err}"))
-    } else {
-        StoreError::Unavailable(err.to_string())
-    }
-}
-
-/// Keys and channel of one trackingId.
-struct Keys {
-    base: String,
-}
-
-const KEY_PREFIX: &str = "tidings:{";
-const CHANNEL_SUFFIX: &str = "}:p";
-
-impl Keys {
-    fn new(tracking_id: &str) -> Self {
-        let mut base = String::with_capacity(KEY_PREFIX.len() + tracking_id.len() + 1);
-        base.push_str(KEY_PREFIX);
-        for c in tracking_id.chars() {
-            match c {
-                '%' => base.push_str("%25"),
-                '{' => base.push_str("%7B"),
-                '}' => base.push_str("%7D"),
-                c => base.push(c),
-            }
-        }
-        base.push('}');
-        Keys { base }
-    }
-    fn meta(&self) -> String {
-        format!("{}:meta", self.base)
-    }
-    fn events(&self) -> String {
-        format!("{}:events", self.base)
-    }
-    fn dedupe(&self, key: &crate::model::DedupeKey) -> String {
-        format!("{}:d:{}", self.base, key.as_key())
-    }
-    fn channel(&self) -> String {
-        format!("{}:p", self.base)
-    }
-
-    /// The trackingId whose [`Keys::channel`] this is.
-    fn tracking_id_of_channel(channel: &str) -> Option<String> {
-        let escaped = channel
-            .strip_prefix(KEY_PREFIX)?
-            .strip_suffix(CHANNEL_SUFFIX)?;
-        let mut out = String::with_capacity(escaped.len());
-        let mut rest = escaped;
-        while let Some(at) = rest.find('%') {
-            out.push_str(&rest[..at]);
-            let code = rest.get(at..at + 3)?;
-            out.push(match code {
-                "%25" => '%',
-                "%7B" => '{',
-                "%7D" => '}',
-                _ => return None,
-            });
-            rest = &rest[at + 3..];
-        }
-        out.push_str(rest);
-        Some(out)
-    }
-}
-
 #[async_trait]
 impl HistoryStore for RedisStore {
     async fn append(
@@ -692,130 +546,5 @@ impl HistoryStore for RedisStore {
         }
         self.check_config().await;
         Ok(())
-    }
-}
-
-/// The [`NodeDirectory`] on this store's Redis (its command connection).
-pub struct RedisDirectory {
-    commands: Conn,
-}
-
-impl RedisStore {
-    /// Where this cluster's nodes report themselves.
-    pub fn directory(&self) -> RedisDirectory {
-        RedisDirectory {
-            commands: self.commands.clone(),
-        }
-    }
-}
-
-impl RedisDirectory {
-    async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        cmd.query_async(&mut self.commands.clone())
-            .await
-            .map_err(store_error)
-    }
-}
-
-#[async_trait]
-impl NodeDirectory for RedisDirectory {
-    async fn report(&self, node_id: &str, report: &str) -> Result<(), StoreError> {
-        self.run::<()>(redis::cmd("HSET").arg(NODES_KEY).arg(node_id).arg(report))
-            .await
-    }
-
-    async fn reports(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let all: HashMap<String, String> = self.run(redis::cmd("HGETALL").arg(NODES_KEY)).await?;
-        Ok(all.into_iter().collect())
-    }
-
-    async fn forget(&self, node_ids: &[String]) -> Result<(), StoreError> {
-        if node_ids.is_empty() {
-            return Ok(());
-        }
-        self.run::<()>(redis::cmd("HDEL").arg(NODES_KEY).arg(node_ids))
-            .await
-    }
-
-    async fn inspect(&self, tracking_id: &str, until_ms: u64) -> Result<(), StoreError> {
-        self.run::<()>(
-            redis::cmd("ZADD")
-                .arg(INSPECT_KEY)
-                .arg(until_ms)
-                .arg(tracking_id),
-        )
-        .await
-    }
-
-    async fn inspected(&self, now_ms: u64) -> Result<Vec<String>, StoreError> {
-        self.run::<()>(
-            redis::cmd("ZREMRANGEBYSCORE")
-                .arg(INSPECT_KEY)
-                .arg("-inf")
-                .arg(now_ms),
-        )
-        .await?;
-        self.run(
-            redis::cmd("ZRANGE")
-                .arg(INSPECT_KEY)
-                .arg(0)
-                .arg(MAX_INSPECTED as i64 - 1),
-        )
-        .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_share_one_hash_tag_and_cannot_collide() {
-        let k = Keys::new("a}b{c%");
-        assert_eq!(k.meta(), "tidings:{a%7Db%7Bc%25}:meta");
-        assert_eq!(k.channel(), "tidings:{a%7Db%7Bc%25}:p");
-        // A trackingId cannot end its hash tag early and reach into another
-        // trackingId's keys.
-        let sneaky = Keys::new("x}:d:s:sig");
-        assert_ne!(
-            sneaky.meta(),
-            Keys::new("x").dedupe(&crate::model::DedupeKey::Signature("sig}:meta".into()))
-        );
-    }
-
-    #[test]
-    fn slots_are_redis_clusters() {
-        // Values from `redis-cli CLUSTER KEYSLOT`.
-        assert_eq!(key_slot(b"foo"), 12182);
-        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        assert_eq!(key_slot(b"tidings:{sub-1}:p"), key_slot(b"sub-1"));
-    }
-
-    #[test]
-    fn client_info_counts() {
-        let info = "id=5 addr=127.0.0.1:53036 laddr=127.0.0.1:6379 fd=8 name= age=0 idle=0 flags=P db=0 sub=12 psub=0 ssub=3 multi=-1";
-        assert_eq!(client_info_count(info, "sub"), Some(12));
-        assert_eq!(client_info_count(info, "ssub"), Some(3));
-        assert_eq!(client_info_count(info, "nope"), None);
-    }
-
-    #[test]
-    fn a_channel_tells_its_tracking_id() {
-        for tid in ["sub-1", "a}b{c%", "%7B", "€ x:p", "}:p"] {
-            let channel = Keys::new(tid).channel();
-            assert_eq!(
-                Keys::tracking_id_of_channel(&channel).as_deref(),
-                Some(tid),
-                "{channel}"
-            );
-        }
-        for bad in [
-            "tidings:{a}:meta",
-            "other:{a}:p",
-            "tidings:{a%7}:p",
-            "tidings:{%zz}:p",
-        ] {
-            assert_eq!(Keys::tracking_id_of_channel(bad), None, "{bad}");
-        }
     }
 }
