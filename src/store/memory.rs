@@ -62,14 +62,24 @@ const ORDER_ENTRY: usize = std::mem::size_of::<Evictable>();
 /// Wall-clock milliseconds that never go backwards within this process:
 /// acceptance times, expiry and epochs all read it, so that an expired
 /// history's successor always gets a larger epoch.
-#[derive(Default)]
 struct Clock {
     last: AtomicU64,
+    /// The wall clock (the system's; a stepped one in tests).
+    wall: fn() -> u64,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock {
+            last: AtomicU64::new(0),
+            wall: now_ms,
+        }
+    }
 }
 
 impl Clock {
     fn now(&self) -> u64 {
-        let wall = now_ms();
+        let wall = (self.wall)();
         let before = self.last.fetch_max(wall, Ordering::Relaxed);
         before.max(wall)
     }
@@ -729,12 +739,22 @@ mod tests {
         assert_eq!(store.order().len(), 0, "expired order entries are trimmed");
     }
 
-    /// A clock stepped back does not move this store's clock back.
+    /// A wall clock stepped back does not move this store's clock back; it
+    /// follows the wall clock again once that has passed where it was.
     #[test]
     fn the_clock_never_goes_backwards() {
-        let clock = Clock::default();
-        clock.advance(3_600_000);
-        let ahead = clock.now();
-        assert!(clock.now() >= ahead);
+        static WALL: AtomicU64 = AtomicU64::new(0);
+        let clock = Clock {
+            last: AtomicU64::new(0),
+            wall: || WALL.load(Ordering::SeqCst),
+        };
+        WALL.store(5_000, Ordering::SeqCst);
+        assert_eq!(clock.now(), 5_000);
+        WALL.store(1_000, Ordering::SeqCst); // stepped back (an NTP correction)
+        assert_eq!(clock.now(), 5_000);
+        WALL.store(4_999, Ordering::SeqCst);
+        assert_eq!(clock.now(), 5_000);
+        WALL.store(7_000, Ordering::SeqCst);
+        assert_eq!(clock.now(), 7_000);
     }
 }
