@@ -70,6 +70,7 @@ pub struct Server {
     io: SocketIo,
     app: AppState,
     hub: Arc<SocketHub>,
+    realtime: Arc<Realtime>,
     publications: PublicationStream,
     shutdown_timeout: Duration,
     timeouts: HttpTimeouts,
@@ -97,7 +98,8 @@ impl Server {
             config.rate_limit,
             config.rate_burst,
         );
-        realtime::register(&io, Arc::new(realtime));
+        let realtime = Arc::new(realtime);
+        realtime::register(&io, realtime.clone());
         let listener = listen(config.listen).map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
@@ -141,6 +143,7 @@ impl Server {
             io,
             app,
             hub,
+            realtime,
             publications: stream,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
             timeouts: HttpTimeouts {
@@ -213,6 +216,7 @@ impl Server {
         };
         background.abort_all();
         self.hub.stop();
+        self.realtime.stop();
         serve.abort();
         tracing::info!("stopped");
         result

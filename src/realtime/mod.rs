@@ -25,6 +25,7 @@ use socketioxide::handler::ConnectHandler;
 
 use crate::auth::{Access, Grant, TokenError};
 use crate::hub::SocketHub;
+use crate::tasks::TaskSet;
 use crate::telemetry;
 use session::{Command, Op, Session};
 
@@ -39,6 +40,9 @@ pub struct Realtime {
     /// socket reads the CPU's identification each time, a measurable cost
     /// in a connect storm.
     clock: QuantaClock,
+    /// Each socket's command queue is drained by a task of this set: they
+    /// end when the server stops ([`Realtime::stop`]).
+    tasks: TaskSet,
 }
 
 impl Realtime {
@@ -57,7 +61,13 @@ impl Realtime {
             max_subscriptions,
             rate: Quota::per_second(per_second).allow_burst(burst),
             clock: QuantaClock::default(),
+            tasks: TaskSet::default(),
         }
+    }
+
+    /// Ends the sockets' command tasks (the server is stopping).
+    pub fn stop(&self) {
+        self.tasks.abort_all();
     }
 }
 

@@ -130,7 +130,7 @@ impl Session {
 
     fn start_draining(self: &Arc<Self>, realtime: &Arc<Realtime>, socket: SocketRef) {
         let span = tracing::info_span!("socket", socket_id = %socket.id);
-        tokio::spawn(
+        realtime.tasks.spawn(
             self.clone()
                 .drain(realtime.clone(), socket)
                 .instrument(span),
