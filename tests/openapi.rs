@@ -306,7 +306,7 @@ async fn each_node_serves_the_document_of_its_mode_and_bounds() {
             .cloned()
             .collect()
     };
-    assert_eq!(statuses(events), ["200", "400", "503"]);
+    assert_eq!(statuses(events), ["200", "400", "500", "503"]);
     assert_eq!(
         statuses(&doc["paths"]["/v1/ws/tokens"]["post"]),
         ["401", "404"]
@@ -336,7 +336,7 @@ async fn each_node_serves_the_document_of_its_mode_and_bounds() {
         events["security"],
         json!([{ "socketToken": [] }, { "socketTokenQuery": [] }])
     );
-    assert_eq!(statuses(events), ["200", "400", "401", "403", "503"]);
+    assert_eq!(statuses(events), ["200", "400", "401", "403", "500", "503"]);
     assert_eq!(
         statuses(&doc["paths"]["/v1/ws/tokens"]["post"]),
         ["201", "400", "401", "404", "408", "413"]
@@ -798,6 +798,46 @@ async fn unavailable_storage_answers_conform() {
         .0,
         503
     );
+    server.stop().await.unwrap();
+}
+
+/// An answer from Redis the server cannot read (a key of the wrong type):
+/// `500 INTERNAL_ERROR` as documented, without `Retry-After`, for ingest
+/// and backfill alike.
+#[tokio::test]
+async fn unreadable_storage_answers_conform() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&["--redis-url", &redis.url()]).await;
+    let doc = served(&server).await;
+    assert_eq!(
+        redis.cli(&["set", "tidings:{wt-1}:meta", "not a hash"]),
+        "OK"
+    );
+    let ok = payment("wt-1", "s").to_string();
+    let (status, _) = call(&doc, &server, "POST", "/v1/payments", Some(TOKEN), Some(ok)).await;
+    assert_eq!(status, 500);
+    let (status, _) = call(
+        &doc,
+        &server,
+        "GET",
+        "/v1/events?trackingId=wt-1",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 500);
+    // Another trackingId is served as ever.
+    let other = payment("wt-2", "s").to_string();
+    let (status, _) = call(
+        &doc,
+        &server,
+        "POST",
+        "/v1/payments",
+        Some(TOKEN),
+        Some(other),
+    )
+    .await;
+    assert_eq!(status, 202);
     server.stop().await.unwrap();
 }
 

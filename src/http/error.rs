@@ -410,6 +410,13 @@ error_schema!(
     "The body is over `--max-body` bytes, or the batch over `--max-batch` payments."
 );
 error_schema!(
+    /// The storage's answer could not be read (`500`).
+    InternalError,
+    [InternalError],
+    details: false,
+    "The server could not read its storage's answer: a bug or a foreign writer (logged and counted in `tidings_store_malformed_total`). Retrying the same request reads the same; it is not a `503`."
+);
+error_schema!(
     /// Storage unreachable, or the node shutting down (`503`, with `Retry-After`).
     UnavailableError,
     [Unavailable],

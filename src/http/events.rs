@@ -11,7 +11,8 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::error::{
-    ApiError, BackfillQueryError, ForbiddenError, UnauthorizedError, UnavailableError,
+    ApiError, BackfillQueryError, ForbiddenError, InternalError, UnauthorizedError,
+    UnavailableError,
 };
 use super::query::{QueryError, StrictQuery};
 use super::state::AppState;
@@ -114,6 +115,9 @@ impl ToSchema for Limit {}
         (status = 403, description = "Token mode: the socket token does not cover this trackingId.",
             body = ForbiddenError,
             example = json!({ "error": { "code": "FORBIDDEN", "message": "The token does not cover this trackingId" } })),
+        (status = 500, description = "The server could not read its storage's answer (a key of the wrong type, a reply of another shape): a bug or a foreign writer, logged and counted in `tidings_store_malformed_total`. Retrying as is reads the same.",
+            body = InternalError,
+            example = json!({ "error": { "code": "INTERNAL_ERROR", "message": "The server could not read its storage's answer" } })),
         (status = 503, description = "The storage is unreachable.",
             body = UnavailableError,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying.")),

@@ -27,8 +27,8 @@ use utoipa::ToSchema;
 use super::bearer::{Credential, require};
 use super::body::{read_bounded, refuse_unread};
 use super::error::{
-    ApiError, Detail, Details, InvalidPayloadError, PayloadTooLargeError, UnauthorizedError,
-    UnavailableError,
+    ApiError, Detail, Details, InternalError, InvalidPayloadError, PayloadTooLargeError,
+    UnauthorizedError, UnavailableError,
 };
 use super::state::AppState;
 use crate::model::{
@@ -119,6 +119,9 @@ pub struct Accepted {
         (status = 413, description = "The body is over `--max-body` bytes or the batch over `--max-batch` payments; nothing was stored.",
             body = PayloadTooLargeError,
             example = json!({ "error": { "code": "PAYLOAD_TOO_LARGE", "message": "A batch holds at most 1000 payments; got 1001" } })),
+        (status = 500, description = "The server could not read its storage's answer (a key of the wrong type, a reply of another shape): a bug or a foreign writer, logged and counted in `tidings_store_malformed_total`. Each trackingId's payments of the request were stored whole or not at all, as for a `503`; retrying as is reads the same.",
+            body = InternalError,
+            example = json!({ "error": { "code": "INTERNAL_ERROR", "message": "The server could not read its storage's answer" } })),
         (status = 503, description = "The storage is unreachable or the node is shutting down. Each trackingId's payments of the request were stored whole or not at all; retrying the same request is safe (what was stored answers `duplicate`).",
             body = UnavailableError,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying.")),
