@@ -2,7 +2,8 @@
 // (TIDINGS_BIN): payments posted to ingest appear in the table, in order,
 // once; the server is SIGKILLed and restarted (memory mode: its history is
 // gone) and the page recovers, shows the gap, and goes on. Needs the SDK
-// built (clients/js/dist) and tests/e2e's npm packages (its helpers).
+// built (clients/js/dist) and this package's npm ci (playwright-core, for
+// the helpers in ./lib).
 // UPDATE_SCREENSHOT=1 writes the README's screenshot.
 
 import { test, before, after } from "node:test";
@@ -11,9 +12,8 @@ import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { launchChromium } from "../../../tests/e2e/lib/browser.mjs";
-import { startServer, ingestOk, payment, withTimeout, INGEST_TOKEN, uid } from "../../../tests/e2e/lib/harness.mjs";
-import { freePort } from "../../../tests/e2e/lib/cluster.mjs";
+import { launchChromium } from "./lib/browser.mjs";
+import { startServer, ingestOk, payment, INGEST_TOKEN, uid, freePort } from "./lib/harness.mjs";
 import { serve } from "../serve.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
