@@ -1,6 +1,8 @@
-// Headless Chromium for the tests that drive a page (the e2e browser test,
-// the admin page, the SDK's browser bundle, the dashboard example): one way
-// to launch it, and a static server for a test page on its own origin.
+// Headless Chromium for the e2e tests that drive a page (the browser test,
+// the admin page): one way to launch it, and a static server for a test
+// page on its own origin. The SDK (clients/js/test/lib) and the dashboard
+// example (examples/dashboard/test/lib) keep trimmed copies, so that each
+// package's tests run from the package.
 
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
