@@ -323,7 +323,7 @@ async function waitMetric(url, name, want, timeoutMs = 30000) {
 }
 
 describe("hostile clients at once", () => {
-  test("all attacks for 15 s, twice, while honest sockets receive every payment in order; the second round leaves memory about where the first did", async (t) => {
+  test("all attacks for 15 s, twice, while honest sockets receive every payment in order; the second round adds little memory", async (t) => {
     // Short pings, so that a stalled connection is reset (and a slow consumer
     // dropped) within the run; a bounded memory store; a per-address cap.
     const server = await startServer(["--ping-interval", "5", "--ping-timeout", "5",
@@ -391,29 +391,31 @@ describe("hostile clients at once", () => {
       return rssBytes(pid);
     };
 
-    // Memory. What the server takes on a first round (its pools, the
+    // Memory. What the server takes over a first round (its pools, the
     // allocator's arenas, buffers sized for the attacks' peaks, the store
     // up to --memory-limit) depends on the machine and its load, so no
-    // fixed figure bounds it; the first round is the baseline. A bounded
+    // fixed level bounds it: the first round is the baseline. A bounded
     // server keeps that memory and reuses it: a second round of the same
-    // attacks, as long, adds next to nothing (in our runs -2 to +1.5 MiB,
-    // after +19 MiB over the first). A server that keeps something per
-    // attack (a connection, a body, a session, a buffered payment) grows
-    // by what it kept over the first round again. The bound: the second
-    // round may add at most half of what the first one added, or 8 MiB
-    // (the allocator's slack) when that is more.
+    // attacks adds next to nothing (in our runs -6.5 to +6.5 MiB, after
+    // +14 to +21 MiB over the first: the allocator's noise). The bound:
+    // the second round may add at most half of what the first one added,
+    // and never less than 12 MiB (about twice that noise). It catches a
+    // server that keeps what the attacks send (one 33 MiB body, a dozen
+    // 1 MiB messages, the slow consumer's backlog) or whose memory does not
+    // come back down after an attack (the peak is 25 to 35 MiB above the
+    // level after a round); not a few bytes per request.
     const before = rssBytes(pid);
     const afterWarmUp = await round("warm-up round (15 s)", 15000);
     const after = await round("measured round (15 s)", 15000);
     clearInterval(sampler);
     const first = afterWarmUp - before;
     const second = after - afterWarmUp;
-    const allowed = Math.max(first / 2, 8 * MiB);
+    const allowed = Math.max(first / 2, 12 * MiB);
     const count = [...ingested.values()].reduce((n, l) => n + l.length, 0);
     t.diagnostic(`RSS before ${mib(before)}, after the warm-up round ${mib(afterWarmUp)} (+${mib(first)}), ` +
       `after the measured round ${mib(after)} (${second >= 0 ? "+" : ""}${mib(second)}, at most +${mib(allowed)}), peak ${mib(peak)}; ` +
       `${count} payments delivered to ${honest.length} sockets`);
     assert.ok(second <= allowed,
-      `the measured round added ${mib(second)} of RSS, more than half of what the warm-up round added (${mib(first)}) or 8 MiB`);
+      `the measured round added ${mib(second)} of RSS, more than half of what the warm-up round added (${mib(first)}) and more than 12 MiB`);
   });
 });
