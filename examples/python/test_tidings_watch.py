@@ -9,22 +9,49 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import unittest
+import urllib.error
 import urllib.request
 import uuid
 
-from tidings_watch import EventId, Gap, Tracker, Watcher
+from tidings_watch import EventId, Gap, Tracker, Watcher, command_token
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.environ.get("TIDINGS_BIN", os.path.join(HERE, "..", "..", "target", "debug", "tidings"))
 TOKEN = "test-token"
 WAIT = 15.0
+
+# Token mode: a 32+ byte secret, and the API key that mints socket tokens.
+API_KEY = "test-api-key"
+TOKEN_MODE = (
+    "--auth", "token",
+    "--token-secret", "tidings-example-test-secret-0123456789abcdef",
+    "--api-key", API_KEY,
+)
+# A token command: mints a token for one trackingId with POST /v1/ws/tokens,
+# prints the answer ({"token", "expiresAt"}) and appends the token to a log.
+MINT = """
+import json, sys, urllib.request
+url, key, tid, ttl, log = sys.argv[1:]
+req = urllib.request.Request(
+    url + "/v1/ws/tokens",
+    data=json.dumps({"trackingIds": [tid], "ttlSeconds": int(ttl)}).encode(),
+    headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"},
+)
+with urllib.request.urlopen(req, timeout=10) as res:
+    body = res.read().decode()
+with open(log, "a") as f:
+    f.write(json.loads(body)["token"] + "\\n")
+print(body)
+"""
 
 
 def free_port() -> int:
@@ -106,6 +133,11 @@ class Seen:
             return list(self.payments)
 
 
+def read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
 def in_order(ids: list[str]) -> bool:
     parsed = [EventId.parse(i) for i in ids]
     return all((a.epoch, a.seq) < (b.epoch, b.seq) for a, b in zip(parsed, parsed[1:]))
@@ -146,7 +178,11 @@ class WatcherTest(unittest.TestCase):
             w.close()
         if self.server.proc.poll() is None:
             self.server.kill()
+        # Once closed, a watcher writes nothing more, and its atomic writes
+        # (temporary file, then rename) leave no stray file behind.
+        left = sorted(set(os.listdir(self.dir.name)) - {"state.json", "tokens.log"})
         self.dir.cleanup()
+        self.assertEqual(left, [], "files left in the state directory")
 
     def watch(self, seen: Seen, cls: type = Watcher) -> Watcher:
         w = cls(self.server.url, [self.tid], seen.payment, seen.gap, self.state)
@@ -186,6 +222,96 @@ class WatcherTest(unittest.TestCase):
         self.assertTrue(ok, "no gap reported")
         self.assertEqual(seen.gaps[0].tracking_id, self.tid)
         self.assertEqual(seen.gaps[0].after, before[-1])
+
+    def test_close_waits_for_a_payment_being_delivered_and_saves_nothing_after(self) -> None:
+        entered = threading.Event()
+        release = threading.Event()
+        seen = Seen()
+
+        def slow_payment(envelope: dict) -> None:
+            entered.set()
+            release.wait(WAIT)
+            seen.payment(envelope)
+
+        w = Watcher(self.server.url, [self.tid], slow_payment, seen.gap, self.state)
+        w.start()
+        self.watchers.append(w)
+        ids = self.server.post(self.tid, 1)
+        self.assertTrue(entered.wait(WAIT), "the payment never reached the application")
+        closer = threading.Thread(target=w.close)
+        closer.start()
+        # close() must wait for the delivery in progress (and its save).
+        closer.join(0.5)
+        self.assertTrue(closer.is_alive(), "close() returned while a payment was being delivered")
+        release.set()
+        closer.join(WAIT)
+        self.assertFalse(closer.is_alive(), "close() did not return after the delivery finished")
+        self.assertEqual(seen.payments, ids)
+        with open(self.state, encoding="utf-8") as f:
+            self.assertEqual(json.load(f), {self.tid: ids[0]}, "the delivered payment was saved before close() returned")
+        # Delivered after close(): nothing reaches the application or the file.
+        w._payment({"id": "1-99", "seq": 99, "data": {"trackingId": self.tid}})
+        self.assertEqual(seen.payments, ids)
+        self.assertEqual(sorted(os.listdir(self.dir.name)), ["state.json"])
+
+    def test_token_mode_a_fresh_token_at_every_reconnect(self) -> None:
+        self.server.kill()
+        self.server = Server(self.port, *TOKEN_MODE)
+        log = os.path.join(self.dir.name, "tokens.log")
+        # Tokens that live 1 s: the one of the first connect has expired
+        # long before the reconnect below.
+        command = shlex.join([sys.executable, "-c", MINT, self.server.url, API_KEY, self.tid, "1", log])
+        seen = Seen()
+        w = Watcher(
+            self.server.url, [self.tid], seen.payment, seen.gap, self.state,
+            token_provider=lambda: command_token(command, WAIT),
+        )
+        w.start()
+        self.watchers.append(w)
+        ids = self.server.post(self.tid, 1)
+        seen.wait_for(1)
+        first = read_lines(log)
+        self.assertEqual(len(first), 1, "one token minted for the first connect")
+
+        # Until the server refuses the first token (1 s, plus the clock
+        # leeway it grants: up to 60 s).
+        self.wait_refused(self.server.url, first[0], timeout=120)
+        # Expiry only limits connecting: the watcher still receives.
+        ids += self.server.post(self.tid, 1)
+        self.assertEqual(seen.wait_for(2), ids)
+
+        # The server restarts (memory mode: a new history); the watcher
+        # reconnects with a new token, resubscribes and receives again.
+        self.server.kill()
+        self.server = Server(self.port, *TOKEN_MODE)
+        after = self.server.post(self.tid, 2)
+        self.assertEqual(seen.wait_for(4), ids + after)
+        used = read_lines(log)
+        self.assertGreaterEqual(len(used), 2, "a token minted at the reconnect")
+        self.assertEqual(len(set(used)), len(used), "every connect got a token of its own")
+        self.assertEqual(self.backfill_status(self.server.url, used[-1]), 200, "the latest token is valid")
+
+    def wait_refused(self, url: str, token: str, timeout: float) -> None:
+        """Polls the backfill with ``token`` until it answers 401 (nothing
+        announces a token's expiry)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.backfill_status(url, token)
+            if status == 401:
+                return
+            self.assertEqual(status, 200)
+            self.assertLess(time.monotonic(), deadline, f"token still accepted after {timeout} s")
+            time.sleep(0.5)
+
+    def backfill_status(self, url: str, token: str) -> int:
+        req = urllib.request.Request(
+            f"{url}/v1/events?trackingId={self.tid}", headers={"Authorization": f"Bearer {token}"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=WAIT) as res:
+                return res.status
+        except urllib.error.HTTPError as err:
+            return err.code
 
     def test_a_frame_lost_on_the_way_is_filled_from_the_backfill(self) -> None:
         class LosesTheSecond(Watcher):

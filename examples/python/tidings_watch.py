@@ -13,7 +13,9 @@ The resume logic every Tidings client needs, over python-socketio:
   server's history was lost) is reported as a gap, then the new history is
   delivered.
 
-Run it: ``python tidings_watch.py --url http://127.0.0.1:8080 sub-1 sub-2``.
+Run it: ``python tidings_watch.py --url http://localhost:3000 sub-1 sub-2``
+(in token mode add ``--token-command`` to get a fresh token at every
+connect, or ``--token`` for a quick try with one token).
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -111,14 +116,48 @@ class StateFile:
             return
         folder = os.path.dirname(os.path.abspath(self.path))
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tidings-state-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self.ids, f)
-        os.replace(tmp, self.path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.ids, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            # Never leave a half-written temporary file behind.
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+
+def command_token(command: str, timeout: float = 10.0) -> str:
+    """Runs ``command`` in a shell and returns the token it prints: either
+    the bare token, or JSON with a ``token`` field (what
+    ``POST /v1/ws/tokens`` answers, so the command can be a curl call)."""
+    done = subprocess.run(
+        command, shell=True, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"token command exited {done.returncode}: {done.stderr.strip()[:300]}"
+        )
+    out = done.stdout.strip()
+    if out.startswith("{"):
+        out = json.loads(out).get("token") or ""
+    if not out:
+        raise RuntimeError("token command printed no token")
+    return out
 
 
 class Watcher:
     """Subscribes to ``tracking_ids`` and calls ``on_payment(envelope)`` once
-    per payment, in seq order, and ``on_gap(Gap)`` for what is lost."""
+    per payment, in seq order, and ``on_gap(Gap)`` for what is lost.
+
+    Token mode: ``token`` is one fixed token (it stops working for new
+    connections once it expires); ``token_provider`` is called for a fresh
+    token at every connect (the first and each reconnect), and again when
+    the backfill answers 401 with the current one."""
 
     def __init__(
         self,
@@ -129,16 +168,21 @@ class Watcher:
         state_path: Optional[str] = None,
         token: Optional[str] = None,
         timeout: float = 10.0,
+        token_provider: Optional[Callable[[], str]] = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.on_payment = on_payment
         self.on_gap = on_gap
         self.token = token
+        self.token_provider = token_provider
         self.timeout = timeout
         self.state = StateFile(state_path)
         self.trackers = {t: Tracker(self.state.ids.get(t)) for t in tracking_ids}
-        # One payment at a time, across the socket's thread and a fill.
+        # One payment at a time: python-socketio runs each event handler in
+        # a thread of its own. Also guards ``closed``.
         self.lock = threading.Lock()
+        # Set by close(): no payment is delivered or saved after it.
+        self.closed = False
         # socket.io-client's defaults: 1 s doubling to 5 s, ±50% jitter.
         self.sio = socketio.Client(
             reconnection=True,
@@ -156,19 +200,37 @@ class Watcher:
 
     def start(self) -> None:
         """Connects, and returns once every trackingId is subscribed."""
-        auth = {"token": self.token} if self.token else None
         self.sio.connect(
             self.url,
             socketio_path=PATH,
             transports=["websocket"],
-            auth=auth,
+            # A callable: python-socketio calls it at every (re)connect.
+            auth=self._auth,
             wait_timeout=self.timeout,
         )
         if not self.subscribed.wait(self.timeout):
             raise TimeoutError("the subscriptions were not acked")
 
     def close(self) -> None:
-        self.sio.disconnect()
+        """Disconnects (or stops reconnecting) and returns once no handler
+        is delivering or saving a payment any more; nothing is delivered or
+        written to the state file after it returns."""
+        self.sio.shutdown()
+        # A handler thread may be inside _take (delivering, then saving):
+        # taking the lock waits for it; later ones see ``closed``.
+        with self.lock:
+            self.closed = True
+
+    def _auth(self) -> Optional[dict]:
+        if self.token_provider is not None:
+            try:
+                self.token = self.token_provider()
+            except Exception as exc:  # noqa: BLE001 - reported, then retried
+                # Connect without a token: the server refuses it and
+                # python-socketio tries again later, with a new call.
+                print(f"tidings_watch: no token: {exc}", file=sys.stderr, flush=True)
+                self.token = None
+        return {"token": self.token} if self.token else None
 
     def _subscribe_all(self) -> None:
         self.subscribed.clear()
@@ -191,6 +253,8 @@ class Watcher:
         if data.get("code") == "HISTORY_TRUNCATED" and tid in self.trackers:
             with self.lock:
                 self.trackers[tid].truncated = True
+        elif data.get("code"):
+            print(f"tidings_watch: error {json.dumps(data)}", file=sys.stderr, flush=True)
 
     def _payment(self, envelope: dict) -> None:
         tid = envelope["data"]["trackingId"]
@@ -198,6 +262,8 @@ class Watcher:
         if tracker is None:
             return
         with self.lock:
+            if self.closed:
+                return
             self._take(tid, tracker, envelope)
 
     def _take(self, tid: str, tracker: Tracker, envelope: dict, may_fill: bool = True) -> None:
@@ -233,7 +299,17 @@ class Watcher:
 
     def _backfill(self, tid: str, since: str) -> dict:
         query = urllib.parse.urlencode({"trackingId": tid, "since": since, "limit": 1000})
-        req = urllib.request.Request(f"{self.url}/v1/events?{query}")
+        try:
+            return self._get(f"{self.url}/v1/events?{query}")
+        except urllib.error.HTTPError as err:
+            if err.code != 401 or self.token_provider is None:
+                raise
+            # The token of this connection expired: the backfill takes a fresh one.
+            self.token = self.token_provider()
+            return self._get(f"{self.url}/v1/events?{query}")
+
+    def _get(self, url: str) -> dict:
+        req = urllib.request.Request(url)
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         with urllib.request.urlopen(req, timeout=self.timeout) as res:
@@ -242,9 +318,19 @@ class Watcher:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--url", default="http://localhost:3000", help="the server (default %(default)s)")
     parser.add_argument("--state", default="tidings-state.json", help="where the last ids are kept")
-    parser.add_argument("--token", help="a socket token (token mode)")
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--token",
+        help="one socket token (token mode), for a quick try: once it expires, reconnects are refused",
+    )
+    tokens.add_argument(
+        "--token-command",
+        metavar="COMMAND",
+        help="a shell command run at every (re)connect that prints a fresh socket token, "
+        'bare or as JSON {"token": ...} (token mode)',
+    )
     parser.add_argument("tracking_ids", nargs="+")
     args = parser.parse_args()
 
@@ -254,9 +340,20 @@ def main() -> None:
     def gap(g: Gap) -> None:
         print(json.dumps({"gap": g.__dict__}), flush=True)
 
-    watcher = Watcher(args.url, args.tracking_ids, show, gap, args.state, args.token)
+    provider = None
+    if args.token_command:
+        command = args.token_command
+        provider = lambda: command_token(command)  # noqa: E731
+    watcher = Watcher(
+        args.url, args.tracking_ids, show, gap, args.state, args.token, token_provider=provider
+    )
     watcher.start()
-    watcher.sio.wait()
+    try:
+        watcher.sio.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watcher.close()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import {
   startServer, ingestOk, backfill, httpGet, payment, uid, connect, subscribe, waitFor, payments,
   closeAll, assertHttpError,
 } from "./lib/harness.mjs";
-import { startRedis } from "./lib/cluster.mjs";
+import { startRedis, readMetric } from "./lib/cluster.mjs";
 import {
   ATTACKS, rawConnection, nextResponse, within, ingestHead, writeAll, postWhole, bigBatch, detailBomb,
   rssBytes, mib, FLOOD_CAP,
@@ -311,8 +311,19 @@ describe("/readyz with Redis stopped", () => {
   });
 });
 
+/** Polls /metrics until `name` equals `want` (nothing announces it). */
+async function waitMetric(url, name, want, timeoutMs = 30000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { value } = await readMetric(url, name);
+    if ((value ?? 0) === want) return;
+    if (Date.now() > deadline) assert.fail(`${name} stayed ${value}, expected ${want} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 describe("hostile clients at once", () => {
-  test("all attacks for 15 s while honest sockets receive every payment in order; memory comes back down", async (t) => {
+  test("all attacks for 15 s, twice, while honest sockets receive every payment in order; the second round adds little memory", async (t) => {
     // Short pings, so that a stalled connection is reset (and a slow consumer
     // dropped) within the run; a bounded memory store; a per-address cap.
     const server = await startServer(["--ping-interval", "5", "--ping-timeout", "5",
@@ -332,56 +343,79 @@ describe("hostile clients at once", () => {
     }
     t.after(() => closeAll(honest.map((h) => h.socket)));
 
-    const before = rssBytes(pid);
-    let peak = before;
+    let peak = rssBytes(pid);
     const sampler = setInterval(() => { try { peak = Math.max(peak, rssBytes(pid)); } catch { /* exiting */ } }, 100);
     t.after(() => clearInterval(sampler));
-
-    const stop = new AbortController();
-    setMaxListeners(0, stop.signal); // every attack connection listens to it
-    const stats = ATTACKS.map(() => ({}));
-    const attacks = ATTACKS.map((a, i) => a.run({ url: server.url, port: server.port }, stop.signal, stats[i]));
-
-    // Payments ingested meanwhile, round robin over the trackingIds.
     const ingested = new Map(ids.map((id) => [id, []]));
-    const until = Date.now() + 15000;
-    for (let n = 0; Date.now() < until; n++) {
-      const id = ids[n % ids.length];
-      const [r] = await ingestOk(server.url, payment(id));
-      ingested.get(id).push(r.id);
-      await new Promise((res) => setTimeout(res, 100));
-    }
-    stop.abort();
-    await within(Promise.all(attacks), 60000, null);
 
-    // A last payment per trackingId: once every socket has it, it has all before it.
-    for (const id of ids) {
-      const [r] = await ingestOk(server.url, payment(id));
-      ingested.get(id).push(r.id);
-    }
-    for (const { socket, id } of honest) {
-      const last = ingested.get(id).at(-1);
-      await waitFor(socket, "payment", (p) => p.id === last, 20000);
-    }
-    for (const { socket, id } of honest) {
-      assert.deepEqual(payments(socket, id).map((p) => p.id), ingested.get(id),
-        `socket on ${socket.io.engine.transport.name} got every payment of ${id}, in order`);
-    }
+    /**
+     * Every attack at once for `ms`, with payments ingested meanwhile; then
+     * every honest socket has every payment, every attack was refused as
+     * designed, and every attack connection is gone (only the honest
+     * sockets' remain). Returns the server's RSS then.
+     */
+    const round = async (name, ms) => {
+      const stop = new AbortController();
+      setMaxListeners(0, stop.signal); // every attack connection listens to it
+      const stats = ATTACKS.map(() => ({}));
+      const attacks = ATTACKS.map((a, i) => a.run({ url: server.url, port: server.port }, stop.signal, stats[i]));
+      // Payments ingested meanwhile, round robin over the trackingIds.
+      const until = Date.now() + ms;
+      for (let n = 0; Date.now() < until; n++) {
+        const id = ids[n % ids.length];
+        const [r] = await ingestOk(server.url, payment(id));
+        ingested.get(id).push(r.id);
+        await new Promise((res) => setTimeout(res, 100));
+      }
+      stop.abort();
+      await within(Promise.all(attacks), 60000, null);
 
-    // After: the attack connections are gone; memory comes back within 50 MB.
-    const bound = before + 50 * MiB;
-    let after = rssBytes(pid);
-    const settle = Date.now() + 20000;
-    while (after >= bound && Date.now() < settle) {
-      await new Promise((res) => setTimeout(res, 250));
-      after = rssBytes(pid);
-    }
+      // A last payment per trackingId: once every socket has it, it has all before it.
+      for (const id of ids) {
+        const [r] = await ingestOk(server.url, payment(id));
+        ingested.get(id).push(r.id);
+      }
+      for (const { socket, id } of honest) {
+        const last = ingested.get(id).at(-1);
+        await waitFor(socket, "payment", (p) => p.id === last, 20000);
+      }
+      for (const { socket, id } of honest) {
+        assert.deepEqual(payments(socket, id).map((p) => p.id), ingested.get(id),
+          `${name}: socket on ${socket.io.engine.transport.name} got every payment of ${id}, in order`);
+      }
+      ATTACKS.forEach((a, i) => t.diagnostic(`${name}: ${a.name}: ${JSON.stringify(stats[i])}`));
+      // Each attack ran, and was refused as designed every time.
+      ATTACKS.forEach((a, i) => assert.equal(a.check(stats[i]), null, `${name}: ${a.name}`));
+      // The flood's abandoned sessions are reaped after the ping timeout.
+      await waitMetric(server.url, "tidings_connections", honest.length);
+      return rssBytes(pid);
+    };
+
+    // Memory. What the server takes over a first round (its pools, the
+    // allocator's arenas, buffers sized for the attacks' peaks, the store
+    // up to --memory-limit) depends on the machine and its load, so no
+    // fixed level bounds it: the first round is the baseline. A bounded
+    // server keeps that memory and reuses it: a second round of the same
+    // attacks adds next to nothing (in our runs -6.5 to +6.5 MiB, after
+    // +14 to +21 MiB over the first: the allocator's noise). The bound:
+    // the second round may add at most half of what the first one added,
+    // and never less than 12 MiB (about twice that noise). It catches a
+    // server that keeps what the attacks send (one 33 MiB body, a dozen
+    // 1 MiB messages, the slow consumer's backlog) or whose memory does not
+    // come back down after an attack (the peak is 25 to 35 MiB above the
+    // level after a round); not a few bytes per request.
+    const before = rssBytes(pid);
+    const afterWarmUp = await round("warm-up round (15 s)", 15000);
+    const after = await round("measured round (15 s)", 15000);
     clearInterval(sampler);
+    const first = afterWarmUp - before;
+    const second = after - afterWarmUp;
+    const allowed = Math.max(first / 2, 12 * MiB);
     const count = [...ingested.values()].reduce((n, l) => n + l.length, 0);
-    t.diagnostic(`RSS before ${mib(before)}, peak ${mib(peak)}, after ${mib(after)}; ${count} payments delivered to ${honest.length} sockets`);
-    ATTACKS.forEach((a, i) => t.diagnostic(`${a.name}: ${JSON.stringify(stats[i])}`));
-    assert.ok(after < bound, `RSS after the attack (${mib(after)}) is within 50 MB of before (${mib(before)})`);
-    // Each attack ran, and was refused as designed every time.
-    ATTACKS.forEach((a, i) => assert.equal(a.check(stats[i]), null, a.name));
+    t.diagnostic(`RSS before ${mib(before)}, after the warm-up round ${mib(afterWarmUp)} (+${mib(first)}), ` +
+      `after the measured round ${mib(after)} (${second >= 0 ? "+" : ""}${mib(second)}, at most +${mib(allowed)}), peak ${mib(peak)}; ` +
+      `${count} payments delivered to ${honest.length} sockets`);
+    assert.ok(second <= allowed,
+      `the measured round added ${mib(second)} of RSS, more than half of what the warm-up round added (${mib(first)}) and more than 12 MiB`);
   });
 });
