@@ -3,10 +3,10 @@
 // websocket only, 10 polling only, 10 polling with upgrade), each from a
 // source address of its own so that nginx's client-address hash spreads
 // them over the nodes, each subscribed to three trackingIds and doing what
-// the README tells clients to do: on every (re)connect, subscribe again
+// the README (and docs/operations.md) tells clients to do: on every (re)connect, subscribe again
 // with `since` = the last id received, and drop what it already has by id.
 // Three ingest workers POST continuously through nginx and retry as the
-// README says (the same body; on 503 after Retry-After, on a network or
+// docs/operations.md says (the same body; on 503 after Retry-After, on a network or
 // gateway error after a backoff).
 //
 // Each node in turn: SIGTERM, exit 0 within --shutdown-timeout, started
@@ -37,7 +37,7 @@ const TRACKING_IDS = 10;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
- * POSTs one ingest body through `url`, retrying as the README tells payment
+ * POSTs one ingest body through `url`, retrying as docs/operations.md tells payment
  * backends to: the same body (ingest is idempotent), on 503 after its
  * Retry-After, on a network error or a gateway error (502/504: the request
  * may not have reached a node) after a backoff from 100 ms doubling to 2 s;
@@ -79,7 +79,7 @@ async function ingestWithRetries(url, body, stats) {
 }
 
 /**
- * A client as the README describes one: keeps the last id per trackingId,
+ * A client as the README describes one (docs/reference.md): keeps the last id per trackingId,
  * subscribes with it as `since` on every connect, drops payments it has by
  * id, and records any seq it did not expect.
  */

@@ -188,7 +188,7 @@ export async function nodeOfNewConnection(nodes, before) {
  * The server's options as `tidings --help` lists them: a Map from flag name
  * (`listen`) to `{ flag: "--listen", env: "TIDINGS_LISTEN", default, takesValue }`.
  * The help text is the source of truth for flag and variable names (the
- * contract's section 7 plus the README's extra flags).
+ * contract's section 7 plus docs/reference.md's extra flags).
  */
 export async function tidingsOptions(bin = SERVER_BIN) {
   const r = await run(bin, ["--help"], 10000);
