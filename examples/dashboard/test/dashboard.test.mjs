@@ -2,8 +2,8 @@
 // (TIDINGS_BIN): payments posted to ingest appear in the table, in order,
 // once; the server is SIGKILLed and restarted (memory mode: its history is
 // gone) and the page recovers, shows the gap, and goes on. Needs the SDK
-// built (clients/js/dist) and this package's npm ci (playwright-core, for
-// the helpers in ./lib).
+// built (clients/js/dist: `npm ci && npm run build` there), whose test
+// helpers and packages (playwright-core) it uses.
 // UPDATE_SCREENSHOT=1 writes the README's screenshot.
 
 import { test, before, after } from "node:test";
@@ -12,8 +12,11 @@ import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { launchChromium } from "./lib/browser.mjs";
-import { startServer, ingestOk, payment, INGEST_TOKEN, uid, freePort } from "./lib/harness.mjs";
+// The SDK's own test helpers: the dashboard is built on the SDK, whose
+// `npm ci` (and build) it needs anyway, so its packages are there.
+import { launchChromium } from "../../../clients/js/test/lib/browser.mjs";
+import { startServer, ingestOk, payment, INGEST_TOKEN, uid } from "../../../clients/js/test/lib/harness.mjs";
+import { freePort } from "../../../clients/js/test/lib/cluster.mjs";
 import { serve } from "../serve.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
