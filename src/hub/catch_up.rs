@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::topic::{Live, Topic};
 use super::{Hub, Subscriber};
+use crate::model::Position;
 use crate::store::StoreError;
 use crate::telemetry;
 
@@ -151,7 +152,7 @@ impl<S: Subscriber> Hub<S> {
                     tracing::error!(tracking_id = tid, cursor = ?from, "the store is behind this node's cursor");
                     let mut live = topic.live();
                     live.announce_gap(tid, "the storage lost events");
-                    live.cursor = Some(crate::model::Position::NONE);
+                    live.cursor = Some(Position::NONE);
                     continue;
                 }
                 Err(StoreError::Malformed(_)) => {

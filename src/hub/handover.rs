@@ -114,7 +114,7 @@ impl<S: Subscriber> Hub<S> {
                             "Payments of trackingId {tid} may be missing and cannot be recovered"
                         ),
                     );
-                    self.rejoin_from(topic, sub, at);
+                    self.rejoin_from(topic, sub, Some(at));
                     return;
                 }
                 Err(StoreError::Unavailable(_)) => {
@@ -132,23 +132,18 @@ impl<S: Subscriber> Hub<S> {
     /// meanwhile, warnings included, and is back in the room, as if nothing
     /// happened.
     pub(super) fn rejoin(&self, topic: &Topic<S>, sub: &S) {
-        let left_at = {
-            let live = topic.live();
-            let Some(pending) = live.pending.get(&sub.id()) else {
-                return;
-            };
-            pending.left_at.unwrap_or_default()
-        };
-        self.rejoin_from(topic, sub, left_at);
+        self.rejoin_from(topic, sub, None);
     }
 
-    /// Sends `sub`, standing at `at`, what it missed from the room, warning
-    /// of every gap, and puts it back in the room.
-    fn rejoin_from(&self, topic: &Topic<S>, sub: &S, at: Position) {
+    /// Sends `sub`, standing at `at` (by default where it left the room),
+    /// what it missed from the room, warning of every gap, and puts it back
+    /// in the room.
+    fn rejoin_from(&self, topic: &Topic<S>, sub: &S, at: Option<Position>) {
         let mut live = topic.live();
         let Some(pending) = live.pending.remove(&sub.id()) else {
             return;
         };
+        let at = at.or(pending.left_at).unwrap_or_default();
         let tid = topic.tracking_id.as_str();
         tracing::debug!(
             tracking_id = tid,

@@ -293,7 +293,7 @@ fn on_push(push: PushInfo, publications: &Publications) {
         tracing::warn!("publication on a channel that is not a trackingId's");
         return;
     };
-    match bulk_string(payload).as_deref().and_then(read_publication) {
+    match bulk_string(payload).and_then(read_publication) {
         Some(event) => publications.publish(Publication { tracking_id, event }),
         None => {
             // Not ours (a node of an older version, a foreign publisher):
@@ -305,13 +305,15 @@ fn on_push(push: PushInfo, publications: &Publications) {
 }
 
 /// A publication as `append.lua` writes it: `<id> <accepted ms> <envelope>`.
-fn read_publication(payload: &str) -> Option<StoredEvent> {
-    let (id, rest) = payload.split_once(' ')?;
-    let (accepted_ms, envelope) = rest.split_once(' ')?;
+/// The envelope is split off the payload, not copied.
+fn read_publication(mut payload: String) -> Option<StoredEvent> {
+    let first = payload.find(' ')?;
+    let second = first + 1 + payload[first + 1..].find(' ')?;
+    let envelope = payload.split_off(second + 1);
     Some(StoredEvent {
-        id: id.parse().ok()?,
-        accepted_ms: accepted_ms.parse().ok()?,
-        envelope: Arc::from(RawValue::from_string(envelope.to_owned()).ok()?),
+        id: payload[..first].parse().ok()?,
+        accepted_ms: payload[first + 1..second].parse().ok()?,
+        envelope: Arc::from(RawValue::from_string(envelope).ok()?),
     })
 }
 
