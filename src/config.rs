@@ -40,8 +40,48 @@ pub struct Config {
     pub redis_url: Option<String>,
 
     /// The Redis at --redis-url is a Redis Cluster (sharded pub/sub).
-    #[arg(long, env = "TIDINGS_REDIS_CLUSTER", requires = "redis_url")]
+    #[arg(
+        long,
+        env = "TIDINGS_REDIS_CLUSTER",
+        requires = "redis_url",
+        conflicts_with = "redis_sentinel"
+    )]
     pub redis_cluster: bool,
+
+    /// Redis Sentinel: the name of the master the Sentinels monitor;
+    /// --redis-url is then a comma-separated list of Sentinel URLs (the
+    /// first one's user and password also log in to the master). The node
+    /// follows the master through failovers.
+    #[arg(
+        long,
+        env = "TIDINGS_REDIS_SENTINEL",
+        requires = "redis_url",
+        value_name = "MASTER"
+    )]
+    pub redis_sentinel: Option<String>,
+
+    /// PEM file of the CA that signs the Redis servers' certificates
+    /// (`rediss://` URLs); without it, the system's roots.
+    #[arg(
+        long,
+        env = "TIDINGS_REDIS_CA_CERT",
+        requires = "redis_url",
+        value_name = "PATH"
+    )]
+    pub redis_ca_cert: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for mutual TLS with Redis (with --redis-client-key).
+    #[arg(long, env = "TIDINGS_REDIS_CLIENT_CERT", requires_all = ["redis_url", "redis_client_key"], value_name = "PATH")]
+    pub redis_client_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --redis-client-cert.
+    #[arg(
+        long,
+        env = "TIDINGS_REDIS_CLIENT_KEY",
+        requires = "redis_client_cert",
+        value_name = "PATH"
+    )]
+    pub redis_client_key: Option<std::path::PathBuf>,
 
     /// Publications that may wait for delivery to this node's sockets;
     /// beyond it one is dropped (logged and counted) and the node reads it
@@ -99,14 +139,25 @@ pub struct Config {
     #[arg(long = "api-key", env = "TIDINGS_API_KEY", hide_env_values = true)]
     pub api_keys: Vec<String>,
 
-    /// (token mode) An HS256 secret for socket tokens; repeatable; the first
-    /// signs, all verify.
+    /// (token mode) An HS256 secret for socket tokens, at least 32 bytes;
+    /// repeatable; the first signs, all verify.
     #[arg(
         long = "token-secret",
         env = "TIDINGS_TOKEN_SECRET",
         hide_env_values = true
     )]
     pub token_secrets: Vec<String>,
+
+    /// (token mode) The longest lifetime, in seconds, a socket token may
+    /// claim (minted or signed by a backend).
+    #[arg(long, env = "TIDINGS_TOKEN_MAX_TTL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_SECONDS))]
+    pub token_max_ttl: u64,
+
+    /// An address or CIDR range (a proxy) whose X-Forwarded-For is
+    /// believed; repeatable. Every per-address rule uses the client address
+    /// found there.
+    #[arg(long = "trusted-proxy", env = "TIDINGS_TRUSTED_PROXY", value_name = "ADDR|CIDR", value_delimiter = ',', value_parser = parse_ip_range)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 
     /// An origin browsers may call from; repeatable; `*` allows any.
     #[arg(long = "cors-origin", env = "TIDINGS_CORS_ORIGIN", default_value = "*")]
@@ -132,10 +183,17 @@ pub struct Config {
     pub max_connections: u64,
 
     /// Engine.IO sessions one client address may hold at once; beyond it a
-    /// new connection is refused with 429 RATE_LIMITED. Unset: no limit per
-    /// address. Behind a load balancer every client has the balancer's address.
-    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    pub max_connections_per_ip: Option<u64>,
+    /// new connection is refused with 429 RATE_LIMITED. The default is 1 %
+    /// of the default --max-connections: one address cannot fill a node,
+    /// and an office behind one NAT still opens 200 tabs. Behind a proxy,
+    /// set --trusted-proxy, or every client has the proxy's address.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections_per_ip: u64,
+
+    /// Seconds a new connection has to complete the Socket.IO connect
+    /// (socket.io-client does at once); then it is closed.
+    #[arg(long, env = "TIDINGS_CONNECT_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub connect_timeout: u64,
 
     /// Seconds between the server's Engine.IO pings to each client.
     #[arg(long, env = "TIDINGS_PING_INTERVAL", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -189,6 +247,15 @@ fn check_origin(origin: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `--trusted-proxy`: `10.0.0.0/8`, `::1/128` or one address.
+fn parse_ip_range(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("{s:?} is not an address or a CIDR range such as 10.0.0.0/8"))
+}
+
 /// How sockets are authorised to subscribe (contract section 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
@@ -209,6 +276,16 @@ pub enum ConfigError {
     TokenModeWithoutSecret,
     #[error("--api-key and --token-secret values must not be empty")]
     EmptySecret,
+    #[error(
+        "a --token-secret is {len} bytes; at least 32 are needed (a short HS256 secret is recovered offline from any token a browser holds): generate one with `openssl rand -base64 32`"
+    )]
+    ShortTokenSecret { len: usize },
+    #[error("cannot read {flag} {path}: {source}")]
+    Unreadable {
+        flag: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "invalid --cors-origin {origin:?}: {reason}; expected `*` or an origin such as https://app.example.com (scheme, host and optional port, nothing after)"
     )]
@@ -233,6 +310,9 @@ impl Config {
         }
         if self.auth == AuthMode::Token && self.token_secrets.is_empty() {
             return Err(ConfigError::TokenModeWithoutSecret);
+        }
+        if let Some(short) = self.token_secrets.iter().find(|s| s.len() < 32) {
+            return Err(ConfigError::ShortTokenSecret { len: short.len() });
         }
         for origin in self.cors_origins.iter().filter(|o| *o != "*") {
             check_origin(origin).map_err(|reason| ConfigError::BadCorsOrigin {

@@ -12,7 +12,9 @@
 //! and the transports read; of the extensions (which engineioxide keeps
 //! too: axum's URL params and matched path, the request id, the original
 //! URI, ~600 bytes a socket), only hyper's upgrade handle (a websocket
-//! needs it) and the peer address (the connection limits read it).
+//! needs it), the peer and client addresses (the connection limits and
+//! the slowdown read them; the client address is found before this layer
+//! runs, from every `X-Forwarded-For` line) and the connection's hangup.
 
 use std::net::SocketAddr;
 
@@ -20,7 +22,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Request, Uri, header};
 
 /// Headers engineioxide and socketioxide read (handshake, websocket
-/// upgrade, polling bodies, CORS), plus the proxy headers worth logging.
+/// upgrade, polling bodies, CORS), plus the request id worth logging.
 const KEPT: [HeaderName; 12] = [
     header::HOST,
     header::ORIGIN,
@@ -51,7 +53,7 @@ pub fn detach_head<B>(path: &'static str) -> impl Fn(Request<B>) -> Request<B> +
                 }
             }
         }
-        for name in ["x-forwarded-for", "x-request-id"] {
+        for name in ["x-request-id"] {
             if let Some(value) = parts.headers.get(name)
                 && let Ok(owned) = HeaderValue::from_bytes(value.as_bytes())
             {
@@ -69,6 +71,13 @@ pub fn detach_head<B>(path: &'static str) -> impl Fn(Request<B>) -> Request<B> +
         }
         if let Some(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
             extensions.insert(*peer);
+        }
+        if let Some(client) = parts.extensions.get::<crate::http::client::ClientAddr>() {
+            extensions.insert(*client);
+        }
+        // How the server closes a websocket it refuses.
+        if let Some(hangup) = parts.extensions.remove::<crate::http::serve::Hangup>() {
+            extensions.insert(hangup);
         }
         parts.extensions = extensions;
         Request::from_parts(parts, body)

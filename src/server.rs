@@ -14,8 +14,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::admin::Admin;
+use crate::auth::slowdown::Slowdown;
 use crate::auth::{Access, BearerKeys, TokenKeys};
 use crate::config::{AuthMode, Config, ConfigError};
+use crate::http::client::TrustedProxies;
 use crate::http::connections::ConnectionLimits;
 use crate::http::serve::{self, HttpTimeouts};
 use crate::http::state::{Credentials, Limits};
@@ -25,7 +27,7 @@ use crate::memory_limit;
 use crate::realtime::{self, Realtime};
 use crate::store::{
     HistoryStore, MemoryDirectory, MemoryStore, NodeDirectory, PublicationStream, Publications,
-    RedisStore, RedisTarget, Retention, StoreError,
+    RedisStore, RedisTarget, RedisTls, Retention, StoreError,
 };
 use crate::telemetry;
 
@@ -41,6 +43,9 @@ const LIVE_BUFFER: usize = 1024;
 /// websocket message and each of its frames: a larger one closes the
 /// connection). Subscribe payloads are a few hundred bytes.
 const MAX_SOCKET_MESSAGE: u64 = 64 * 1024;
+
+/// Binary attachments one packet may announce (the contract uses none).
+const MAX_ATTACHMENTS: usize = 4;
 
 /// Pending connections the kernel may queue before we accept them.
 const ACCEPT_BACKLOG: u32 = 8192;
@@ -91,9 +96,11 @@ impl Server {
         let (sio_layer, io) = socket_io(config);
         let hub = SocketHub::new(store.clone(), history_limit);
         let access = access(config)?;
+        let slowdown = Arc::new(Slowdown::default());
         let realtime = Realtime::new(
             hub.clone(),
             access.clone(),
+            slowdown.clone(),
             config.max_subscriptions as usize,
             config.rate_limit,
             config.rate_burst,
@@ -114,6 +121,7 @@ impl Server {
             ingest_tokens: BearerKeys::new(&config.ingest_tokens),
             api_keys: BearerKeys::new(&config.api_keys),
             access,
+            slowdown,
         };
         let limits = Limits {
             max_body: config.max_body as usize,
@@ -135,6 +143,7 @@ impl Server {
             app.clone(),
             sio_layer,
             connection_limits(config),
+            TrustedProxies::new(&config.trusted_proxies),
             &config.cors_origins,
         );
         Ok(Server {
@@ -192,6 +201,9 @@ impl Server {
         background.spawn(self.hub.clone().audit());
         background.spawn(self.hub.clone().run(self.publications));
         background.spawn(self.app.metrics.clone().upkeep());
+        background.spawn(forget_quiet_addresses(
+            self.app.credentials.slowdown.clone(),
+        ));
         if let Some(admin) = self.app.admin.clone() {
             background.spawn(admin.report_forever());
         }
@@ -272,14 +284,46 @@ async fn open_store(
         let memory = MemoryStore::new(retention, publications).with_memory_limit(limit);
         return Ok((Arc::new(memory), Arc::new(MemoryDirectory::default())));
     };
-    let target = RedisTarget::new(url, config.redis_cluster);
+    let target = RedisTarget::new(url, config.redis_cluster, config.redis_sentinel.as_deref());
+    // The target shows its URLs without their passwords.
     tracing::info!(
-        ?target,
-        "cluster mode: history, dedupe and publication in Redis"
+        %target,
+        "cluster mode: history, dedupe and publication in Redis at {target}"
     );
-    let redis = RedisStore::connect(&target, retention, publications).await?;
+    let tls = redis_tls(config)?;
+    let redis = RedisStore::connect_with_tls(&target, &tls, retention, publications).await?;
     let directory = Arc::new(redis.directory());
     Ok((Arc::new(redis), directory))
+}
+
+/// `--redis-ca-cert`, `--redis-client-cert` and `--redis-client-key`, read.
+fn redis_tls(config: &Config) -> Result<RedisTls, ConfigError> {
+    let read = |flag: &'static str, path: &Option<std::path::PathBuf>| {
+        path.as_ref()
+            .map(|path| {
+                std::fs::read(path).map_err(|source| ConfigError::Unreadable {
+                    flag,
+                    path: path.clone(),
+                    source,
+                })
+            })
+            .transpose()
+    };
+    let cert = read("--redis-client-cert", &config.redis_client_cert)?;
+    let key = read("--redis-client-key", &config.redis_client_key)?;
+    Ok(RedisTls {
+        ca_cert: read("--redis-ca-cert", &config.redis_ca_cert)?,
+        client: cert.zip(key),
+    })
+}
+
+/// Forgets, every minute, the addresses whose failed credentials are old.
+async fn forget_quiet_addresses(slowdown: Arc<Slowdown>) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        slowdown.forget_quiet();
+    }
 }
 
 /// The Socket.IO layer and its handle, with the bounds a hostile client
@@ -293,14 +337,17 @@ fn socket_io(config: &Config) -> (SocketIoLayer, SocketIo) {
         // one client make the server buffer megabytes before any check.
         .ws_max_message_size(MAX_SOCKET_MESSAGE as usize)
         .ws_max_frame_size(MAX_SOCKET_MESSAGE as usize)
-        // No event of the contract carries binary data: a packet that
-        // announces attachments closes the connection at once instead
-        // of the server holding attachments (up to 10 MB for a minute
-        // by default) until they arrive.
+        // No event of the contract carries binary data, but a client
+        // that sends some is answered INVALID_PAYLOAD like any bad payload
+        // (socket.io-client would re-send a buffered emit forever if the
+        // connection closed instead). What it may send is bounded: a few
+        // attachments, one message's worth of bytes, for a few seconds;
+        // beyond, the connection closes.
         .with_parser(
             ParserConfig::common()
-                .max_incoming_binaries(0)
-                .max_incoming_binary_buf_size(0),
+                .max_incoming_binaries(MAX_ATTACHMENTS)
+                .max_incoming_binary_buf_size(MAX_SOCKET_MESSAGE as usize)
+                .packet_completion_timeout(Duration::from_secs(config.connect_timeout)),
         )
         // A silent client (vanished, or an abandoned polling session) is
         // closed after a ping it does not answer; so is one whose
@@ -309,11 +356,9 @@ fn socket_io(config: &Config) -> (SocketIoLayer, SocketIo) {
         .ping_interval(Duration::from_secs(config.ping_interval))
         .ping_timeout(Duration::from_secs(config.ping_timeout))
         // A session that has not joined the namespace by then is closed
-        // (socket.io-client joins at once); with the default pings, 45 s,
-        // socket.io's own default.
-        .connect_timeout(Duration::from_secs(
-            config.ping_interval + config.ping_timeout,
-        ))
+        // (socket.io-client joins at once), also one refused at its
+        // connect: a handshake alone holds a session for seconds, not 45.
+        .connect_timeout(Duration::from_secs(config.connect_timeout))
         // Clients send a few small events; a 4 KB websocket read buffer
         // per connection would be most of an idle socket's memory.
         .ws_read_buffer_size(WS_READ_BUFFER)
@@ -325,7 +370,8 @@ fn access(config: &Config) -> Result<Access, ConfigError> {
     Ok(match config.auth {
         AuthMode::Open => Access::Open,
         AuthMode::Token => Access::Token(Arc::new(
-            TokenKeys::new(&config.token_secrets).ok_or(ConfigError::TokenModeWithoutSecret)?,
+            TokenKeys::new(&config.token_secrets, config.token_max_ttl)
+                .ok_or(ConfigError::TokenModeWithoutSecret)?,
         )),
     })
 }
@@ -336,9 +382,7 @@ fn connection_limits(config: &Config) -> Arc<ConnectionLimits> {
     ConnectionLimits::new(
         SOCKET_PATH,
         usize::try_from(config.max_connections).unwrap_or(usize::MAX),
-        config
-            .max_connections_per_ip
-            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(usize::try_from(config.max_connections_per_ip).unwrap_or(usize::MAX)),
     )
 }
 

@@ -45,7 +45,7 @@ struct Node {
 
 static NODE: LazyLock<Node> = LazyLock::new(|| {
     let kid = |secrets: &[&str]| -> String {
-        let minted = TokenKeys::new(secrets)
+        let minted = TokenKeys::new(secrets, 3600)
             .unwrap()
             .mint(&["x".to_owned()], 60, now() * 1000);
         jsonwebtoken::decode_header(&minted.token)
@@ -54,7 +54,7 @@ static NODE: LazyLock<Node> = LazyLock::new(|| {
             .unwrap()
     };
     Node {
-        keys: TokenKeys::new(&SECRETS).expect("two secrets"),
+        keys: TokenKeys::new(&SECRETS, 3600).expect("two secrets"),
         kids: [kid(&SECRETS[..1]), kid(&SECRETS[1..])],
     }
 });

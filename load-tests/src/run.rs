@@ -118,6 +118,9 @@ impl Node {
                     "json",
                 ]);
                 c.args(["--rate-burst", "1000", "--delivery-buffer", "1000000"]);
+                // Every simulated client comes from this machine; the
+                // peer has no per-address limit either.
+                c.args(["--max-connections-per-ip", "10000000"]);
                 if let Some(url) = redis {
                     c.args(["--redis-url", url]);
                 }

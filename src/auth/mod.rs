@@ -8,6 +8,7 @@
 //! - [`Grant`]: what one socket (or one backfill request) may watch.
 //! - [`Access`]: the node's mode, `open` or `token`.
 
+pub mod slowdown;
 pub mod token;
 
 use std::sync::Arc;

@@ -35,6 +35,10 @@ pub enum TokenError {
     BadSignature,
     #[error("the token has expired")]
     Expired,
+    #[error("the token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("the token claims a longer lifetime than this server accepts (--token-max-ttl)")]
+    TooLong,
 }
 
 /// The claims of a socket token.
@@ -46,6 +50,10 @@ struct Claims {
     /// in tokens a backend signs itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
+    /// Not before, seconds since the Unix epoch (optional; honoured with
+    /// the same leeway as `exp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
     /// Exact trackingIds and `prefix*` entries.
     tids: Vec<String>,
 }
@@ -69,18 +77,20 @@ pub struct TokenKeys {
     signing: EncodingKey,
     secrets: Vec<Secret>,
     validation: Validation,
+    /// `--token-max-ttl`, seconds.
+    max_ttl: u64,
 }
 
 impl TokenKeys {
-    /// The keys of `secrets`, the first of which signs. `None` when there
-    /// is none.
-    pub fn new<S: AsRef<str>>(secrets: &[S]) -> Option<Self> {
+    /// The keys of `secrets`, the first of which signs, for tokens that
+    /// live at most `max_ttl` seconds. `None` when there is no secret.
+    pub fn new<S: AsRef<str>>(secrets: &[S], max_ttl: u64) -> Option<Self> {
         let first = secrets.first()?.as_ref();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECONDS;
         validation.set_required_spec_claims(&["exp"]);
         validation.validate_exp = true;
-        validation.validate_nbf = false;
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         Some(TokenKeys {
             signing_kid: kid_of(first),
@@ -93,7 +103,29 @@ impl TokenKeys {
                 })
                 .collect(),
             validation,
+            max_ttl,
         })
+    }
+
+    /// The longest lifetime a token may claim, in seconds.
+    pub fn max_ttl(&self) -> u64 {
+        self.max_ttl
+    }
+
+    /// A leaked token is never a long-lived credential: its `exp` may lie
+    /// at most `max_ttl` after its `iat`, and (whatever `iat` says, which
+    /// a backend's token may set in the future) at most `max_ttl` plus the
+    /// clock leeway after now.
+    fn check_lifetime(&self, claims: &Claims, now_s: u64) -> Result<(), TokenError> {
+        let from_iat = claims
+            .iat
+            .is_some_and(|iat| claims.exp.saturating_sub(iat) > self.max_ttl);
+        let from_now = claims.exp.saturating_sub(now_s) > self.max_ttl + LEEWAY_SECONDS;
+        if from_iat || from_now {
+            Err(TokenError::TooLong)
+        } else {
+            Ok(())
+        }
     }
 
     /// A token for `tids` (already validated), valid for `ttl_seconds`
@@ -106,6 +138,7 @@ impl TokenKeys {
         let claims = Claims {
             exp,
             iat: Some(iat),
+            nbf: None,
             tids: tids.to_vec(),
         };
         // HS256 signing of serialisable claims cannot fail: the key is a
@@ -141,12 +174,16 @@ impl TokenKeys {
         let mut outcome = Err(TokenError::BadSignature);
         for secret in candidates {
             match jsonwebtoken::decode::<Claims>(token, &secret.decoding, &self.validation) {
-                Ok(data) => return Ok(Grant::new(&data.claims.tids)),
+                Ok(data) => {
+                    self.check_lifetime(&data.claims, crate::model::now_ms() / 1000)?;
+                    return Ok(Grant::new(&data.claims.tids));
+                }
                 Err(err) => match err.kind() {
                     ErrorKind::InvalidSignature => {}
                     // Checked only once the signature verified: this secret
                     // signed it, and it has expired.
                     ErrorKind::ExpiredSignature => return Err(TokenError::Expired),
+                    ErrorKind::ImmatureSignature => return Err(TokenError::NotYetValid),
                     _ => outcome = Err(TokenError::Malformed),
                 },
             }
@@ -170,7 +207,80 @@ mod tests {
     use crate::model::now_ms;
 
     fn keys(secrets: &[&str]) -> TokenKeys {
-        TokenKeys::new(secrets).unwrap()
+        TokenKeys::new(secrets, 3600).unwrap()
+    }
+
+    fn signed(secret: &str, claims: &Claims) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn nbf_is_honoured_with_leeway() {
+        let k = keys(&["s"]);
+        let now = now_ms() / 1000;
+        let claims = |nbf| Claims {
+            exp: now + 600,
+            iat: None,
+            nbf: Some(nbf),
+            tids: tids(&["x"]),
+        };
+        assert_eq!(
+            k.verify(&signed("s", &claims(now + 120))),
+            Err(TokenError::NotYetValid)
+        );
+        assert!(k.verify(&signed("s", &claims(now + 30))).is_ok());
+        assert!(k.verify(&signed("s", &claims(now - 30))).is_ok());
+    }
+
+    #[test]
+    fn lifetimes_beyond_the_maximum_are_refused() {
+        let k = keys(&["s"]);
+        let now = now_ms() / 1000;
+        let claims = |iat, exp| Claims {
+            exp,
+            iat,
+            nbf: None,
+            tids: tids(&["x"]),
+        };
+        // exp - iat: at most --token-max-ttl.
+        assert!(
+            k.verify(&signed("s", &claims(Some(now), now + 3600)))
+                .is_ok()
+        );
+        assert_eq!(
+            k.verify(&signed("s", &claims(Some(now), now + 3601))),
+            Err(TokenError::TooLong)
+        );
+        let ten_years = 10 * 365 * 86_400;
+        assert_eq!(
+            k.verify(&signed("s", &claims(Some(now), now + ten_years))),
+            Err(TokenError::TooLong)
+        );
+        // Without iat, from now (with the leeway); an iat in the future
+        // does not stretch it either.
+        assert!(k.verify(&signed("s", &claims(None, now + 3600))).is_ok());
+        assert_eq!(
+            k.verify(&signed("s", &claims(None, now + 7200))),
+            Err(TokenError::TooLong)
+        );
+        assert_eq!(
+            k.verify(&signed(
+                "s",
+                &claims(Some(now + ten_years), now + ten_years + 60)
+            )),
+            Err(TokenError::TooLong)
+        );
+        // The bound is the server's.
+        let long = TokenKeys::new(&["s"], 86_400).unwrap();
+        assert!(
+            long.verify(&signed("s", &claims(Some(now), now + 7200)))
+                .is_ok()
+        );
     }
 
     fn tids(list: &[&str]) -> Vec<String> {
@@ -216,6 +326,7 @@ mod tests {
         let claims = Claims {
             exp: now_ms() / 1000 + 60,
             iat: None,
+            nbf: None,
             tids: tids(&["x"]),
         };
         for (kid, secret) in [(None, "second"), (Some("mine".to_owned()), "first")] {
@@ -237,6 +348,7 @@ mod tests {
         let claims = Claims {
             exp: now_ms() / 1000 + 60,
             iat: None,
+            nbf: None,
             tids: tids(&["x"]),
         };
         let hs512 = jsonwebtoken::encode(

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::bearer::{Credential, require};
+use super::client::Client;
 use super::error::ApiError;
 use super::events::{bad_query, limit_param, required_tracking_id, since_param};
 use super::query::{QueryError, StrictQuery};
@@ -76,8 +77,12 @@ struct NodesBody {
 }
 
 /// `GET /admin/api/nodes`.
-pub async fn nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let admin = authorize(&app, &headers)?;
+pub async fn nodes(
+    State(app): State<AppState>,
+    Client(client): Client,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let admin = authorize(&app, client, &headers)?;
     let nodes = admin.nodes().await?;
     Ok(Json(NodesBody {
         node: admin.id().to_owned(),
@@ -127,10 +132,11 @@ struct Subscribers {
 /// prolongs the nodes' counting of its subscribers.
 pub async fn tracking(
     State(app): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     query: Result<StrictQuery<TrackingQuery>, QueryError>,
 ) -> Result<Response, ApiError> {
-    let admin = authorize(&app, &headers)?;
+    let admin = authorize(&app, client, &headers)?;
     let StrictQuery(q) = query.map_err(bad_query)?;
     let tracking_id = required_tracking_id(q.tracking_id)?;
     let since = since_param(q.since.as_deref())?;
@@ -186,8 +192,20 @@ fn enabled(app: &AppState) -> Result<&Arc<Admin>, ApiError> {
 }
 
 /// An API key as the bearer token.
-fn authorize<'a>(app: &'a AppState, headers: &HeaderMap) -> Result<&'a Arc<Admin>, ApiError> {
+fn authorize<'a>(
+    app: &'a AppState,
+    client: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+) -> Result<&'a Arc<Admin>, ApiError> {
     let admin = enabled(app)?;
-    require(&app.credentials.api_keys, headers, Credential::ApiKey)?;
+    let credentials = &app.credentials;
+    let keys = &credentials.api_keys;
+    require(
+        keys,
+        &credentials.slowdown,
+        client,
+        headers,
+        Credential::ApiKey,
+    )?;
     Ok(admin)
 }

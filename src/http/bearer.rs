@@ -2,9 +2,12 @@
 //! `POST /v1/payments`, API keys for minting socket tokens and the admin
 //! page. Made before a byte of the body is read.
 
+use std::net::IpAddr;
+
 use axum::http::HeaderMap;
 
 use super::error::ApiError;
+use crate::auth::slowdown::{Slowdown, retry_after_secs};
 use crate::auth::{BearerKeys, bearer};
 
 /// Which secret a call presents.
@@ -35,16 +38,35 @@ impl Credential {
 
 /// `401 UNAUTHORIZED` unless the request presents one of `keys` as
 /// `Authorization: Bearer <key>`; always when no key is configured.
-pub fn require(keys: &BearerKeys, headers: &HeaderMap, what: Credential) -> Result<(), ApiError> {
+/// `429 RATE_LIMITED` without looking while `client` is slowed down for
+/// failed credentials; a wrong key counts as one.
+pub fn require(
+    keys: &BearerKeys,
+    slowdown: &Slowdown,
+    client: Option<IpAddr>,
+    headers: &HeaderMap,
+    what: Credential,
+) -> Result<(), ApiError> {
+    slowed(slowdown, client)?;
     if keys.is_empty() {
         return Err(ApiError::unauthorized(what.disabled()));
     }
     match bearer(headers) {
         Some(key) if keys.accepts(key) => Ok(()),
-        Some(_) => Err(ApiError::unauthorized(format!("Invalid {}", what.name()))),
+        Some(_) => {
+            slowdown.failed(client);
+            Err(ApiError::unauthorized(format!("Invalid {}", what.name())))
+        }
         None => Err(ApiError::unauthorized(format!(
             "Missing Authorization: Bearer <{}>",
             what.name()
         ))),
     }
+}
+
+/// `429 RATE_LIMITED` with `Retry-After` while `client` is slowed down.
+pub fn slowed(slowdown: &Slowdown, client: Option<IpAddr>) -> Result<(), ApiError> {
+    slowdown.check(client).map_err(|wait| ApiError::SlowedDown {
+        retry_after_secs: retry_after_secs(wait),
+    })
 }

@@ -13,17 +13,21 @@
 //! released exactly when the session is gone, however it ends: a client
 //! disconnect, a heartbeat timeout, a handshake that never joined the
 //! namespace (closed by socketioxide's connect timeout), a refused or failed
-//! upgrade (the request is dropped with its response).
+//! upgrade (the request is dropped with its response). A socket refused at
+//! its Socket.IO connect gives its slot back at once ([`Slot::release`]),
+//! before its transport is closed: a client that cannot connect must not
+//! hold a place another could use.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::client::ClientAddr;
 use super::error::ApiError;
 use crate::telemetry;
 
@@ -85,15 +89,35 @@ pub struct Slot {
     _release: Arc<Release>,
 }
 
-/// Gives the slot back on drop.
+impl Slot {
+    /// Gives the slot back now (the session is being refused); dropping
+    /// it later gives nothing back twice.
+    pub fn release(&self) {
+        self._release.give_back();
+    }
+}
+
+/// Gives the slot back on drop, or before.
 struct Release {
     limits: Arc<ConnectionLimits>,
     ip: Option<IpAddr>,
+    given_back: std::sync::atomic::AtomicBool,
+}
+
+impl Release {
+    fn give_back(&self) {
+        if !self
+            .given_back
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.limits.release(self.ip);
+        }
+    }
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        self.limits.release(self.ip);
+        self.give_back();
     }
 }
 
@@ -135,6 +159,7 @@ impl ConnectionLimits {
             _release: Arc::new(Release {
                 limits: self.clone(),
                 ip: ip.filter(|_| self.max_per_ip.is_some()),
+                given_back: Default::default(),
             }),
         })
     }
@@ -187,12 +212,8 @@ pub async fn limit_connections(
     if !limits.opens_session(&req) {
         return next.run(req).await;
     }
-    // Behind a proxy this is the proxy's address: X-Forwarded-For is not
-    // trusted (any client can send it).
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_canonical());
+    // The peer, or the client a --trusted-proxy names.
+    let ip = req.extensions().get::<ClientAddr>().map(|c| c.0);
     match limits.acquire(ip) {
         Ok(slot) => {
             req.extensions_mut().insert(slot);
@@ -236,6 +257,14 @@ mod tests {
         drop(a1);
         assert_eq!(limits.held(), 3);
         drop(a1_copy);
+        assert_eq!(limits.held(), 2);
+        // Released early (a refused socket), then dropped: given back once.
+        let early = limits.acquire(ip("10.0.0.2")).unwrap();
+        assert_eq!(limits.held(), 3);
+        early.release();
+        early.clone().release();
+        assert_eq!(limits.held(), 2);
+        drop(early);
         assert_eq!(limits.held(), 2);
         limits.acquire(ip("10.0.0.1")).unwrap();
         drop((a2, b1));

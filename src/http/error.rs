@@ -14,6 +14,7 @@ use utoipa::openapi::schema::{AdditionalProperties, ArrayBuilder, ObjectBuilder,
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
+use crate::auth::slowdown::SLOWED_DOWN;
 use crate::model::ErrorCode;
 use crate::store::StoreError;
 
@@ -113,6 +114,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     /// `429 RATE_LIMITED`.
     RateLimited(String),
+    /// `429 RATE_LIMITED` with `Retry-After`: this address presented too
+    /// many wrong credentials; nothing it sends is checked meanwhile.
+    SlowedDown { retry_after_secs: u64 },
     /// `500 INTERNAL_ERROR`: the server could not read its storage's
     /// answer. Retrying the same request reads the same.
     Internal(String),
@@ -183,7 +187,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::SlowedDown { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Closing(_) => unreachable!("inner() unwraps Closing"),
@@ -200,7 +204,7 @@ impl ApiError {
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
-            ApiError::RateLimited(_) => ErrorCode::RateLimited,
+            ApiError::RateLimited(_) | ApiError::SlowedDown { .. } => ErrorCode::RateLimited,
             ApiError::Internal(_) => ErrorCode::InternalError,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::Closing(_) => unreachable!("inner() unwraps Closing"),
@@ -221,6 +225,7 @@ impl ApiError {
             | ApiError::RateLimited(message)
             | ApiError::Internal(message)
             | ApiError::Unavailable(message) => message,
+            ApiError::SlowedDown { .. } => SLOWED_DOWN,
             ApiError::Closing(_) => unreachable!("inner() unwraps Closing"),
         }
     }
@@ -284,6 +289,11 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
+        }
+        if let ApiError::SlowedDown { retry_after_secs } = self.inner()
+            && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         if matches!(self, ApiError::Closing(_)) {
             response

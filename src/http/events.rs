@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
+use super::bearer::slowed;
+use super::client::Client;
 use super::error::{
     ApiError, BackfillQueryError, ForbiddenError, InternalError, UnauthorizedError,
     UnavailableError,
@@ -126,21 +128,25 @@ impl ToSchema for Limit {}
 )]
 pub async fn events(
     State(app): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     query: Result<StrictQuery<EventsQuery>, QueryError>,
 ) -> Result<Response, ApiError> {
     let StrictQuery(q) = query.map_err(bad_query)?;
     // Token mode: who is asking comes before what is asked.
-    let token = if matches!(app.credentials.access, Access::Token(_)) {
+    let credentials = &app.credentials;
+    let token = if matches!(credentials.access, Access::Token(_)) {
+        slowed(&credentials.slowdown, client)?;
         presented_token(&headers, q.token.as_deref())?
     } else {
         None
     };
-    let grant = app
-        .credentials
-        .access
-        .grant(token)
-        .map_err(|e| ApiError::unauthorized(format!("{e}")))?;
+    let grant = credentials.access.grant(token).map_err(|e| {
+        if token.is_some() {
+            credentials.slowdown.failed(client);
+        }
+        ApiError::unauthorized(format!("{e}"))
+    })?;
     let tracking_id = required_tracking_id(q.tracking_id)?;
     if grant.is_some_and(|g| !g.covers(&tracking_id)) {
         return Err(ApiError::forbidden(

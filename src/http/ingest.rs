@@ -26,6 +26,7 @@ use utoipa::ToSchema;
 
 use super::bearer::{Credential, require};
 use super::body::{read_bounded, refuse_unread};
+use super::client::Client;
 use super::error::{
     ApiError, Detail, Details, InternalError, InvalidPayloadError, PayloadTooLargeError,
     UnauthorizedError, UnavailableError,
@@ -128,10 +129,15 @@ pub struct Accepted {
             example = json!({ "error": { "code": "UNAVAILABLE", "message": "Storage is unavailable; retry the same request" } })),
     ),
 )]
-pub async fn ingest(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn ingest(
+    State(app): State<AppState>,
+    Client(client): Client,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let _in_flight = app.ingest_started();
-    let response = match accept(&app, &headers, body).await {
+    let response = match accept(&app, client, &headers, body).await {
         Ok(accepted) => {
             (StatusCode::ACCEPTED, Json(AcceptedBody { data: accepted })).into_response()
         }
@@ -146,15 +152,14 @@ pub async fn ingest(State(app): State<AppState>, headers: HeaderMap, body: Body)
 
 async fn accept(
     app: &AppState,
+    client: Option<std::net::IpAddr>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Vec<Accepted>, ApiError> {
     // The token is checked before a byte of the body is read.
-    if let Err(refusal) = require(
-        &app.credentials.ingest_tokens,
-        headers,
-        Credential::IngestToken,
-    ) {
+    let credentials = &app.credentials;
+    let (tokens, slowdown) = (&credentials.ingest_tokens, &credentials.slowdown);
+    if let Err(refusal) = require(tokens, slowdown, client, headers, Credential::IngestToken) {
         return Err(refuse_unread(headers, body, refusal));
     }
     if app.shutting_down() {

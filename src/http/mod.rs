@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod bearer;
 pub mod body;
+pub mod client;
 pub mod connections;
 pub mod error;
 pub mod events;
@@ -44,6 +45,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::detach::detach_head;
+use client::{TrustedProxies, find_client};
 use connections::{ConnectionLimits, limit_connections};
 pub use state::{App, AppState};
 
@@ -56,6 +58,7 @@ pub fn app(
     state: AppState,
     socket_io: SocketIoLayer,
     connections: Arc<ConnectionLimits>,
+    trusted: TrustedProxies,
     cors_origins: &[String],
 ) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
@@ -70,6 +73,8 @@ pub fn app(
         // reaches engineioxide.
         .layer(from_fn_with_state(connections, limit_connections))
         .layer(MapRequestLayer::new(detach_head(SOCKET_PATH)))
+        // Before the head is detached: every X-Forwarded-For line counts.
+        .layer(from_fn_with_state(trusted, find_client))
         .layer(cors(cors_origins))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

@@ -247,6 +247,8 @@ impl ToSchema for IngestBody {
 /// The entries a minted token may name before [`document`] puts the node's
 /// own `--max-subscriptions` in their place.
 const DEFAULT_MAX_ENTRIES: usize = 100;
+/// `--token-max-ttl`'s default; a served document has the node's.
+const DEFAULT_MAX_TTL: u64 = 3600;
 
 /// A mint request (contract section 5).
 pub struct TokenRequest;
@@ -273,7 +275,7 @@ impl PartialSchema for TokenRequest {
                         ObjectBuilder::new()
                             .schema_type(Type::Integer)
                             .minimum(Some(1))
-                            .maximum(Some(tokens::MAX_TTL_SECONDS)),
+                            .maximum(Some(DEFAULT_MAX_TTL)),
                     )
                     .item(ObjectBuilder::new().schema_type(Type::Null))
                     .default(Some(tokens::DEFAULT_TTL_SECONDS.into()))
@@ -380,13 +382,17 @@ pub async fn openapi_json(State(app): State<AppState>) -> Response {
 /// The document of the node `app` serves: [`ApiDoc`] fitted to its mode and
 /// bounds.
 pub fn document(app: &App) -> Value {
-    let token_mode = matches!(app.credentials.access, Access::Token(_));
+    let (token_mode, max_ttl) = match &app.credentials.access {
+        Access::Token(keys) => (true, keys.max_ttl()),
+        Access::Open => (false, DEFAULT_MAX_TTL),
+    };
     fit(
         base(),
         &Node {
             token_mode,
             max_batch: app.limits.max_batch,
             max_subscriptions: app.limits.max_subscriptions.max(1),
+            max_ttl,
         },
     )
 }
@@ -396,6 +402,7 @@ struct Node {
     token_mode: bool,
     max_batch: usize,
     max_subscriptions: usize,
+    max_ttl: u64,
 }
 
 /// [`ApiDoc`] as JSON, with what utoipa 5 cannot say: a `Retry-After` is
@@ -430,6 +437,11 @@ fn fit(mut doc: Value, node: &Node) -> Value {
         doc.pointer_mut("/components/schemas/TokenRequest/properties/trackingIds/maxItems")
     {
         *max = json!(node.max_subscriptions);
+    }
+    if let Some(max) =
+        doc.pointer_mut("/components/schemas/TokenRequest/properties/ttlSeconds/oneOf/0/maximum")
+    {
+        *max = json!(node.max_ttl);
     }
     let mode = if node.token_mode {
         // Backfill needs a socket token: the open alternative goes.

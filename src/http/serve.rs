@@ -10,7 +10,9 @@
 //!   an upgraded connection is no longer an HTTP connection and has no
 //!   such bounds.
 //! - Each request carries its peer's address as
-//!   `axum::extract::ConnectInfo<SocketAddr>`.
+//!   `axum::extract::ConnectInfo<SocketAddr>`, and the connection's
+//!   [`Hangup`]: the server's way to close a connection it serves (a
+//!   websocket refused at its Socket.IO connect).
 //! - At shutdown the listener is dropped (new connections are refused),
 //!   every connection is told to finish its request in flight and close,
 //!   and [`serve`] returns once all have.
@@ -21,9 +23,16 @@
 //! held forever (and HTTP/2 is not compiled in anyway).
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -142,9 +151,15 @@ fn connection(
     timeouts: HttpTimeouts,
     mut watcher: Watcher,
 ) {
+    let hangup = Hangup::default();
+    let stream = Hangable {
+        io: stream,
+        hangup: hangup.clone(),
+    };
     let service = router.clone().map_request(move |req: Request<Incoming>| {
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(ConnectInfo(peer));
+        parts.extensions.insert(hangup.clone());
         Request::from_parts(
             parts,
             axum::body::Body::new(DeadlineBody::new(body, timeouts.body_read)),
@@ -174,6 +189,105 @@ fn connection(
         }
         drop(watcher);
     });
+}
+
+/// The server's way to close a connection it serves, including one that
+/// became a websocket (hyper then no longer drives it). In every request's
+/// extensions; clones share the connection.
+#[derive(Clone, Default)]
+pub struct Hangup(Arc<HangupState>);
+
+#[derive(Default)]
+struct HangupState {
+    /// [`OPEN`], [`AFTER_FLUSH`] or [`HUNG_UP`].
+    state: AtomicU8,
+    reader: AtomicWaker,
+}
+
+const OPEN: u8 = 0;
+const AFTER_FLUSH: u8 = 1;
+const HUNG_UP: u8 = 2;
+
+impl Hangup {
+    /// Closes the connection once what is written next has been flushed
+    /// (the answer that says why): from then on it reads as ended, so its
+    /// reader (engineioxide's) closes the session, which drops the
+    /// connection.
+    pub fn after_next_flush(&self) {
+        let _ =
+            self.0
+                .state
+                .compare_exchange(OPEN, AFTER_FLUSH, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn flushed(&self) {
+        if self
+            .0
+            .state
+            .compare_exchange(AFTER_FLUSH, HUNG_UP, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.0.reader.wake();
+        }
+    }
+
+    fn hung_up(&self) -> bool {
+        self.0.state.load(Ordering::Acquire) == HUNG_UP
+    }
+}
+
+/// A connection that reads as ended once its [`Hangup`] says so.
+struct Hangable<T> {
+    io: T,
+    hangup: Hangup,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Hangable<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.hangup.0.reader.register(cx.waker());
+        if self.hangup.hung_up() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Hangable<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let flushed = Pin::new(&mut self.io).poll_flush(cx);
+        if matches!(flushed, Poll::Ready(Ok(()))) {
+            self.hangup.flushed();
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// A failed `accept`. Errors about one connection (it was reset before we

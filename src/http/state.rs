@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use tokio::sync::Notify;
 
 use crate::admin::Admin;
+use crate::auth::slowdown::Slowdown;
 use crate::auth::{Access, BearerKeys};
 use crate::store::{HistoryStore, Publications};
 use crate::telemetry::Exporter;
@@ -20,6 +21,9 @@ pub struct Credentials {
     pub api_keys: BearerKeys,
     /// Who may watch a trackingId over backfill.
     pub access: Access,
+    /// Addresses that presented too many wrong credentials (shared with
+    /// the sockets).
+    pub slowdown: Arc<Slowdown>,
 }
 
 /// Bounds on what one request may ask.

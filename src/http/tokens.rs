@@ -15,19 +15,19 @@ use utoipa::ToSchema;
 
 use super::bearer::{Credential, require};
 use super::body::{read_bounded, refuse_unread};
+use super::client::Client;
 use super::error::{
     ApiError, Detail, InvalidPayloadError, NotFoundError, PayloadTooLargeError, UnauthorizedError,
 };
 use super::ingest::Literals;
 use super::state::AppState;
 use crate::auth::Access;
-use crate::model::{check_tracking_id, json_integer, now_ms};
+use crate::model::{check_name, check_tracking_id, json_integer, now_ms};
 use crate::telemetry;
+use std::net::IpAddr;
 
 /// `ttlSeconds` when the request does not say.
 pub const DEFAULT_TTL_SECONDS: u64 = 60;
-/// Largest `ttlSeconds`.
-pub const MAX_TTL_SECONDS: u64 = 3600;
 
 /// The fields a mint request may have; any other is a detail.
 pub const FIELDS: [&str; 2] = ["trackingIds", "ttlSeconds"];
@@ -93,8 +93,13 @@ pub struct MintRequest {
             example = json!({ "error": { "code": "PAYLOAD_TOO_LARGE", "message": "Request body is larger than 1048576 bytes" } })),
     ),
 )]
-pub async fn mint(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    match mint_token(&app, &headers, body).await {
+pub async fn mint(
+    State(app): State<AppState>,
+    Client(client): Client,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match mint_token(&app, client, &headers, body).await {
         Ok(minted) => (StatusCode::CREATED, Json(minted)).into_response(),
         Err(err) => err.into_response(),
     }
@@ -102,10 +107,19 @@ pub async fn mint(State(app): State<AppState>, headers: HeaderMap, body: Body) -
 
 async fn mint_token(
     app: &AppState,
+    client: Option<IpAddr>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<MintedBody, ApiError> {
-    if let Err(refusal) = require(&app.credentials.api_keys, headers, Credential::ApiKey) {
+    let credentials = &app.credentials;
+    let keys = &credentials.api_keys;
+    if let Err(refusal) = require(
+        keys,
+        &credentials.slowdown,
+        client,
+        headers,
+        Credential::ApiKey,
+    ) {
         return Err(refuse_unread(headers, body, refusal));
     }
     let Access::Token(keys) = &app.credentials.access else {
@@ -114,7 +128,7 @@ async fn mint_token(
         return Err(refuse_unread(headers, body, refusal));
     };
     let bytes = read_bounded(headers, body, app.limits.max_body).await?;
-    let request = parse_mint(&bytes, app.limits.max_subscriptions)?;
+    let request = parse_mint(&bytes, app.limits.max_subscriptions, keys.max_ttl())?;
     let minted = keys.mint(&request.tracking_ids, request.ttl_seconds, now_ms());
     metrics::counter!(telemetry::TOKENS_MINTED).increment(1);
     Ok(MintedBody {
@@ -125,7 +139,7 @@ async fn mint_token(
 
 /// Parses and validates a mint body; every bad field is a detail of one
 /// `400 INVALID_PAYLOAD`.
-pub fn parse_mint(bytes: &[u8], max_entries: usize) -> Result<MintRequest, ApiError> {
+pub fn parse_mint(bytes: &[u8], max_entries: usize, max_ttl: u64) -> Result<MintRequest, ApiError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::invalid_payload(format!("Request body is not valid JSON: {e}")))?;
     let Value::Object(fields) = value else {
@@ -178,16 +192,12 @@ pub fn parse_mint(bytes: &[u8], max_entries: usize) -> Result<MintRequest, ApiEr
     let ttl_seconds = match fields.get("ttlSeconds") {
         None | Some(Value::Null) => DEFAULT_TTL_SECONDS,
         // `60.0` is 60, as for ingest's integers.
-        Some(v) => match json_integer(
-            v,
-            || Literals::new(bytes).of(0, "ttlSeconds"),
-            MAX_TTL_SECONDS,
-        ) {
-            Some(n @ 1..=MAX_TTL_SECONDS) => n,
+        Some(v) => match json_integer(v, || Literals::new(bytes).of(0, "ttlSeconds"), max_ttl) {
+            Some(n) if (1..=max_ttl).contains(&n) => n,
             _ => {
                 bad(
                     "ttlSeconds",
-                    format!("ttlSeconds must be an integer from 1 to {MAX_TTL_SECONDS}"),
+                    format!("ttlSeconds must be an integer from 1 to {max_ttl} (--token-max-ttl)"),
                 );
                 DEFAULT_TTL_SECONDS
             }
@@ -212,7 +222,7 @@ fn check_entry(entry: &str) -> Result<(), &'static str> {
         Some("") => {
             Err("a lone * is refused: name trackingIds or a prefix such as \"merchant-42:*\"")
         }
-        Some(prefix) => check_tracking_id(prefix),
+        Some(prefix) => check_name(prefix),
         None => check_tracking_id(entry),
     }
 }
@@ -223,7 +233,7 @@ mod tests {
     use serde_json::json;
 
     fn parse(v: Value) -> Result<MintRequest, Vec<(Option<String>, String)>> {
-        parse_mint(v.to_string().as_bytes(), 3).map_err(|e| {
+        parse_mint(v.to_string().as_bytes(), 3, 3600).map_err(|e| {
             e.details()
                 .iter()
                 .map(|d| (d.field.clone(), d.message.clone()))
@@ -318,7 +328,7 @@ mod tests {
             assert_eq!(details[0].0.as_deref(), Some(field), "{body}");
             assert!(details[0].1.contains(message), "{body}: {details:?}");
         }
-        assert!(parse_mint(b"[1]", 3).is_err());
-        assert!(parse_mint(b"{", 3).is_err());
+        assert!(parse_mint(b"[1]", 3, 3600).is_err());
+        assert!(parse_mint(b"{", 3, 3600).is_err());
     }
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use super::catch_up::Backoff;
 use super::order::{Step, jump, resume, step};
-use super::topic::{Missed, Topic, send_payment, warn};
-use super::{Hub, Subscriber};
-use crate::model::{EventId, Position};
+use super::topic::{Coverage, Missed, Topic, send_payment, warn};
+use super::{Hub, Replay, Subscriber};
+use crate::model::{Position, StoredEvent};
 use crate::store::{HistoryPage, StoreError};
 use crate::telemetry;
 
@@ -25,18 +25,27 @@ enum Gaps {
 impl<S: Subscriber> Hub<S> {
     /// A pending subscriber's read is back: ack, warning, replay, then what
     /// was buffered meanwhile from where the replay ended, then the room.
+    ///
+    /// Returns how many events were replayed. The subscriber joins the
+    /// room covering what it was handed ([`Coverage`]).
     pub(super) async fn hand_over(
         &self,
         topic: &Arc<Topic<S>>,
         sub: &S,
-        since: Option<EventId>,
+        replay: Option<Replay>,
         page: HistoryPage,
         ack: impl FnOnce(Position),
-    ) {
+    ) -> usize {
         let tid = topic.tracking_id.as_str();
         ack(page.position);
         let mut at = page.position;
-        if since.is_some() {
+        let mut replayed = 0;
+        let covers = match replay {
+            None => Coverage::After(page.position),
+            Some(_) if page.truncated => Coverage::All,
+            Some(replay) => Coverage::After(replay.since.into()),
+        };
+        if let Some(replay) = replay {
             if page.truncated {
                 warn(
                     sub,
@@ -46,12 +55,29 @@ impl<S: Subscriber> Hub<S> {
                     ),
                 );
             }
-            metrics::counter!(telemetry::REPLAYED).increment(page.events.len() as u64);
-            metrics::histogram!(telemetry::REPLAY_EVENTS).record(page.events.len() as f64);
-            for event in &page.events {
-                send_payment(sub, event);
+            // A member's fill: only what it lacks (a truncated read starts
+            // later and may run past it).
+            let lacks = |e: &&StoredEvent| {
+                replay
+                    .fill
+                    .is_none_or(|to| e.id.epoch == to.epoch && e.id.seq <= to.seq)
+            };
+            for event in page.events.iter().filter(lacks) {
+                // A socket whose buffer is full takes nothing more: the
+                // rest is not even encoded (it is closed as stalled).
+                if !send_payment(sub, event) {
+                    break;
+                }
+                replayed += 1;
             }
-            if page.has_more
+            metrics::counter!(telemetry::REPLAYED).increment(replayed as u64);
+            metrics::histogram!(telemetry::REPLAY_EVENTS).record(replayed as f64);
+            if replay.fill.is_some() {
+                // It has what the room had when it left: on from there.
+                if let Some(left) = topic.live().pending.get(&sub.id()).and_then(|p| p.left_at) {
+                    at = left;
+                }
+            } else if page.has_more
                 && let Some(last) = page.events.last()
             {
                 at = last.id.into();
@@ -62,7 +88,7 @@ impl<S: Subscriber> Hub<S> {
             {
                 let mut live = topic.live();
                 let Some(pending) = live.pending.get_mut(&sub.id()) else {
-                    return; // unsubscribed (disconnected) meanwhile
+                    return replayed; // unsubscribed (disconnected) meanwhile
                 };
                 let overflow = std::mem::take(&mut pending.overflow);
                 let buffered = std::mem::take(&mut pending.buffered);
@@ -79,8 +105,8 @@ impl<S: Subscriber> Hub<S> {
                 if !missing {
                     tracing::debug!(tracking_id = tid, ?at, "joins the room after its replay");
                     live.pending.remove(&sub.id());
-                    live.join(sub);
-                    return;
+                    live.join(sub, covers);
+                    return replayed;
                 }
             }
             // Live payments outran the buffer: read what is missing.
@@ -115,12 +141,12 @@ impl<S: Subscriber> Hub<S> {
                         ),
                     );
                     self.rejoin_from(topic, sub, Some(at));
-                    return;
+                    return replayed;
                 }
                 Err(StoreError::Unavailable(_)) => {
                     if !sub.is_connected() {
                         topic.live().pending.remove(&sub.id());
-                        return;
+                        return replayed;
                     }
                     retry.wait().await;
                 }
@@ -154,7 +180,8 @@ impl<S: Subscriber> Hub<S> {
         // No gap can stop it: the room's own gaps were announced to the
         // room, so they are announced here too.
         let _ = send_following(sub, tid, at, pending.buffered, Gaps::Warn);
-        live.join(sub);
+        // It was handed at least what follows where it stood.
+        live.join(sub, Coverage::After(at));
     }
 }
 

@@ -58,13 +58,70 @@ use tokio::sync::{MutexGuard, Notify, Semaphore};
 use crate::model::{EventId, Position};
 use crate::store::{HistoryStore, PublicationStream, Signal, StoreError};
 use crate::tasks::TaskSet;
+use crate::telemetry;
 use registry::Registry;
 pub use subscriber::Subscriber;
-use topic::{Pending, Topic};
+use topic::{Coverage, Need, Pending, Topic};
 
 /// Catch-up reads in flight at once on this node (a resync after a lost
 /// publication connection starts one per trackingId).
 const CATCH_UP_CONCURRENCY: usize = 32;
+
+/// Replay reads in flight at once on this node (each socket has at most
+/// one: its commands run in order). More wait: a burst of reconnecting
+/// clients replaying their histories cannot have the node read thousands
+/// of histories at once.
+pub const REPLAYS_IN_FLIGHT: usize = 64;
+
+/// What [`followed`] decided.
+enum Followed<A> {
+    /// Acked; nothing to read.
+    Done,
+    /// The subscriber is pending: read this, then hand over.
+    Replay(Replay, bool, A),
+}
+
+/// A subscribe on a trackingId the node follows, under its live lock: the
+/// cursor is the position of a subscribe without `since`, and a member's
+/// repeated `since` may need nothing; else the subscriber leaves the room
+/// (if in it) and waits for its replay (live payments buffered). A
+/// function of its own so that no guard is held across an await.
+fn followed<S: Subscriber, A: FnOnce(Position)>(
+    topic: &Topic<S>,
+    sub: &S,
+    since: Option<EventId>,
+    ack: A,
+) -> Followed<A> {
+    let mut live = topic.live();
+    let held = live.coverage(sub.id());
+    let Some(since) = since else {
+        // Every later event reaches the room.
+        let at = live.cursor.unwrap_or_default();
+        ack(at);
+        live.join(sub, held.unwrap_or(Coverage::After(at)));
+        return Followed::Done;
+    };
+    let fill = match held.map(|covers| covers.need(since, live.cursor)) {
+        Some(Need::Nothing) => {
+            metrics::counter!(telemetry::REPLAYS_SKIPPED).increment(1);
+            ack(live.cursor.unwrap_or_default());
+            return Followed::Done;
+        }
+        Some(Need::Until(to)) => Some(to),
+        Some(Need::Replay) | None => None,
+    };
+    let was_member = live.begin_replay(sub.id());
+    Followed::Replay(Replay { since, fill }, was_member, ack)
+}
+
+/// A subscribe with `since`: what to read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Replay {
+    pub since: EventId,
+    /// A member's repeated subscribe: it lacks only the events after
+    /// `since` up to here (inclusive).
+    pub fill: Option<Position>,
+}
 
 /// The hub of a Socket.IO server.
 pub type SocketHub = Hub<SocketRef>;
@@ -76,6 +133,7 @@ pub struct Hub<S: Subscriber> {
     /// Most events one read returns (the history limit: a replay is whole).
     replay_limit: usize,
     catch_ups: Arc<Semaphore>,
+    replays: Semaphore,
     /// Wakes the audit soon after a resync.
     audit_soon: Notify,
     /// The catch-up tasks: they end with the hub ([`Hub::stop`]).
@@ -92,6 +150,7 @@ impl<S: Subscriber> Hub<S> {
             topics: Registry::new(),
             replay_limit,
             catch_ups: Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY)),
+            replays: Semaphore::new(REPLAYS_IN_FLIGHT),
             audit_soon: Notify::new(),
             tasks: TaskSet::default(),
         })
@@ -135,14 +194,19 @@ impl<S: Subscriber> Hub<S> {
     /// effect, before any payment of it; then sends the `HISTORY_TRUNCATED`
     /// warning if due, the replay, and live payments. On error nothing
     /// changed (a subscriber that held the trackingId keeps it) and `ack` is
-    /// not called.
+    /// not called. Returns how many events were replayed.
+    ///
+    /// A subscribe with `since` repeated on a trackingId `sub` holds replays
+    /// only what `sub` was not handed since it subscribed (usually nothing,
+    /// and then nothing is read): re-sending the same `since` cannot make
+    /// the node read and send the history again and again.
     pub async fn subscribe(
         self: &Arc<Self>,
         sub: &S,
         tracking_id: &str,
         since: Option<EventId>,
         ack: impl FnOnce(Position),
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         loop {
             let topic = self.topics.get_or_create(tracking_id);
             let control = topic.control.lock().await;
@@ -152,31 +216,15 @@ impl<S: Subscriber> Hub<S> {
             if !topic.is_listening() {
                 return self.subscribe_first(&topic, control, sub, since, ack).await;
             }
-            if since.is_none() {
-                // The node follows this trackingId: its cursor is the
-                // position, and every later event reaches the room.
-                let mut live = topic.live();
-                ack(live.cursor.unwrap_or_default());
-                live.join(sub);
-                return Ok(());
-            }
-            // A replay: pending (out of the room, live payments buffered)
-            // while it is read, without holding the control lock.
-            let was_member = topic.live().begin_replay(sub.id());
+            let (replay, was_member, ack) = match followed(&topic, sub, since, ack) {
+                Followed::Done => return Ok(0),
+                Followed::Replay(replay, was_member, ack) => (replay, was_member, ack),
+            };
+            // Read without holding the control lock.
             drop(control);
             return self
-                .subscribe_replay(&topic, sub, since, was_member, ack)
+                .subscribe_replay(&topic, sub, replay, was_member, ack)
                 .await;
-        }
-    }
-
-    /// Most events a subscribe reads: the whole retained history with
-    /// `since`, only the position without.
-    fn read_limit(&self, since: Option<EventId>) -> usize {
-        if since.is_some() {
-            self.replay_limit
-        } else {
-            0
         }
     }
 
@@ -189,7 +237,7 @@ impl<S: Subscriber> Hub<S> {
         sub: &S,
         since: Option<EventId>,
         ack: impl FnOnce(Position),
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         let tid = topic.tracking_id.as_str();
         if let Err(err) = self.store.listen(tid).await {
             self.topics.retire(topic);
@@ -197,7 +245,8 @@ impl<S: Subscriber> Hub<S> {
         }
         topic.set_listening(true);
         topic.live().pending.insert(sub.id(), Pending::default());
-        let page = match self.store.read(tid, since, self.read_limit(since)).await {
+        let replay = since.map(|since| Replay { since, fill: None });
+        let page = match self.read_replay(tid, replay).await {
             Ok(page) => page,
             Err(err) => {
                 topic.live().pending.remove(&sub.id());
@@ -209,8 +258,7 @@ impl<S: Subscriber> Hub<S> {
             self.start_catch_up(topic);
         }
         drop(control);
-        self.hand_over(topic, sub, since, page, ack).await;
-        Ok(())
+        Ok(self.hand_over(topic, sub, replay, page, ack).await)
     }
 
     /// A subscribe with `since` on a trackingId the node follows: read the
@@ -219,16 +267,13 @@ impl<S: Subscriber> Hub<S> {
         &self,
         topic: &Arc<Topic<S>>,
         sub: &S,
-        since: Option<EventId>,
+        replay: Replay,
         was_member: bool,
         ack: impl FnOnce(Position),
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         let tid = topic.tracking_id.as_str();
-        match self.store.read(tid, since, self.read_limit(since)).await {
-            Ok(page) => {
-                self.hand_over(topic, sub, since, page, ack).await;
-                Ok(())
-            }
+        match self.read_replay(tid, Some(replay)).await {
+            Ok(page) => Ok(self.hand_over(topic, sub, Some(replay), page, ack).await),
             Err(err) => {
                 if was_member {
                     self.rejoin(topic, sub);
@@ -242,6 +287,28 @@ impl<S: Subscriber> Hub<S> {
                 Err(err)
             }
         }
+    }
+
+    /// A subscribe's read: the position only without `since`; with it, the
+    /// whole retained history after it, or only up to where what the
+    /// subscriber has begins. At most [`REPLAYS_IN_FLIGHT`] at once.
+    async fn read_replay(
+        &self,
+        tid: &str,
+        replay: Option<Replay>,
+    ) -> Result<crate::store::HistoryPage, StoreError> {
+        let Some(replay) = replay else {
+            return self.store.read(tid, None, 0).await;
+        };
+        let limit = match replay.fill {
+            Some(to) => usize::try_from(to.seq.saturating_sub(replay.since.seq))
+                .unwrap_or(usize::MAX)
+                .min(self.replay_limit),
+            None => self.replay_limit,
+        };
+        // Closed only with the hub, which then ends this task anyway.
+        let _permit = self.replays.acquire().await;
+        self.store.read(tid, Some(replay.since), limit).await
     }
 
     /// Unsubscribes `id` from `tracking_id` (also a subscribe of it in

@@ -8,6 +8,7 @@ use socketioxide::socket::Sid;
 
 use super::Subscriber;
 use crate::model::{Envelope, ErrorData, PAYMENT_EVENT};
+use crate::telemetry::SocketTag;
 
 impl Subscriber for SocketRef {
     type Id = Sid;
@@ -33,7 +34,7 @@ fn emit<T: Serialize + ?Sized>(socket: &SocketRef, event: &str, data: &T) -> boo
     match socket.emit(event, data) {
         Ok(()) => true,
         Err(err) => {
-            tracing::debug!(socket_id = %socket.id, event, error = %err, "emit failed");
+            tracing::debug!(sock = %SocketTag::of(socket.id), event, error = %err, "emit failed");
             false
         }
     }

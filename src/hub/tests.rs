@@ -156,6 +156,7 @@ struct Gate {
     hold: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
     reads: AtomicUsize,
     listening: Mutex<HashSet<String>>,
+    hold_before: AtomicBool,
 }
 
 impl Gate {
@@ -164,6 +165,20 @@ impl Gate {
         let (release, release_rx) = oneshot::channel();
         *self.hold.lock().unwrap() = Some((reached_tx, release_rx));
         HeldRead { reached, release }
+    }
+
+    /// As [`Gate::hold_next_read`], held before it reads.
+    fn hold_next_read_before_reading(&self) -> HeldRead {
+        self.hold_before.store(true, Ordering::SeqCst);
+        self.hold_next_read()
+    }
+
+    async fn wait_if_held(&self) {
+        let held = self.hold.lock().unwrap().take();
+        if let Some((reached, release)) = held {
+            let _ = reached.send(());
+            let _ = release.await;
+        }
     }
 
     fn listens_to(&self, tracking_id: &str) -> bool {
@@ -188,12 +203,12 @@ impl HistoryStore for Gate {
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
-        let page = self.inner.read(tracking_id, since, limit).await;
-        let held = self.hold.lock().unwrap().take();
-        if let Some((reached, release)) = held {
-            let _ = reached.send(());
-            let _ = release.await;
+        if self.hold_before.swap(false, Ordering::SeqCst) {
+            self.wait_if_held().await;
+            return self.inner.read(tracking_id, since, limit).await;
         }
+        let page = self.inner.read(tracking_id, since, limit).await;
+        self.wait_if_held().await;
         page
     }
 
@@ -241,6 +256,7 @@ impl Bench {
             hold: Mutex::default(),
             reads: AtomicUsize::new(0),
             listening: Mutex::default(),
+            hold_before: AtomicBool::new(false),
         });
         let (to_hub, hub_stream) = Publications::channel(100_000);
         let hub = Hub::new(gate.clone(), max_events);
@@ -623,4 +639,83 @@ async fn delivery_does_not_wait_for_a_subscribe_reading_the_store() {
     held.release();
     task.await.unwrap();
     slow.wait_for_seqs(&[2]).await;
+}
+
+#[tokio::test]
+async fn a_repeated_since_on_a_held_trackingid_replays_only_what_was_not_handed_over() {
+    let mut bench = Bench::new();
+    let ids = bench.append("t", 300).await;
+    bench.pass(300).await;
+    let a = Recorder::new();
+    bench.subscribe(&a, "t", Some(ids[99])).await;
+    let first: Vec<u64> = (101..=300).collect();
+    a.wait_for_seqs(&first).await;
+
+    // The same since, again and again: acked at the position, nothing
+    // read, nothing sent again.
+    let reads = bench.gate.reads.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(bench.subscribe(&a, "t", Some(ids[99])).await, at(ids[299]));
+    }
+    assert_eq!(
+        bench.gate.reads.load(Ordering::SeqCst),
+        reads,
+        "no store read"
+    );
+    assert_eq!(a.payments(), first, "nothing re-sent");
+
+    // An earlier since: only what lies before what it has (seq 51 to 100),
+    // read once, then it follows live as before.
+    assert_eq!(bench.subscribe(&a, "t", Some(ids[49])).await, at(ids[299]));
+    let mut expected = first.clone();
+    expected.extend(51..=100);
+    a.wait_for_seqs(&expected).await;
+    assert_eq!(bench.subscribe(&a, "t", Some(ids[49])).await, at(ids[299]));
+    assert_eq!(bench.subscribe(&a, "t", Some(ids[200])).await, at(ids[299]));
+    bench.append("t", 1).await;
+    bench.pass(1).await;
+    expected.push(301);
+    a.wait_for_seqs(&expected).await;
+
+    // A subscriber that joined without since has only what followed its
+    // position: a since before it is a replay up to there.
+    let b = Recorder::new();
+    bench.subscribe(&b, "t", None).await;
+    bench.subscribe(&b, "t", Some(ids[297])).await;
+    b.wait_for_seqs(&[299, 300, 301]).await;
+}
+
+#[tokio::test]
+async fn a_fill_hands_over_to_the_live_payments_that_raced_it_and_stops_where_it_has() {
+    let mut bench = Bench::retaining(100);
+    let ids = bench.append("t", 300).await;
+    bench.pass(300).await;
+    let a = Recorder::new();
+    bench.subscribe(&a, "t", Some(ids[249])).await;
+    a.wait_for_seqs(&(251..=300).collect::<Vec<_>>()).await;
+
+    // A since older than what it has, read after 301 reached the room
+    // (buffered for it meanwhile).
+    let mut held = bench.gate.hold_next_read_before_reading();
+    let task = {
+        let (hub, sub, since) = (bench.hub.clone(), a.clone(), ids[219]);
+        tokio::spawn(async move { subscribe(&hub, &sub, "t", Some(since)).await })
+    };
+    held.reached().await;
+    bench.append("t", 1).await;
+    bench.pass(1).await;
+    held.release();
+    task.await.unwrap();
+    let mut expected: Vec<u64> = (251..=300).collect();
+    expected.extend(221..=250);
+    expected.push(301);
+    a.wait_for_seqs(&expected).await;
+
+    // A since no longer retained: a warning, then only what it lacks
+    // (the oldest retained up to what it has), not the rest again.
+    bench.subscribe(&a, "t", Some(ids[149])).await;
+    expected.extend(202..=220);
+    a.wait_for_seqs(&expected).await;
+    let warned = a.got().contains(&Got::Error(ErrorCode::HistoryTruncated));
+    assert!(warned, "HISTORY_TRUNCATED");
 }

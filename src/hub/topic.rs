@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::Subscriber;
 use super::order::{Step, resume, step};
-use crate::model::{Envelope, Position, StoredEvent, now_ms};
+use crate::model::{Envelope, EventId, Position, StoredEvent, now_ms};
 use crate::store::HistoryPage;
 use crate::telemetry;
 
@@ -52,6 +52,57 @@ pub(super) enum Missed {
     /// catch-up found events gone, or a history that started afresh with
     /// none yet): the room was warned.
     Jump(Position),
+}
+
+/// What a member of the room has been handed: everything after a position
+/// (or everything retained). It lets a `subscribe` with `since` repeated on
+/// a held trackingId be answered without reading or sending again what the
+/// subscriber already has. It may claim less than was sent, never more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Coverage {
+    /// Every event after this position (in its epoch).
+    After(Position),
+    /// Everything the history retained when its replay was read, and all
+    /// since: an earlier `since` cannot get more.
+    All,
+}
+
+/// What a repeated `subscribe` with `since` needs, given the coverage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Need {
+    /// Nothing: everything after `since` has been handed over already.
+    Nothing,
+    /// The events after `since` up to this position, which the member was
+    /// not handed; what follows it, it has.
+    Until(Position),
+    /// A replay as for a new subscriber (another epoch).
+    Replay,
+}
+
+impl Coverage {
+    /// What a member standing at `cursor` needs for `since`. A `since`
+    /// beyond the cursor (or of another epoch) is the store's to judge
+    /// (`INVALID_SINCE`, or a history this node has not caught up with).
+    pub fn need(self, since: EventId, cursor: Option<Position>) -> Need {
+        let within = cursor.is_some_and(|c| c.epoch == since.epoch && since.seq <= c.seq);
+        if !within {
+            return Need::Replay;
+        }
+        match self {
+            Coverage::All => Need::Nothing,
+            Coverage::After(from) if from.epoch == since.epoch && since.seq >= from.seq => {
+                Need::Nothing
+            }
+            Coverage::After(from) if from.epoch == since.epoch => Need::Until(from),
+            Coverage::After(_) => Need::Replay,
+        }
+    }
+}
+
+/// A subscriber in the room.
+pub(super) struct Member<S> {
+    pub sub: S,
+    pub covers: Coverage,
 }
 
 /// A subscriber whose replay is being read: out of the room, live payments
@@ -92,7 +143,7 @@ pub(super) struct Live<S: Subscriber> {
     pub cursor: Option<Position>,
     /// The room: subscribers handed every event as it comes. The one
     /// membership of this node.
-    pub members: HashMap<S::Id, S>,
+    pub members: HashMap<S::Id, Member<S>>,
     /// Subscribers whose replay is being read.
     pub pending: HashMap<S::Id, Pending>,
     held: Held,
@@ -181,9 +232,19 @@ impl<S: Subscriber> Live<S> {
         self.members.is_empty() && self.pending.is_empty()
     }
 
-    /// `sub` joins the room: from now on it is handed every event.
-    pub fn join(&mut self, sub: &S) {
-        self.members.insert(sub.id(), sub.clone());
+    /// `sub` joins the room: from now on it is handed every event; it has
+    /// been handed what `covers` says.
+    pub fn join(&mut self, sub: &S, covers: Coverage) {
+        let member = Member {
+            sub: sub.clone(),
+            covers,
+        };
+        self.members.insert(sub.id(), member);
+    }
+
+    /// What `id`, if it is in the room, was handed already.
+    pub fn coverage(&self, id: S::Id) -> Option<Coverage> {
+        self.members.get(&id).map(|m| m.covers)
     }
 
     /// `id` leaves the room and stops waiting for its replay, if it did.
@@ -292,8 +353,8 @@ impl<S: Subscriber> Live<S> {
     pub fn deliver(&mut self, event: StoredEvent, path: &'static str) {
         metrics::counter!(telemetry::BROADCASTS).increment(1);
         if !self.members.is_empty() {
-            for sub in self.members.values() {
-                send_payment(sub, &event);
+            for member in self.members.values() {
+                send_payment(&member.sub, &event);
             }
             // Once per payment and node, after the last subscriber here was
             // handed it; a clock behind the accepting node's reads as 0.
@@ -315,9 +376,9 @@ impl<S: Subscriber> Live<S> {
             pending = self.pending.len(),
             "announcing a gap: {why}"
         );
-        for sub in self.members.values() {
+        for member in self.members.values() {
             warn(
-                sub,
+                &member.sub,
                 tracking_id,
                 format!(
                     "Payments of trackingId {tracking_id} may be missing and cannot be recovered: {why}"

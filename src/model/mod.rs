@@ -44,8 +44,20 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Why a trackingId is refused; the message is what clients see.
+/// Why a trackingId is refused; the message is what clients see. A name
+/// ending in `*` is a prefix (a stream, or a token's prefix entry), never
+/// a trackingId: otherwise a token entry for the exact id `X*` would read
+/// every `X...` as a prefix.
 pub fn check_tracking_id(id: &str) -> Result<(), &'static str> {
+    check_name(id)?;
+    if id.ends_with('*') {
+        return Err("Tracking ID must not end in * (a name ending in * is a prefix)");
+    }
+    Ok(())
+}
+
+/// The rules a trackingId and a prefix share (a prefix may end in `*`).
+pub fn check_name(id: &str) -> Result<(), &'static str> {
     if id.is_empty() {
         Err("Tracking ID must not be empty")
     } else if id.len() > MAX_TRACKING_ID_BYTES {

@@ -23,10 +23,14 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 
+use crate::auth::slowdown::Slowdown;
 use crate::auth::{Access, Grant, TokenError};
+use crate::http::client::ClientAddr;
+use crate::http::connections::Slot;
+use crate::http::serve::Hangup;
 use crate::hub::SocketHub;
 use crate::tasks::TaskSet;
-use crate::telemetry;
+use crate::telemetry::{self, SocketTag};
 use session::{Command, Op, Session};
 
 /// What the protocol handlers share, for every socket.
@@ -34,6 +38,8 @@ pub struct Realtime {
     pub hub: Arc<SocketHub>,
     /// Who may connect and what they may watch (contract section 5).
     pub access: Access,
+    /// Addresses slowed down for failed credentials (shared with REST).
+    pub slowdown: Arc<Slowdown>,
     pub max_subscriptions: usize,
     pub rate: Quota,
     /// One clock for every socket's rate limiter: creating a clock per
@@ -49,6 +55,7 @@ impl Realtime {
     pub fn new(
         hub: Arc<SocketHub>,
         access: Access,
+        slowdown: Arc<Slowdown>,
         max_subscriptions: usize,
         per_second: u32,
         burst: u32,
@@ -58,6 +65,7 @@ impl Realtime {
         Realtime {
             hub,
             access,
+            slowdown,
             max_subscriptions,
             rate: Quota::per_second(per_second).allow_burst(burst),
             clock: QuantaClock::default(),
@@ -87,16 +95,16 @@ pub fn sockets_by_transport(io: &SocketIo) -> (u64, u64) {
 pub fn register(io: &SocketIo, realtime: Arc<Realtime>) {
     let attaching = realtime.clone();
     let middleware = move |socket: SocketRef, TryData(auth): TryData<Value>| {
-        let token = handshake_token(&socket, auth.ok().as_ref());
-        let admitted = match attaching.access.grant(token.as_deref()) {
+        let admitted = match attaching.admit(&socket, auth.ok().as_ref()) {
             Ok(grant) => {
                 attach(&socket, attaching.clone(), grant);
                 Ok(())
             }
-            Err(err) => {
+            Err(refused) => {
                 metrics::counter!(telemetry::CONNECTS_UNAUTHORIZED).increment(1);
-                tracing::debug!(socket_id = %socket.id, "connection refused: {err}");
-                Err(Unauthorized(err))
+                tracing::debug!(sock = %SocketTag::of(socket.id), "connection refused: {refused}");
+                turn_away(&socket);
+                Err(refused)
             }
         };
         std::future::ready(admitted)
@@ -105,7 +113,7 @@ pub fn register(io: &SocketIo, realtime: Arc<Realtime>) {
     // connected, then calls this: a command that arrived in between waited
     // in the session, since nothing can be emitted to the socket before.
     let on_connect = move |socket: SocketRef| {
-        tracing::debug!(socket_id = %socket.id, transport = ?socket.transport_type(), "socket connected");
+        tracing::debug!(sock = %SocketTag::of(socket.id), transport = ?socket.transport_type(), "socket connected");
         if let Some(session) = socket.extensions.get::<Arc<Session>>() {
             session.connected(&realtime, socket);
         }
@@ -117,8 +125,54 @@ pub fn register(io: &SocketIo, realtime: Arc<Realtime>) {
 /// A refused connection; socket.io-client's `connect_error` gets this
 /// message (it carries nothing else), so it starts with the code.
 #[derive(Debug, thiserror::Error)]
-#[error("UNAUTHORIZED: {0}")]
-struct Unauthorized(TokenError);
+enum Refused {
+    #[error("UNAUTHORIZED: {0}")]
+    Unauthorized(TokenError),
+    #[error("RATE_LIMITED: too many failed credentials from this address; retry in a minute")]
+    SlowedDown,
+}
+
+impl Realtime {
+    /// Whether `socket` may connect, and what it may watch (token mode):
+    /// its address must not be slowed down for failed credentials, and
+    /// its token must be valid (a wrong one counts as a failure).
+    fn admit(&self, socket: &SocketRef, auth: Option<&Value>) -> Result<Option<Grant>, Refused> {
+        if matches!(self.access, Access::Open) {
+            return Ok(None);
+        }
+        let client = socket
+            .req_parts()
+            .extensions
+            .get::<ClientAddr>()
+            .map(|c| c.0);
+        if self.slowdown.check(client).is_err() {
+            return Err(Refused::SlowedDown);
+        }
+        let token = handshake_token(socket, auth);
+        self.access.grant(token.as_deref()).map_err(|err| {
+            if token.is_some() {
+                self.slowdown.failed(client);
+            }
+            Refused::Unauthorized(err)
+        })
+    }
+}
+
+/// After a refused connect: the connection slot is given back at once,
+/// and a websocket is closed as soon as the refusal has been written (a
+/// polling session ends at the connect timeout: it holds no connection
+/// between requests). A client that may not connect holds nothing.
+fn turn_away(socket: &SocketRef) {
+    let head = socket.req_parts();
+    if let Some(slot) = head.extensions.get::<Slot>() {
+        slot.release();
+    }
+    if socket.transport_type() == socketioxide::TransportType::Websocket
+        && let Some(hangup) = head.extensions.get::<Hangup>()
+    {
+        hangup.after_next_flush();
+    }
+}
 
 /// The token a connecting socket presents: handshake auth `{ token }`
 /// first, else the `token` query parameter of its handshake request.
@@ -161,7 +215,7 @@ fn attach(socket: &SocketRef, realtime: Arc<Realtime>, grant: Option<Grant>) {
         let held = session.close();
         metrics::gauge!(telemetry::SOCKETS).decrement(1.0);
         metrics::gauge!(telemetry::SUBSCRIPTIONS).decrement(held.len() as f64);
-        tracing::debug!(socket_id = %s.id, "socket disconnected");
+        tracing::debug!(sock = %SocketTag::of(s.id), "socket disconnected");
         let hub = realtime.hub.clone();
         async move {
             for tid in held {

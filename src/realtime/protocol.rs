@@ -9,7 +9,7 @@ use socketioxide::extract::{AckSender, SocketRef};
 
 use crate::model::{Envelope, ErrorCode, EventId, check_tracking_id};
 use crate::store::StoreError;
-use crate::telemetry;
+use crate::telemetry::{self, SocketTag};
 
 /// A refusal: the code and the message the client sees.
 pub type Refusal = (ErrorCode, String);
@@ -94,10 +94,10 @@ pub fn refusal(tracking_id: &str, err: &StoreError) -> Refusal {
 /// passed one, with the same envelope.
 pub fn reply<T: Serialize>(socket: &SocketRef, ack: AckSender, event: &str, envelope: &T) {
     if let Err(err) = socket.emit(event, envelope) {
-        tracing::debug!(socket_id = %socket.id, event, error = %err, "reply not sent");
+        tracing::debug!(sock = %SocketTag::of(socket.id), event, error = %err, "reply not sent");
     }
     if let Err(err) = ack.send(envelope) {
-        tracing::debug!(socket_id = %socket.id, error = %err, "ack callback not sent");
+        tracing::debug!(sock = %SocketTag::of(socket.id), error = %err, "ack callback not sent");
     }
 }
 

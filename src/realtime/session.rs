@@ -20,12 +20,17 @@ use super::Realtime;
 use super::protocol::{SubscribeRequest, refusal, reply, reply_error};
 use crate::auth::Grant;
 use crate::model::{Envelope, ErrorCode};
-use crate::telemetry;
+use crate::telemetry::{self, SocketTag};
 
 /// Commands one socket may have waiting; beyond it they are refused with
 /// `RATE_LIMITED`, so a socket cannot grow the server's memory by sending
 /// faster than its commands are handled.
 const MAX_QUEUED: usize = 1024;
+
+/// Events replayed that cost as much of the rate limit as one event:
+/// with the defaults (50 a second, bursts of 200), a socket replays up
+/// to 5,000 events a second, and a burst of 20,000.
+const REPLAYED_PER_EVENT: usize = 100;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Op {
@@ -129,7 +134,7 @@ impl Session {
     }
 
     fn start_draining(self: &Arc<Self>, realtime: &Arc<Realtime>, socket: SocketRef) {
-        let span = tracing::info_span!("socket", socket_id = %socket.id);
+        let span = tracing::info_span!("socket", sock = %SocketTag::of(socket.id));
         realtime.tasks.spawn(
             self.clone()
                 .drain(realtime.clone(), socket)
@@ -203,12 +208,16 @@ impl Session {
             .subscribe(socket, &tid, req.since, acked)
             .instrument(span)
             .await;
-        if let Err(err) = result {
-            if let Some(ack) = take() {
-                reply_error(socket, ack, Some(&tid), refusal(&tid, &err));
+        let replayed = match result {
+            Ok(replayed) => replayed,
+            Err(err) => {
+                if let Some(ack) = take() {
+                    reply_error(socket, ack, Some(&tid), refusal(&tid, &err));
+                }
+                return;
             }
-            return;
-        }
+        };
+        self.charge(replayed);
         let added = {
             let mut state = self.state();
             let fresh = !state.closed && !state.subscriptions.contains(&tid);
@@ -245,6 +254,17 @@ impl Session {
             metrics::gauge!(telemetry::SUBSCRIPTIONS).decrement(1.0);
         }
         reply(socket, cmd.ack, "ack", &Envelope::unsubscribed(&tid));
+    }
+
+    /// A replay costs the socket's rate limit by its size: one event of the
+    /// rate per [`REPLAYED_PER_EVENT`] events replayed, taken from what is
+    /// left (so the next events are refused `RATE_LIMITED` sooner).
+    fn charge(&self, replayed: usize) {
+        for _ in 0..replayed / REPLAYED_PER_EVENT {
+            if self.limiter.check().is_err() {
+                break;
+            }
+        }
     }
 
     /// Forgets every subscription (the socket is gone) and returns them.

@@ -19,7 +19,7 @@ mod redis;
 pub use directory::{MAX_INSPECTED, MemoryDirectory, NodeDirectory};
 pub use memory::{MemoryStore, SweepStats};
 pub use publications::{Publication, PublicationStream, Publications, Signal};
-pub use redis::{RedisDirectory, RedisStore, RedisTarget};
+pub use redis::{RedisDirectory, RedisStore, RedisTarget, RedisTls, redact};
 
 use async_trait::async_trait;
 

@@ -56,6 +56,9 @@ pub const STORE_RESYNCS: &str = "tidings_store_resyncs_total";
 pub const TOPICS: &str = "tidings_topics";
 /// Counter: events replayed to sockets subscribing with `since`.
 pub const REPLAYED: &str = "tidings_replayed_events_total";
+/// Counter: subscribes with `since` repeated on a held trackingId that
+/// needed no replay (the socket had been handed everything after `since`).
+pub const REPLAYS_SKIPPED: &str = "tidings_replays_skipped_total";
 /// Counter: socket errors sent, labelled by `code`.
 pub const SOCKET_ERRORS: &str = "tidings_socket_errors_total";
 /// Counter: socket connections refused in token mode for want of a valid
@@ -288,6 +291,7 @@ fn zero_series() {
         GAPS_ANNOUNCED,
         CATCH_UP_EVENTS,
         REPLAYED,
+        REPLAYS_SKIPPED,
         BROADCASTS,
         TOKENS_MINTED,
         CONNECTS_UNAUTHORIZED,
@@ -357,6 +361,10 @@ fn describe() {
         REPLAYED,
         "Events replayed to sockets subscribing with since"
     );
+    describe_counter!(
+        REPLAYS_SKIPPED,
+        "Subscribes with since repeated on a held trackingId that needed no replay"
+    );
     describe_counter!(SOCKET_ERRORS, "Error envelopes sent to sockets, by code");
     describe_gauge!(SOCKETS, "Connected sockets on this node");
     describe_gauge!(SUBSCRIPTIONS, "Subscriptions held by sockets on this node");
@@ -387,4 +395,31 @@ fn describe() {
         STORE_EVICTIONS,
         "Payments evicted by the memory store, oldest first, to keep within --memory-limit"
     );
+}
+
+/// A socket's name in the logs: eight hex digits derived from its Engine.IO
+/// session id with a key drawn when the process starts. The session id
+/// itself is never logged: it is a polling session's only credential (a
+/// log reader could poll the victim's packets and post events as it).
+/// The same socket has the same tag in every line of one process.
+pub struct SocketTag([u8; 4]);
+
+impl SocketTag {
+    pub fn of(sid: impl std::fmt::Display) -> Self {
+        use sha2::{Digest, Sha256};
+        static KEY: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+        let key = KEY.get_or_init(|| *uuid::Uuid::new_v4().as_bytes());
+        let mut hash = Sha256::new();
+        hash.update(key);
+        hash.update(sid.to_string().as_bytes());
+        let digest = hash.finalize();
+        SocketTag([digest[0], digest[1], digest[2], digest[3]])
+    }
+}
+
+impl std::fmt::Display for SocketTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d] = self.0;
+        write!(f, "{a:02x}{b:02x}{c:02x}{d:02x}")
+    }
 }

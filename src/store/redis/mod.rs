@@ -45,12 +45,17 @@
 //! `directory.rs`).
 
 mod directory;
+mod follow;
 mod keys;
 mod reply;
+mod target;
 
 pub use directory::RedisDirectory;
+use follow::{Follower, Swappable};
 use keys::{Keys, key_slot};
+use redis::{ErrorKind, RedisError};
 use reply::{bulk_string, client_info_count, int, malformed, slot_owners, store_error};
+pub use target::{RedisTarget, RedisTls, redact};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -76,38 +81,17 @@ use crate::model::{EventId, NewPayment, Position, StoredEvent};
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Which Redis to use.
-#[derive(Debug, Clone)]
-pub enum RedisTarget {
-    /// One Redis server (`redis://host:port/db`).
-    Single(String),
-    /// A Redis Cluster, given by seed node URLs.
-    Cluster(Vec<String>),
-}
+/// The key [`RedisStore::probe_write`] sets.
+const WRITE_PROBE_KEY: &str = "tidings:probe:writable";
 
-impl RedisTarget {
-    /// `--redis-url`: one URL, or with `--redis-cluster` a comma-separated
-    /// list of seed node URLs.
-    pub fn new(url: &str, cluster: bool) -> Self {
-        if cluster {
-            RedisTarget::Cluster(
-                url.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            )
-        } else {
-            RedisTarget::Single(url.to_owned())
-        }
-    }
-}
-
-/// A connection to a single Redis or a Redis Cluster; both reconnect by
-/// themselves.
+/// A connection to a single Redis, a Redis Cluster, or whichever master
+/// the Sentinels name; all reconnect by themselves.
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// Replaced when the Sentinels name another master.
+    Followed(Swappable),
 }
 
 impl ConnectionLike for Conn {
@@ -115,6 +99,10 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Followed(c) => {
+                let c = c.current();
+                Box::pin(async move { no_master(c)?.req_packed_command(cmd).await })
+            }
         }
     }
 
@@ -127,6 +115,14 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Followed(c) => {
+                let c = c.current();
+                Box::pin(async move {
+                    no_master(c)?
+                        .req_packed_commands(pipeline, offset, count)
+                        .await
+                })
+            }
         }
     }
 
@@ -134,8 +130,14 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Followed(c) => c.current().map_or(0, |c| c.get_db()),
         }
     }
+}
+
+/// The connection to the master, or the error while none is known.
+fn no_master(conn: Option<ConnectionManager>) -> Result<ConnectionManager, RedisError> {
+    conn.ok_or_else(|| RedisError::from((ErrorKind::Io, "the Sentinels name no master yet")))
 }
 
 /// The shared part of both scripts, then each script's body.
@@ -152,6 +154,11 @@ pub struct RedisStore {
     /// RESP3 push messages. When it breaks, the store signals a resync and
     /// the hub listens again to every trackingId and catches up.
     pubsub: Conn,
+    /// With Sentinel: asks which server is the master and moves both
+    /// connections there.
+    follower: Option<Follower>,
+    /// Told to resync when the publication connection moves.
+    publications: Publications,
     append: Script,
     read: Script,
     /// Whether Redis's eviction policy was checked since it was last
@@ -173,39 +180,48 @@ impl RedisStore {
         retention: Retention,
         publications: Publications,
     ) -> Result<Self, StoreError> {
-        let on_push = move |push: PushInfo| {
-            on_push(push, &publications);
-            Ok::<(), redis::aio::SendError>(())
-        };
+        Self::connect_with_tls(target, &RedisTls::default(), retention, publications).await
+    }
+
+    /// [`RedisStore::connect`] with TLS material for `rediss://` URLs.
+    pub async fn connect_with_tls(
+        target: &RedisTarget,
+        tls: &RedisTls,
+        retention: Retention,
+        publications: Publications,
+    ) -> Result<Self, StoreError> {
+        // rustls needs one crypto provider for the process; a second
+        // store in the same process finds it installed. ring, not
+        // aws-lc-rs: no C build beyond cc. Deprecated for lacking the
+        // post-quantum key exchange, which Redis servers do not offer.
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
+        let mut follower = None;
         let (commands, pubsub, cluster) = match target {
             RedisTarget::Single(url) => {
-                let client = redis::Client::open(with_resp3(url)).map_err(unavailable)?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                let commands =
-                    ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                        .map_err(unavailable)?;
-                let pubsub = ConnectionManager::new_lazy_with_config(
-                    client,
-                    config
-                        .set_push_sender(on_push)
-                        .set_automatic_resubscription(),
-                )
+                let url = with_resp3(url);
+                let client = match tls.certificates() {
+                    Some(certs) => redis::Client::build_with_tls(url, certs),
+                    None => redis::Client::open(url),
+                }
                 .map_err(unavailable)?;
+                let (commands, pubsub) = managers(client, &publications)?;
                 (Conn::Single(commands), Conn::Single(pubsub), false)
             }
             RedisTarget::Cluster(seeds) => {
                 let builder = || {
-                    ClusterClientBuilder::new(seeds.clone())
+                    let builder = ClusterClientBuilder::new(seeds.clone())
                         .use_protocol(redis::ProtocolVersion::RESP3)
                         .connection_timeout(CONNECT_TIMEOUT)
                         .response_timeout(RESPONSE_TIMEOUT)
-                        .retries(2)
+                        .retries(2);
+                    match tls.certificates() {
+                        Some(certs) => builder.certs(certs),
+                        None => builder,
+                    }
                 };
+                let on_push = push_sender(publications.clone());
                 let commands = builder().build().map_err(unavailable)?;
                 let pubsub = builder()
                     .push_sender(on_push)
@@ -215,12 +231,20 @@ impl RedisStore {
                 let pubsub = pubsub.get_async_connection().await.map_err(unavailable)?;
                 (Conn::Cluster(commands), Conn::Cluster(pubsub), true)
             }
+            RedisTarget::Sentinel { master, sentinels } => {
+                let found = Follower::connect(master, sentinels, tls, &publications).await?;
+                let (commands, pubsub) = found.connections();
+                follower = Some(found);
+                (Conn::Followed(commands), Conn::Followed(pubsub), false)
+            }
         };
         Ok(RedisStore {
             retention,
             cluster,
             commands,
             pubsub,
+            follower,
+            publications,
             append: Script::new(&format!("{HISTORY_LUA}\n{APPEND_LUA}")),
             read: Script::new(&format!("{HISTORY_LUA}\n{READ_LUA}")),
             config_checked: AtomicBool::new(false),
@@ -255,6 +279,39 @@ impl RedisStore {
             // CONFIG may be disabled (managed Redis): nothing to check.
             _ => tracing::info!("cannot read Redis maxmemory-policy; it must be noeviction"),
         }
+    }
+}
+
+/// The command and the publication connections to one server.
+fn managers(
+    client: redis::Client,
+    publications: &Publications,
+) -> Result<(ConnectionManager, ConnectionManager), StoreError> {
+    let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    let commands = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+        .map_err(unavailable)?;
+    let pubsub = ConnectionManager::new_lazy_with_config(
+        client,
+        config
+            .set_push_sender(push_sender(publications.clone()))
+            .set_automatic_resubscription(),
+    )
+    .map_err(unavailable)?;
+    Ok((commands, pubsub))
+}
+
+/// What a publication connection does with what Redis pushes.
+fn push_sender(
+    publications: Publications,
+) -> impl Fn(PushInfo) -> Result<(), redis::aio::SendError> + Send + Sync + 'static {
+    move |push: PushInfo| {
+        on_push(push, &publications);
+        Ok(())
     }
 }
 
@@ -454,9 +511,13 @@ impl HistoryStore for RedisStore {
     async fn listen(&self, tracking_id: &str) -> Result<(), StoreError> {
         let channel = Keys::new(tracking_id).channel();
         let _one_at_a_time = self.one_at_a_time().await;
-        let result = match self.pubsub.clone() {
-            Conn::Single(mut c) => c.subscribe(&channel).await,
-            Conn::Cluster(mut c) => c.ssubscribe(&channel).await,
+        let result = match &self.pubsub {
+            Conn::Single(c) => c.clone().subscribe(&channel).await,
+            Conn::Followed(c) => match no_master(c.current()) {
+                Ok(mut c) => c.subscribe(&channel).await,
+                Err(err) => Err(err),
+            },
+            Conn::Cluster(c) => c.clone().ssubscribe(&channel).await,
         };
         result.map_err(store_error)
     }
@@ -464,9 +525,13 @@ impl HistoryStore for RedisStore {
     async fn unlisten(&self, tracking_id: &str) {
         let channel = Keys::new(tracking_id).channel();
         let _one_at_a_time = self.one_at_a_time().await;
-        let result = match self.pubsub.clone() {
-            Conn::Single(mut c) => c.unsubscribe(&channel).await,
-            Conn::Cluster(mut c) => c.sunsubscribe(&channel).await,
+        let result = match &self.pubsub {
+            Conn::Single(c) => c.clone().unsubscribe(&channel).await,
+            Conn::Followed(c) => match no_master(c.current()) {
+                Ok(mut c) => c.unsubscribe(&channel).await,
+                Err(err) => Err(err),
+            },
+            Conn::Cluster(c) => c.clone().sunsubscribe(&channel).await,
         };
         if let Err(err) = result {
             // The connection is down: after it reconnects it may resubscribe
@@ -479,10 +544,10 @@ impl HistoryStore for RedisStore {
     async fn audit(&self, tracking_ids: &[String]) -> Result<Vec<String>, StoreError> {
         let unavailable = store_error;
         match &self.pubsub {
-            Conn::Single(conn) => {
+            Conn::Single(_) | Conn::Followed(_) => {
                 let info: String = redis::cmd("CLIENT")
                     .arg("INFO")
-                    .query_async(&mut conn.clone())
+                    .query_async(&mut self.pubsub.clone())
                     .await
                     .map_err(unavailable)?;
                 let held =
@@ -546,7 +611,43 @@ impl HistoryStore for RedisStore {
                 return Err(StoreError::Unavailable(err.to_string()));
             }
         }
+        if !self.cluster {
+            self.probe_write().await?;
+        }
         self.check_config().await;
         Ok(())
+    }
+
+    async fn upkeep(&self) {
+        match &self.follower {
+            Some(follower) => follower.run(&self.publications).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl RedisStore {
+    /// Whether the server takes writes: a replica answers `READONLY` (a
+    /// node configured with a replica's address, or left on a master that
+    /// a failover demoted) and the node is then not ready. One small key
+    /// that expires by itself. `OOM` is not a refusal to report: every
+    /// node shares it, and taking them all out of the load balancer at
+    /// once would only add an outage (ingest answers 503 meanwhile).
+    /// A Redis Cluster redirects writes to masters itself.
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let probe: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(WRITE_PROBE_KEY)
+            .arg(1)
+            .arg("PX")
+            .arg(10_000)
+            .query_async(&mut self.commands.clone())
+            .await;
+        match probe {
+            Ok(()) => Ok(()),
+            Err(err) if err.code() == Some("OOM") => Ok(()),
+            Err(err) => Err(StoreError::Unavailable(format!(
+                "Redis does not take writes: {err}"
+            ))),
+        }
     }
 }
