@@ -17,8 +17,10 @@
 // shipped allow-list holds all of 127.0.0.0/8 (loopback) and the shipped
 // per-client limit is 200, so the first describe of each proxy renders the
 // file with two values narrowed by substitution, as the other tests
-// substitute ports: the allow-list's `127.0.0.0/8` becomes `127.0.0.1`, the
-// limit's `200` becomes 3. Every other directive runs as shipped, and the
+// substitute ports: the allow-list's `127.0.0.0/8` becomes `127.0.0.9` (an
+// address nothing else uses: HAProxy's limit counts every connection of an
+// address, and the test's own REST calls come from 127.0.0.1), the limit's
+// `200` becomes 3. Every other directive runs as shipped, and the
 // test checks that each substituted value is the one shipped (exactly one
 // hit). The X-Forwarded-For describe runs the files with nothing but the
 // ports substituted, all servers pointing at one node.
@@ -35,6 +37,8 @@ import { HAPROXY_CONF, startHaproxy, fromAddress, requestFrom } from "./lib/depl
 const SECRET = `SECRET${uid("tok").replace(/-/g, "")}`;
 const API_KEY = "proxies-test-api-key";
 const LIMIT = 3;
+/** The one address of the narrowed allow-list. */
+const INSIDE = "127.0.0.9";
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
@@ -54,7 +58,7 @@ const PROXIES = [
     conf: () => NGINX_CONF,
     // The allow-list's loopback range, and the number of `limit_conn <zone> N;`.
     allowLoopback: /^([ \t]*allow[ \t]+)127\.0\.0\.0\/8;/gm,
-    allowNarrow: (_all, head) => `${head}127.0.0.1;`,
+    allowNarrow: (_all, head) => `${head}${INSIDE};`,
     limit: /^([ \t]*limit_conn[ \t]+\w+[ \t]+)200;/gm,
     limitTo: (n) => (_all, head) => `${head}${n};`,
     async start(ports, edit) {
@@ -68,7 +72,7 @@ const PROXIES = [
     name: "HAProxy (deploy/haproxy/tidings.cfg)",
     conf: () => HAPROXY_CONF,
     allowLoopback: /^([ \t]*acl[ \t]+\w+[ \t]+src[ \t]+)127\.0\.0\.0\/8\b/gm,
-    allowNarrow: (_all, head) => `${head}127.0.0.1`,
+    allowNarrow: (_all, head) => `${head}${INSIDE}`,
     limit: /\b(sc0_conn_cur[ \t]+gt[ \t]+)200\b/g,
     limitTo: (n) => (_all, head) => `${head}${n}`,
     async start(ports, edit) {
@@ -124,8 +128,10 @@ for (const P of PROXIES) {
     });
 
     T("the access log has each request's method, path and protocol, and no query string: no token", async () => {
-      // A socket with the token in its URL (polling, then the websocket upgrade).
-      const s = await connect(proxy.url, { query: { token: SECRET } });
+      // A socket with the token in its URL (polling, then the websocket
+      // upgrade), from an address of its own (its connections stay below the
+      // rendered limit of 3 per address).
+      const s = await connect(proxy.url, { query: { token: SECRET }, ...fromAddress("127.0.0.4") });
       sockets.push(s);
       await subscribe(s, uid("log"));
       await withTimeout(s.upgraded, 10000, "the upgrade to websocket through the proxy");
@@ -147,7 +153,7 @@ for (const P of PROXIES) {
 
     T("/metrics and /admin: 403 from an address outside the allow-list, the node's answer from one inside", async () => {
       const outside = "127.0.0.3";
-      const inside = "127.0.0.1";
+      const inside = INSIDE;
       for (const p of ["/metrics", "/admin", "/admin/api/nodes", "/admin/admin.js"]) {
         const r = await requestFrom(`${proxy.url}${p}`, outside, { headers: { authorization: `Bearer ${API_KEY}` } });
         assert.equal(r.status, 403, `GET ${p} from ${outside} (not allowed) through the proxy: ${r.status} ${r.text.slice(0, 200)}`);
