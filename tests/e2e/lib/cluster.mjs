@@ -453,17 +453,26 @@ export function rewriteNginxSnippet(snippet, ports, listenPort) {
 /**
  * Starts nginx with the project's shipped snippet (deploy/nginx/tidings.conf)
  * rewritten for `upstreamPorts`. Returns {port, url, stop(), config, errorLog(),
- * accessLog()}. With `accessLog: true`, every request is logged (method, URI,
- * status and each upstream attempt's status, `$upstream_status`) for
- * accessLog() to return; the snippet itself is left as shipped.
+ * accessLog(), shippedAccessLog()}. With `accessLog: true`, every request is
+ * also logged in a test format (method, URI, status and each upstream
+ * attempt's status, `$upstream_status`) for accessLog() to return.
+ *
+ * shippedAccessLog() is the log an operator gets: the `http { }` block has
+ * `access_log ... combined` as Debian's nginx.conf (and the official image)
+ * has it, and the snippet's own `access_log /var/log/nginx/access.log FORMAT;`
+ * (if any) is pointed at the same test file, so it applies as shipped.
+ * `edit(text)`, if given, rewrites the snippet first (a test narrowing a
+ * value; every other directive stays as shipped).
  */
-export async function startNginx(upstreamPorts, { confPath = NGINX_CONF, accessLog = false } = {}) {
+export async function startNginx(upstreamPorts, { confPath = NGINX_CONF, accessLog = false, edit = (t) => t } = {}) {
   if (!existsSync(confPath)) {
     throw new Error(`nginx config ${confPath} does not exist (the project ships deploy/nginx/tidings.conf; ` +
       "TIDINGS_NGINX_CONF overrides the path)");
   }
-  const snippet = readFileSync(confPath, "utf8");
+  const snippet = edit(readFileSync(confPath, "utf8"));
   const dir = makeTmp("nginx");
+  const shippedLogFile = path.join(dir, "logs/tidings.access.log");
+  const testLogFile = path.join(dir, "logs/access.log");
   chmodSync(dir, 0o755);
   for (const sub of ["client_body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"]) {
     mkdirSync(path.join(dir, sub));
@@ -472,7 +481,15 @@ export async function startNginx(upstreamPorts, { confPath = NGINX_CONF, accessL
   let lastErr;
   for (let attempt = 0; attempt < 5; attempt++) {
     const port = await freePort();
-    const httpBody = rewriteNginxSnippet(snippet, upstreamPorts, port);
+    let httpBody = rewriteNginxSnippet(snippet, upstreamPorts, port);
+    // The snippet's own access log (server level: it replaces the http
+    // block's) goes to the test's file; the test format is logged next to it.
+    let ownLog = false;
+    httpBody = httpBody.replace(/^([ \t]*)access_log\s+\/var\/log\/nginx\/access\.log\b([^;]*);/gm, (_all, indent, rest) => {
+      ownLog = true;
+      return `${indent}access_log ${shippedLogFile}${rest};` +
+        (accessLog ? `\n${indent}access_log ${testLogFile} tidings_test;` : "");
+    });
     const config = [
       "daemon off;",
       "worker_processes 1;",
@@ -480,10 +497,10 @@ export async function startNginx(upstreamPorts, { confPath = NGINX_CONF, accessL
       `error_log ${path.join(dir, "logs/error.log")} info;`,
       "events { worker_connections 4096; }",
       "http {",
-      accessLog
-        ? `  log_format tidings_test '$request_method $uri $status upstream=$upstream_status';\n` +
-          `  access_log ${path.join(dir, "logs/access.log")} tidings_test;`
-        : /\baccess_log\b/.test(httpBody) ? "" : "  access_log off;",
+      // Debian's nginx.conf: `access_log /var/log/nginx/access.log;` (combined).
+      `  access_log ${shippedLogFile} combined;`,
+      "  log_format tidings_test '$request_method $uri $status upstream=$upstream_status';",
+      accessLog && !ownLog ? `  access_log ${testLogFile} tidings_test;` : "",
       `  client_body_temp_path ${path.join(dir, "client_body")};`,
       `  proxy_temp_path ${path.join(dir, "proxy")};`,
       `  fastcgi_temp_path ${path.join(dir, "fastcgi")};`,
@@ -513,7 +530,10 @@ export async function startNginx(upstreamPorts, { confPath = NGINX_CONF, accessL
         config,
         errorLog,
         accessLog: () => {
-          try { return readFileSync(path.join(dir, "logs/access.log"), "utf8"); } catch { return ""; }
+          try { return readFileSync(testLogFile, "utf8"); } catch { return ""; }
+        },
+        shippedAccessLog: () => {
+          try { return readFileSync(shippedLogFile, "utf8"); } catch { return ""; }
         },
         async stop() {
           // SIGTERM: fast shutdown (SIGQUIT would wait for open websockets).

@@ -71,12 +71,13 @@ export function parseStatsCsv(text) {
  * `upstreamPorts` (`haproxy -c` first, then in the foreground).
  * Returns {url, port, statsUrl, config, output(), states(), waitState(), stop()}.
  */
-export async function startHaproxy(upstreamPorts, { confPath = HAPROXY_CONF } = {}) {
+export async function startHaproxy(upstreamPorts, { confPath = HAPROXY_CONF, edit = (t) => t } = {}) {
   if (!existsSync(HAPROXY)) {
     throw new Error(`${HAPROXY} not found: install it (Debian package haproxy) or set TIDINGS_HAPROXY`);
   }
   if (!existsSync(confPath)) throw new Error(`HAProxy config ${confPath} does not exist`);
-  const text = readFileSync(confPath, "utf8");
+  // `edit(text)`: a test narrowing a value; everything else as shipped.
+  const text = edit(readFileSync(confPath, "utf8"));
   const dir = makeTmp("haproxy");
   let lastErr;
   for (let attempt = 0; attempt < 5; attempt++) {
@@ -158,6 +159,25 @@ export function fromAddress(address) {
     agent: new http.Agent({ localAddress: address, keepAlive: true }),
     localAddress: address,
   };
+}
+
+/**
+ * An HTTP request (with `body`, a string, if given) from source address
+ * `address` (bounded); resolves {status, text, headers}.
+ */
+export function requestFrom(url, address, { method = "GET", headers = {}, body, timeoutMs = 10000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method, headers, localAddress: address, agent: false }, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => { text += d; });
+      res.on("end", () => resolve({ status: res.statusCode, text, headers: res.headers }));
+      res.on("error", reject);
+    });
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${url} from ${address}: no answer within ${timeoutMs} ms`)));
+    req.on("error", reject);
+    req.end(body);
+  });
 }
 
 /** The `tidings_connections` gauge of each node, in order. */
