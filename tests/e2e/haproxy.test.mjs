@@ -223,12 +223,14 @@ describe("behind HAProxy (deploy/haproxy/tidings.cfg), three nodes", () => {
     }
   });
 
-  T("ingest refused 503 by a node (its Redis is a read-only replica; /readyz passes) is retried on another node: 202, stored once, small, large and slowly sent bodies", async (t) => {
-    // Node 3 is restarted on its port against a read-only replica of the
-    // cluster's Redis (as after a failover with a stale address): Redis
-    // answers its PINGs, so /readyz passes and HAProxy keeps it in, but
-    // every write fails, so its ingest answers 503 UNAVAILABLE.
-    replica = await startRedis({ replicaOf: redis.port });
+  T("ingest refused 503 by a node (its Redis is out of memory; /readyz passes) is retried on another node: 202, stored once, small, large and slowly sent bodies", async (t) => {
+    // Node 3 is restarted on its port against a Redis that is out of
+    // memory: an OOM is not a readiness failure (it would be every node's
+    // at once), so /readyz passes and HAProxy keeps it in, but every write
+    // fails, so its ingest answers 503 UNAVAILABLE. (A node on a read-only
+    // replica is unready instead, and HAProxy takes it out.)
+    replica = await startRedis();
+    await replica.cli("config", "set", "maxmemory", "1");
     const port = nodes[2].port;
     assert.equal((await nodes[2].stop("SIGTERM")).code, 0);
     await haproxy.waitState(["tidings_api/node3"], "DOWN");
@@ -295,13 +297,14 @@ describe("behind HAProxy (deploy/haproxy/tidings.cfg), three nodes", () => {
     t.diagnostic(`node 3 refused (and HAProxy retried elsewhere) ${JSON.stringify(retried)} of ${sent.length} requests`);
     // Each payment is stored exactly once, with the ids the 202 gave.
     for (const { tid, body, res } of sent) {
-      const bf = await backfill(haproxy.url, { trackingId: tid, limit: 1000 });
+      // From a node of the cluster (node 3 has a Redis of its own).
+      const bf = await backfill(nodes[0].url, { trackingId: tid, limit: 1000 });
       assert.equal(bf.status, 200, bf.text);
       assert.deepEqual(bf.body.data.map((e) => e.id), res.map((d) => d.id), `${tid}: exactly the accepted events`);
       assert.deepEqual(bf.body.data.map((e) => e.seq), body.map((_, k) => k + 1));
     }
     // A repeat of a request is answered duplicate, with the original ids.
-    const again = await ingestOk(haproxy.url, sent[1].body);
+    const again = await ingestOk(nodes[0].url, sent[1].body);
     assert.ok(again.every((d, k) => d.duplicate === true && d.id === sent[1].res[k].id), "a repeat is a duplicate of the original");
     // HAProxy's log agrees: as many ingest requests were redispatched (`+1`
     // in the retries field) as node 3 refused through the proxy (the

@@ -120,11 +120,14 @@ describe("behind nginx (deploy/nginx/tidings.conf): ingest refused 503 by one of
   let nodes = [];
   let nginx;
   before(async () => {
-    // The second node runs on a read-only replica of the cluster's Redis (as after a
-    // failover with a stale address): its /readyz passes (PING answers),
-    // every write fails, so its ingest answers 503 UNAVAILABLE.
+    // The second node runs on a Redis that is out of memory: its /readyz
+    // passes (a Redis-wide condition is not a readiness failure: it would
+    // take every node out at once), and every write fails, so its ingest
+    // answers 503 UNAVAILABLE. (A node on a read-only replica is unready
+    // instead, and no balancer sends it anything.)
     redis = await startRedis();
-    replica = await startRedis({ replicaOf: redis.port });
+    replica = await startRedis();
+    await replica.cli("config", "set", "maxmemory", "1");
     // Two upstreams, so that least_conn's rotation reaches the refusing one
     // every other request.
     nodes = [...await startNodes(1, redis.url), ...await startNodes(1, replica.url)];
@@ -163,7 +166,8 @@ describe("behind nginx (deploy/nginx/tidings.conf): ingest refused 503 by one of
     t.diagnostic(`the replica's node refused ${retried} of ${sent.length} requests; nginx retried each on the other`);
     assert.match(nginx.accessLog(), /POST \/v1\/payments 202 upstream=503, 202/, "nginx's log shows a 503 then a 202 upstream");
     for (const { tid, res } of sent) {
-      const bf = await backfill(nginx.url, { trackingId: tid });
+      // From a node of the cluster (the refusing one has a Redis of its own).
+      const bf = await backfill(nodes[0].url, { trackingId: tid });
       assert.equal(bf.status, 200, bf.text);
       assert.deepEqual(bf.body.data.map((e) => e.id), res.map((d) => d.id), `${tid}: exactly the accepted events, once`);
     }

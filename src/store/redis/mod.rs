@@ -245,7 +245,12 @@ impl RedisStore {
             pubsub,
             follower,
             publications,
-            append: Script::new(&format!("{HISTORY_LUA}\n{APPEND_LUA}")),
+            // `#!lua` (Redis 7 script flags, none given): Redis refuses the
+            // whole script when it is out of memory. Without it, Redis
+            // checks memory only until a script's first write, and a new
+            // history's first write is a DEL, which is allowed then: every
+            // new trackingId would be stored past maxmemory.
+            append: Script::new(&format!("#!lua\n{HISTORY_LUA}\n{APPEND_LUA}")),
             read: Script::new(&format!("{HISTORY_LUA}\n{READ_LUA}")),
             config_checked: AtomicBool::new(false),
             subscribing: cluster.then(|| tokio::sync::Mutex::new(())),
