@@ -287,7 +287,7 @@ async fn open_store(
     let target = RedisTarget::new(url, config.redis_cluster, config.redis_sentinel.as_deref());
     // The target shows its URLs without their passwords.
     tracing::info!(
-        %target,
+        redis = %target,
         "cluster mode: history, dedupe and publication in Redis at {target}"
     );
     let tls = redis_tls(config)?;
