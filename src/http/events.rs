@@ -142,7 +142,8 @@ pub async fn events(
         None
     };
     let grant = credentials.access.grant(token).map_err(|e| {
-        if token.is_some() {
+        // A missing (or empty) token is no guess: it does not count.
+        if token.is_some_and(|t| !t.is_empty()) {
             credentials.slowdown.failed(client);
         }
         ApiError::unauthorized(format!("{e}"))

@@ -23,7 +23,7 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 
-use crate::auth::slowdown::Slowdown;
+use crate::auth::slowdown::{Slowdown, retry_after_secs};
 use crate::auth::{Access, Grant, TokenError};
 use crate::http::client::ClientAddr;
 use crate::http::connections::Slot;
@@ -128,8 +128,10 @@ pub fn register(io: &SocketIo, realtime: Arc<Realtime>) {
 enum Refused {
     #[error("UNAUTHORIZED: {0}")]
     Unauthorized(TokenError),
-    #[error("RATE_LIMITED: too many failed credentials from this address; retry in a minute")]
-    SlowedDown,
+    #[error(
+        "RATE_LIMITED: too many failed credentials from this address; retry in {0} s"
+    )]
+    SlowedDown(u64),
 }
 
 impl Realtime {
@@ -145,12 +147,13 @@ impl Realtime {
             .extensions
             .get::<ClientAddr>()
             .map(|c| c.0);
-        if self.slowdown.check(client).is_err() {
-            return Err(Refused::SlowedDown);
+        if let Err(wait) = self.slowdown.check(client) {
+            return Err(Refused::SlowedDown(retry_after_secs(wait)));
         }
         let token = handshake_token(socket, auth);
         self.access.grant(token.as_deref()).map_err(|err| {
-            if token.is_some() {
+            // A missing (or empty) token is no guess: it does not count.
+            if token.as_deref().is_some_and(|t| !t.is_empty()) {
                 self.slowdown.failed(client);
             }
             Refused::Unauthorized(err)

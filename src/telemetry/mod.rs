@@ -61,8 +61,9 @@ pub const REPLAYED: &str = "tidings_replayed_events_total";
 pub const REPLAYS_SKIPPED: &str = "tidings_replays_skipped_total";
 /// Counter: socket errors sent, labelled by `code`.
 pub const SOCKET_ERRORS: &str = "tidings_socket_errors_total";
-/// Counter: socket connections refused in token mode for want of a valid
-/// token (`UNAUTHORIZED`).
+/// Counter: socket connections refused in token mode: for want of a valid
+/// token (`UNAUTHORIZED`), or from an address slowed down for failed
+/// credentials (`RATE_LIMITED`).
 pub const CONNECTS_UNAUTHORIZED: &str = "tidings_connects_unauthorized_total";
 /// Counter: socket tokens minted by `POST /v1/ws/tokens`.
 pub const TOKENS_MINTED: &str = "tidings_tokens_minted_total";
@@ -333,7 +334,7 @@ fn describe() {
     describe_counter!(PAYMENTS_STORED, "Payments stored (duplicates excluded)");
     describe_counter!(
         CONNECTS_UNAUTHORIZED,
-        "Socket connections refused in token mode for want of a valid token"
+        "Socket connections refused in token mode (no valid token, or an address slowed down for failed credentials)"
     );
     describe_counter!(TOKENS_MINTED, "Socket tokens minted");
     describe_counter!(
