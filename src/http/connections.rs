@@ -95,6 +95,14 @@ impl Slot {
     pub fn release(&self) {
         self._release.give_back();
     }
+
+    /// Whether [`Slot::release`] was called: the session was refused, and
+    /// may not connect later on the slot it gave back.
+    pub fn is_released(&self) -> bool {
+        self._release
+            .given_back
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Gives the slot back on drop, or before.
@@ -261,8 +269,10 @@ mod tests {
         // Released early (a refused socket), then dropped: given back once.
         let early = limits.acquire(ip("10.0.0.2")).unwrap();
         assert_eq!(limits.held(), 3);
+        assert!(!early.is_released());
         early.release();
         early.clone().release();
+        assert!(early.is_released());
         assert_eq!(limits.held(), 2);
         drop(early);
         assert_eq!(limits.held(), 2);

@@ -199,34 +199,47 @@ pub struct Hangup(Arc<HangupState>);
 
 #[derive(Default)]
 struct HangupState {
-    /// [`OPEN`], [`AFTER_FLUSH`] or [`HUNG_UP`].
+    /// [`OPEN`], [`ASKED`], [`WRITTEN`] or [`HUNG_UP`].
     state: AtomicU8,
     reader: AtomicWaker,
 }
 
 const OPEN: u8 = 0;
-const AFTER_FLUSH: u8 = 1;
-const HUNG_UP: u8 = 2;
+/// A hang-up is asked: after the next answer written and flushed.
+const ASKED: u8 = 1;
+/// The answer was written; hung up at the next flush.
+const WRITTEN: u8 = 2;
+const HUNG_UP: u8 = 3;
+
+/// Fewest bytes an answer worth waiting for takes: a refusal's
+/// `connect_error` frame is longer; an Engine.IO ping (`2`, in a 3-byte
+/// frame) that may go out first is shorter, and does not count.
+const ANSWER_BYTES: usize = 16;
 
 impl Hangup {
-    /// Closes the connection once what is written next has been flushed
-    /// (the answer that says why): from then on it reads as ended, so its
-    /// reader (engineioxide's) closes the session, which drops the
+    /// Closes the connection once the next answer (the one that says why)
+    /// has been written and flushed: from then on it reads as ended, so
+    /// its reader (engineioxide's) closes the session, which drops the
     /// connection.
-    pub fn after_next_flush(&self) {
-        let _ =
-            self.0
-                .state
-                .compare_exchange(OPEN, AFTER_FLUSH, Ordering::AcqRel, Ordering::Acquire);
+    pub fn after_next_answer(&self) {
+        self.advance(OPEN, ASKED);
+    }
+
+    fn advance(&self, from: u8, to: u8) -> bool {
+        self.0
+            .state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn wrote(&self, bytes: usize) {
+        if bytes >= ANSWER_BYTES {
+            self.advance(ASKED, WRITTEN);
+        }
     }
 
     fn flushed(&self) {
-        if self
-            .0
-            .state
-            .compare_exchange(AFTER_FLUSH, HUNG_UP, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        if self.advance(WRITTEN, HUNG_UP) {
             self.0.reader.wake();
         }
     }
@@ -262,7 +275,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Hangable<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            self.hangup.wrote(n);
+        }
+        written
     }
 
     fn poll_write_vectored(
@@ -270,7 +287,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Hangable<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            self.hangup.wrote(n);
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -132,6 +132,8 @@ enum Refused {
         "RATE_LIMITED: too many failed credentials from this address; retry in {0} s"
     )]
     SlowedDown(u64),
+    #[error("UNAUTHORIZED: this connection was refused; open a new one")]
+    Again,
 }
 
 impl Realtime {
@@ -139,6 +141,13 @@ impl Realtime {
     /// its address must not be slowed down for failed credentials, and
     /// its token must be valid (a wrong one counts as a failure).
     fn admit(&self, socket: &SocketRef, auth: Option<&Value>) -> Result<Option<Grant>, Refused> {
+        // A session refused once gave its slot back: it may not connect
+        // now outside the connection limits (a polling session lives on
+        // until the connect timeout).
+        let head = socket.req_parts();
+        if head.extensions.get::<Slot>().is_some_and(Slot::is_released) {
+            return Err(Refused::Again);
+        }
         if matches!(self.access, Access::Open) {
             return Ok(None);
         }
@@ -173,7 +182,7 @@ fn turn_away(socket: &SocketRef) {
     if socket.transport_type() == socketioxide::TransportType::Websocket
         && let Some(hangup) = head.extensions.get::<Hangup>()
     {
-        hangup.after_next_flush();
+        hangup.after_next_answer();
     }
 }
 

@@ -156,18 +156,32 @@ pub fn init_logging(format: Option<LogFormat>) {
     } else {
         LogFormat::Json
     });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let no_frames = tracing_subscriber::filter::filter_fn(not_a_frame);
     // `try_init` fails only if a subscriber is already set (tests, embedding);
     // the existing one is kept.
     let _ = match format {
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => builder.finish().with(no_frames).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .finish()
+            .with(no_frames)
             .try_init(),
     };
+}
+
+/// Whatever `RUST_LOG` asks: tungstenite logs every websocket frame below
+/// `info`, the Engine.IO session id of the open packet and the socket
+/// token of the connect packet included, and neither may reach a log.
+fn not_a_frame(meta: &tracing::Metadata<'_>) -> bool {
+    let target = meta.target();
+    let websocket = target.starts_with("tungstenite") || target.starts_with("tokio_tungstenite");
+    !websocket || *meta.level() <= tracing::Level::INFO
 }
 
 /// Installs the global Prometheus recorder, or returns the one already
