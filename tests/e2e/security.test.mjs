@@ -16,7 +16,7 @@ import { createHmac } from "node:crypto";
 import {
   startServer, ingest, ingestOk, payment, uid, connect, makeSocket, subscribe, waitFor, payments,
   recorded, emitWithAck, barrier, assertError, assertHttpError, assertAck, closeAll, withTimeout,
-  connectWith, httpGet, TRANSPORT_SETUPS, INGEST_TOKEN,
+  connectWith, httpGet, TRANSPORT_SETUPS, INGEST_TOKEN, WS_PATH,
 } from "./lib/harness.mjs";
 import { startRedis, readMetric } from "./lib/cluster.mjs";
 import { rawHttp, pollingHandshake, poll, RawWs, rawSocketIo, neverJoins, abandonedPolling } from "./lib/attacks.mjs";
@@ -285,6 +285,54 @@ describe("finding 1: a socket refused at CONNECT gives its slot back and is clos
       closeAll(held);
       await server.stop();
     }
+  });
+});
+
+describe("finding 1 and 6 behind a proxy: --trusted-proxy", () => {
+  let server;
+  // 127.0.0.1 is the proxy; every other source address is a client.
+  before(async () => {
+    server = await startServer([...TOKEN_ARGS, "--trusted-proxy", "127.0.0.1", "--max-connections-per-ip", "3"]);
+  });
+  after(async () => { await server?.stop(); });
+
+  const handshake = (xff, localAddress = "127.0.0.1") => rawHttp(server.url, {
+    path: `${WS_PATH}/?EIO=4&transport=polling`, localAddress, headers: xff === undefined ? {} : { "x-forwarded-for": xff },
+  });
+
+  test("the per-address connection limit applies to the client a trusted proxy names, never to a header from anyone else", async () => {
+    for (let i = 0; i < 3; i++) assert.equal((await handshake("198.51.100.1")).status, 200, `session ${i} of 198.51.100.1`);
+    assertHttpError(await handshake("198.51.100.1"), 429, "RATE_LIMITED");
+    // Walked from the right: a trusted hop is skipped, a forged leftmost
+    // entry does not help.
+    assertHttpError(await handshake("198.51.100.1, 127.0.0.1"), 429, "RATE_LIMITED");
+    assertHttpError(await handshake("198.51.100.9, 198.51.100.1"), 429, "RATE_LIMITED");
+    // Another client behind the same proxy, and the proxy itself, are served.
+    assert.equal((await handshake("198.51.100.2")).status, 200);
+    assert.equal((await handshake(undefined)).status, 200);
+    // From an untrusted peer the header is ignored: its own address counts.
+    for (let i = 0; i < 3; i++) {
+      assert.equal((await handshake(`198.51.100.${20 + i}`, "127.0.0.40")).status, 200, `session ${i} of 127.0.0.40`);
+    }
+    assertHttpError(await handshake("198.51.100.30", "127.0.0.40"), 429, "RATE_LIMITED");
+  });
+
+  test("failed credentials are counted for the client a trusted proxy names", async () => {
+    const post = (token, xff, localAddress = "127.0.0.1") => rawHttp(server.url, {
+      method: "POST", path: "/v1/payments", localAddress, body: JSON.stringify(payment(uid("xff"))),
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json", ...(xff ? { "x-forwarded-for": xff } : {}) },
+    });
+    const statuses = [];
+    for (let i = 0; i < 30; i++) statuses.push((await post("wrong-token", "203.0.113.7")).status);
+    assert.equal(statuses[0], 401);
+    assert.equal(statuses.at(-1), 429, `30 failures of one client behind the proxy: ${statuses}`);
+    assertHttpError(await post(INGEST_TOKEN, "203.0.113.7"), 429, "RATE_LIMITED");
+    assert.equal((await post(INGEST_TOKEN, "203.0.113.8")).status, 202, "another client behind the proxy");
+    assert.equal((await post(INGEST_TOKEN, undefined)).status, 202, "the proxy itself is not slowed");
+    // An untrusted peer cannot spread its failures over forged addresses.
+    const forged = [];
+    for (let i = 0; i < 30; i++) forged.push((await post("wrong-token", `203.0.113.${100 + i}`, "127.0.0.41")).status);
+    assert.equal(forged.at(-1), 429, `30 failures from 127.0.0.41 with 30 different X-Forwarded-For: ${forged}`);
   });
 });
 
