@@ -527,50 +527,89 @@ describe("finding 4: Redis credentials are never logged", () => {
 // ---------------------------------------------------------------------------
 
 describe("finding 5: no Engine.IO session id in any log line", () => {
-  test("debug level: polling, websocket and upgraded sessions connect, subscribe, receive, are refused, disconnect", async () => {
-    const server = await startServer([], { RUST_LOG: "debug,tidings=trace" });
-    const sids = new Set();
-    try {
-      const id = uid("sid");
-      for (const setup of TRANSPORT_SETUPS) {
-        const s = await connectWith(server.url, setup);
-        try {
-          sids.add(s.io.engine.id);
-          await subscribe(s, id);
-          await barrier(server.url, s, id);
-          assertError(await emitWithAck(s, "subscribe", { trackingId: "" }), "INVALID_TRACKING_ID");
-        } finally {
-          s.close();
+  // RUST_LOG=trace turns on every crate's trace level, tungstenite's too,
+  // which logs each websocket frame whole (the open packet with the sid, a
+  // CONNECT with its token): a server bug until the node caps third-party
+  // targets, so that variant is a todo (it runs, reports, and fails nothing).
+  const TRACE_TODO = "tungstenite logs every frame at trace level (sids, tokens): the node must cap it";
+  for (const [level, todo] of [["debug,tidings=trace", false], ["trace", TRACE_TODO]]) {
+    test(`RUST_LOG=${level}: polling, websocket and upgraded sessions connect, subscribe, receive, are refused, disconnect`, { todo }, async () => {
+      const server = await startServer([], { RUST_LOG: level });
+      const sids = new Set();
+      try {
+        const id = uid("sid");
+        for (const setup of TRANSPORT_SETUPS) {
+          const s = await connectWith(server.url, setup);
+          const sid = s.io.engine.id;
+          try {
+            sids.add(sid);
+            await subscribe(s, id);
+            await barrier(server.url, s, id);
+            assertError(await emitWithAck(s, "subscribe", { trackingId: "" }), "INVALID_TRACKING_ID");
+          } finally {
+            s.close();
+          }
+          // A request with the sid of a session that is gone (a replay of a
+          // leaked sid) is refused, and its refusal does not log the sid.
+          await waitMetric(server.url, "tidings_sockets", 0);
+          const stale = await poll(server.url, sid);
+          assert.equal(stale.status, 400, `a closed session's sid: ${stale.text}`);
+          await poll(server.url, sid, { method: "POST", body: "40" });
         }
+        // A raw polling session (its sid is its only credential), a raw
+        // websocket one, and one that never joins.
+        const { sid } = await abandonedPolling(server.url);
+        sids.add(sid);
+        const { ws, sid: rawSid } = await rawSocketIo(server.url);
+        sids.add(rawSid);
+        ws.sendText("42" + JSON.stringify(["subscribe", { trackingId: id }]));
+        await ws.next((m) => typeof m === "string" && m.includes("Subscribed to"));
+        ws.close();
+        const silent = await RawWs.open(server.url);
+        const open = await silent.ws.next((m) => typeof m === "string" && m.startsWith("0{"));
+        sids.add(JSON.parse(open.slice(1)).sid);
+        silent.ws.close();
+        // The closed ones are gone (their disconnects logged): only the
+        // abandoned polling session is left in the namespace.
+        await waitMetric(server.url, "tidings_sockets", 1);
+      } finally {
+        await server.stop();
       }
-      // A raw polling session (its sid is its only credential), a raw
-      // websocket one, and one that never joins.
-      const { sid } = await abandonedPolling(server.url);
-      sids.add(sid);
-      const { ws, sid: rawSid } = await rawSocketIo(server.url);
-      sids.add(rawSid);
-      ws.sendText("42" + JSON.stringify(["subscribe", { trackingId: id }]));
-      await ws.next((m) => typeof m === "string" && m.includes("Subscribed to"));
-      ws.close();
-      const silent = await RawWs.open(server.url);
-      const open = await silent.ws.next((m) => typeof m === "string" && m.startsWith("0{"));
-      sids.add(JSON.parse(open.slice(1)).sid);
-      silent.ws.close();
-      // The closed ones are gone (their disconnects logged): only the
-      // abandoned polling session is left in the namespace.
-      await waitMetric(server.url, "tidings_sockets", 1);
-    } finally {
-      await server.stop();
-    }
-    const log = server.logs();
-    assert.equal(sids.size, 6);
-    assert.ok(log.split("\n").length > 30, `debug logs were captured (${log.split("\n").length} lines)`);
-    for (const sid of sids) {
-      assert.ok(typeof sid === "string" && sid.length >= 8, `sid ${sid}`);
-      const at = log.indexOf(sid);
-      assert.equal(at, -1, `an Engine.IO sid appears in the log: …${log.slice(Math.max(0, at - 200), at + 40)}…`);
-    }
-  });
+      const log = server.logs();
+      assert.equal(sids.size, 6);
+      assert.ok(log.split("\n").length > 30, `the log was captured (${log.split("\n").length} lines)`);
+      for (const sid of sids) {
+        assert.ok(typeof sid === "string" && sid.length >= 8, `sid ${sid}`);
+        const at = log.indexOf(sid);
+        assert.equal(at, -1, `an Engine.IO sid appears in the log: …${log.slice(Math.max(0, at - 200), at + 40)}…`);
+      }
+    });
+  }
+  {
+    // (debug level: token.test.mjs.)
+    const level = "trace";
+    test(`RUST_LOG=${level}, token mode: no socket token in the log (websocket and polling)`, { todo: TRACE_TODO }, async () => {
+      const server = await startServer(TOKEN_ARGS, { RUST_LOG: level });
+      let token;
+      try {
+        token = await mintOk(server.url, ["a"]);
+        for (const transports of [["websocket"], ["polling"]]) {
+          const s = await connect(server.url, { transports, auth: { token } });
+          try {
+            await subscribe(s, "a");
+          } finally {
+            s.close();
+          }
+        }
+      } finally {
+        await server.stop();
+      }
+      const log = server.logs();
+      const signature = token.split(".")[2];
+      const at = log.indexOf(signature);
+      assert.equal(at, -1, `a socket token appears in the log: …${log.slice(Math.max(0, at - 200), at + 20)}…`);
+    });
+  }
 });
 
 // ---------------------------------------------------------------------------
