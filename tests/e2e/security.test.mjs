@@ -215,6 +215,44 @@ describe("finding 1: a socket refused at CONNECT gives its slot back and is clos
     });
   }
 
+  test("a session refused at CONNECT cannot connect afterwards without a slot: the per-address limit holds", async () => {
+    // The refusal frees the slot at once; the same Engine.IO session must
+    // not then connect with a valid token (outside the count). Any client
+    // holds a valid token in token mode (browsers get them).
+    const server = await startServer([...TOKEN_ARGS, "--max-connections-per-ip", "2"]);
+    const from = "127.0.0.9";
+    const held = [];
+    try {
+      const token = await mintOk(server.url, ["a"]);
+      const outcomes = [];
+      for (let i = 0; i < 4; i++) {
+        // Polling: handshake, CONNECT refused, CONNECT again with the token.
+        const r = await rawConnectPolling(server.url, { token: "bad" }, { localAddress: from });
+        if (r.refused) { outcomes.push(`polling handshake ${r.refused.status}`); continue; }
+        assert.match(connectErrorMessage(r.answer), /^UNAUTHORIZED/);
+        await poll(server.url, r.sid, { method: "POST", body: `40${JSON.stringify({ token })}`, localAddress: from });
+        const again = await poll(server.url, r.sid, { localAddress: from });
+        outcomes.push(again.text.split("\x1e").some((p) => p.startsWith("40")) ? "polling connected" : `polling ${again.status}`);
+      }
+      for (let i = 0; i < 2; i++) {
+        const r = await rawConnectWs(server.url, { token: "bad" }, { localAddress: from });
+        if (r.refused) { outcomes.push(`websocket handshake ${r.refused.status}`); continue; }
+        held.push(r.ws);
+        r.ws.sendText(`40${JSON.stringify({ token })}`);
+        const again = await r.ws.next((m) => typeof m === "string" && /^4[04]/.test(m), 2000).catch(() => "closed");
+        outcomes.push(again.startsWith("40") ? "websocket connected" : `websocket ${again.slice(0, 2)}`);
+      }
+      const connected = outcomes.filter((o) => o.endsWith("connected")).length;
+      assert.ok(connected <= 2, `${connected} sessions from one address connected past --max-connections-per-ip 2: ${outcomes}`);
+      const sockets = (await readMetric(server.url, "tidings_sockets")).value ?? 0;
+      const connections = (await readMetric(server.url, "tidings_connections")).value ?? 0;
+      assert.ok(connections >= sockets, `every connected socket holds a slot: tidings_connections ${connections}, tidings_sockets ${sockets}`);
+    } finally {
+      closeAll(held);
+      await server.stop();
+    }
+  });
+
   test("a websocket session that never sends CONNECT is closed within the default connect timeout (5 s)", async () => {
     // Default flags: before, it lasted ping interval + timeout (45 s).
     const server = await startServer();
