@@ -180,6 +180,41 @@ describe("finding 1: a socket refused at CONNECT gives its slot back and is clos
     }
   });
 
+  test("websocket: every refused CONNECT gets its CONNECT_ERROR before the server closes (400 attempts)", async () => {
+    // The close that follows a refusal must not overtake the refusal: a
+    // client that gets the close without the `44` never sees connect_error
+    // (socket.io-client waits for its own timeout).
+    const server = await startServer(TOKEN_ARGS);
+    const outcomes = {};
+    try {
+      for (let i = 0; i < 400; i++) {
+        const localAddress = `127.0.3.${1 + Math.floor(i / 25)}`;
+        const opened = await RawWs.open(server.url, { localAddress });
+        if (opened.refused) {
+          outcomes[`handshake ${opened.refused.status}`] = (outcomes[`handshake ${opened.refused.status}`] ?? 0) + 1;
+          continue;
+        }
+        const { ws } = opened;
+        let got;
+        try {
+          await ws.next((m) => typeof m === "string" && m.startsWith("0{"));
+          ws.sendText(`40${JSON.stringify({ token: `bad-${i}` })}`);
+          const answer = await ws.next((m) => typeof m === "string" && /^4[04]/.test(m), 3000);
+          got = answer.startsWith("44") ? JSON.parse(answer.slice(2)).message.split(":")[0] : "connected";
+        } catch (err) {
+          got = `closed without an answer (${err.message.slice(0, 30)})`;
+        } finally {
+          ws.close();
+        }
+        outcomes[got] = (outcomes[got] ?? 0) + 1;
+      }
+    } finally {
+      await server.stop();
+    }
+    const bad = Object.keys(outcomes).filter((k) => k !== "UNAUTHORIZED" && k !== "RATE_LIMITED");
+    assert.deepEqual(bad, [], `every attempt refused by a CONNECT_ERROR: ${JSON.stringify(outcomes)}`);
+  });
+
   for (const [name, open] of [["websocket", rawConnectWs], ["polling", rawConnectPolling]]) {
     test(`${name}: with --max-connections 2, two refused sockets held open do not keep a bystander out`, async () => {
       const server = await startServer([...TOKEN_ARGS, "--max-connections", "2"]);
