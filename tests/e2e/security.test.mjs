@@ -380,6 +380,8 @@ describe("finding 1 and 6 behind a proxy: --trusted-proxy", () => {
     // entry does not help.
     assertHttpError(await handshake("198.51.100.1, 127.0.0.1"), 429, "RATE_LIMITED");
     assertHttpError(await handshake("198.51.100.9, 198.51.100.1"), 429, "RATE_LIMITED");
+    // The same list in two header lines.
+    assertHttpError(await handshake(["198.51.100.9", "198.51.100.1"]), 429, "RATE_LIMITED");
     // Another client behind the same proxy, and the proxy itself, are served.
     assert.equal((await handshake("198.51.100.2")).status, 200);
     assert.equal((await handshake(undefined)).status, 200);
@@ -832,6 +834,7 @@ describe("finding 6: nbf and the token lifetime", () => {
     await assertToken("exp - iat = 10 years", (id) => ({ iat: nowS(), exp: nowS() + 10 * YEAR, tids: [id] }), false);
     await assertToken("exp - iat = 3700 s", (id) => ({ iat: nowS(), exp: nowS() + 3700, tids: [id] }), false);
     await assertToken("no iat, exp 10 years ahead", (id) => ({ exp: nowS() + 10 * YEAR, tids: [id] }), false);
+    await assertToken("iat 10 years ahead, exp = iat + 3600", (id) => ({ iat: nowS() + 10 * YEAR, exp: nowS() + 10 * YEAR + 3600, tids: [id] }), false);
     await assertToken("exp - iat = 3600 s", (id) => ({ iat: nowS(), exp: nowS() + 3600, tids: [id] }), true);
     await assertToken("no iat, exp 50 minutes ahead", (id) => ({ exp: nowS() + 3000, tids: [id] }), true);
   });
