@@ -415,10 +415,18 @@ describe("finding 1 and 6 behind a proxy: --trusted-proxy", () => {
 // Finding 2: a repeated `since` on a held id
 // ---------------------------------------------------------------------------
 
-describe("finding 2: a repeated subscribe with since replays nothing the socket was already sent", () => {
+for (const storage of ["memory", "redis"]) {
+describe(`finding 2 (${storage}): a repeated subscribe with since replays nothing the socket was already sent`, () => {
   let server;
-  before(async () => { server = await startServer(); });
-  after(async () => { await server?.stop(); });
+  let redis;
+  before(async () => {
+    if (storage === "redis") redis = await startRedis();
+    server = await startServer(redis ? ["--redis-url", redis.url] : [], {}, { timeoutMs: 20000 });
+  });
+  after(async () => {
+    await server?.stop();
+    await redis?.stop();
+  });
 
   for (const setup of [WS, POLLING]) {
     test(`${setup.name}: 20 repeats of the same since after a 300-event replay resend nothing`, async () => {
@@ -466,11 +474,20 @@ describe("finding 2: a repeated subscribe with since replays nothing the socket 
       const seqs = payments(s, id).map((p) => p.seq);
       assert.deepEqual(seqs, [...Array.from({ length: 200 }, (_, k) => k + 101), 301],
         `101..300 once, then the live one (got ${seqs.length} payments)`);
+      // Older still: only 51..100 were never sent.
+      await subscribe(s, id, { since: stored[49].id });
+      await subscribe(s, id, { since: stored[49].id });
+      const live2 = await barrier(server.url, s, id, 10000);
+      const more = payments(s, id).slice(seqs.length).map((p) => p.seq);
+      assert.deepEqual(more, [...Array.from({ length: 50 }, (_, k) => k + 51), live2.seq],
+        `since 50 twice: 51..100 once (got ${more.length} payments)`);
     } finally {
       s.close();
     }
   });
 });
+
+}
 
 // ---------------------------------------------------------------------------
 // Finding 3: a trackingId ending in `*`
