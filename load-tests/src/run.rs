@@ -118,10 +118,6 @@ impl Node {
                     "json",
                 ]);
                 c.args(["--rate-burst", "1000", "--delivery-buffer", "1000000"]);
-                // The load comes from four source addresses (127.0.0.1-4),
-                // tens of thousands of sockets each: lift the per-address
-                // limit (on by default since issue 17, 200).
-                c.args(["--max-connections-per-ip", "1000000"]);
                 if let Some(url) = redis {
                     c.args(["--redis-url", url]);
                 }
