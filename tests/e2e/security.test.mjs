@@ -776,6 +776,15 @@ describe("finding 6: failed credentials are slowed down per address", () => {
       assertHttpError(right, 429, "RATE_LIMITED");
       const other = await attempt(server.url, true, bystander);
       assert.equal(other.status, goodStatus, `another address with the right credential: ${other.text}`);
+      if (name.startsWith("ingest")) {
+        // Retry-After tells the truth: once it has passed, the right
+        // credential is served again (a timer: no event to await).
+        const wait = Number(right.headers["retry-after"]);
+        assert.ok(wait >= 1 && wait <= 60, `Retry-After ${wait}`);
+        await new Promise((r) => setTimeout(r, wait * 1000 + 200));
+        const later = await attempt(server.url, true, attacker);
+        assert.equal(later.status, goodStatus, `the right credential after Retry-After (${wait} s): ${later.text}`);
+      }
     });
   }
 
