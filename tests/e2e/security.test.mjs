@@ -180,14 +180,14 @@ describe("finding 1: a socket refused at CONNECT gives its slot back and is clos
     }
   });
 
-  test("websocket: every refused CONNECT gets its CONNECT_ERROR before the server closes (400 attempts)", async () => {
+  test("websocket: every refused CONNECT gets its CONNECT_ERROR before the server closes (1000 attempts)", async () => {
     // The close that follows a refusal must not overtake the refusal: a
     // client that gets the close without the `44` never sees connect_error
     // (socket.io-client waits for its own timeout).
     const server = await startServer(TOKEN_ARGS);
     const outcomes = {};
     try {
-      for (let i = 0; i < 400; i++) {
+      for (let i = 0; i < 1000; i++) {
         const localAddress = `127.0.3.${1 + Math.floor(i / 25)}`;
         const opened = await RawWs.open(server.url, { localAddress });
         if (opened.refused) {
