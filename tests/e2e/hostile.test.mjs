@@ -44,7 +44,7 @@ describe("oversized ingest bodies get a readable 413", () => {
   });
 
   test("the token-mint endpoint too, and early refusals: a 33 MiB body written whole before reading gets a readable 413 / 401", async (t) => {
-    const minting = await startServer(["--auth", "token", "--api-key", "mint-key-0123456789", "--token-secret", "mint-secret-0123456789abcdef"]);
+    const minting = await startServer(["--auth", "token", "--api-key", "mint-key-0123456789", "--token-secret", "mint-secret-0123456789abcdef0123456789"]);
     t.after(() => minting.stop());
     const body = Buffer.from(JSON.stringify({ trackingIds: Array.from({ length: 200000 }, (_, i) => "t".repeat(160) + i) }));
     assert.ok(body.length > 32 * MiB);

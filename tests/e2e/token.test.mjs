@@ -15,6 +15,7 @@ import {
   WS_PATH, INGEST_TOKEN,
 } from "./lib/harness.mjs";
 import { startRedis, startNodes, stopNodes, freePort } from "./lib/cluster.mjs";
+import { fromAddress } from "./lib/deploy.mjs";
 
 // Secrets and keys of this file: every log line of every process started here
 // is searched for them (and for every token seen) at the end.
@@ -103,7 +104,7 @@ describe("token mode: configuration", () => {
   for (const [name, args, message] of [
     ["--auth token without --token-secret", ["--auth", "token", "--api-key", "k"], /--token-secret/],
     ["an empty --token-secret", ["--auth", "token", "--token-secret", ""], /must not be empty/],
-    ["an empty --api-key", ["--auth", "token", "--token-secret", "s", "--api-key", " "], /must not be empty/],
+    ["an empty --api-key", ["--auth", "token", "--token-secret", SECRET, "--api-key", " "], /must not be empty/],
   ]) {
     test(`${name} refuses to start, with a clear message`, async () => {
       await assert.rejects(start(args, {}), (err) => {
@@ -236,13 +237,20 @@ describe("token mode: one node", () => {
         return `${t[0]}.${b64url({ ...claims, tids: ["b"] })}.${t[2]}`;
       })(),
     };
-    for (const transports of [["websocket"], ["polling"]]) {
-      for (const [name, token] of Object.entries(refusedTokens)) {
-        const opts = { transports };
-        if (token !== undefined) opts.auth = { token };
-        const message = await connectRefused(server.url, opts);
-        assert.match(message, /^UNAUTHORIZED/, `${name} over ${transports}: ${message}`);
-        if (token) assert.ok(!message.includes(token), "the token is not echoed");
+    // 22 refusals: more than the failed-credential burst of one address
+    // (section 5), so each transport comes from an address of its own.
+    for (const [transports, address] of [[["websocket"], "127.0.0.2"], [["polling"], "127.0.0.3"]]) {
+      const from = fromAddress(address);
+      try {
+        for (const [name, token] of Object.entries(refusedTokens)) {
+          const opts = { transports, ...from };
+          if (token !== undefined) opts.auth = { token };
+          const message = await connectRefused(server.url, opts);
+          assert.match(message, /^UNAUTHORIZED/, `${name} over ${transports}: ${message}`);
+          if (token) assert.ok(!message.includes(token), "the token is not echoed");
+        }
+      } finally {
+        from.agent.destroy();
       }
     }
   });

@@ -345,15 +345,35 @@ export async function oversizedPost(url, { bytes = 1 << 20, timeoutMs = 5000 } =
 }
 
 /**
- * Sends a binary-event header announcing one attachment and never sends
- * the attachment. Resolves with whether the server closed the connection
- * within `waitMs`.
+ * Sends a binary-event `subscribe` header announcing one attachment, and
+ * the attachment `delayMs` later (never, with `delayMs: null`). Resolves
+ * with { answered (the error code or "ack" the server answered within
+ * `waitMs` of the attachment, or null), closed (whether the server closed
+ * the connection by then), worksAfter (whether a plain subscribe sent
+ * afterwards was acked) }.
  */
-export async function danglingAttachment(url, { waitMs = 5000 } = {}) {
+export async function binaryAttachment(url, { delayMs = 0, waitMs = 5000 } = {}) {
   const { ws } = await rawSocketIo(url);
   try {
-    ws.sendText(`451-${JSON.stringify(["subscribe", { _placeholder: true, num: 0 }])}`);
-    return { closed: await ws.closedWithin(waitMs) };
+    const trackingId = `bin-${randomBytes(4).toString("hex")}`;
+    ws.sendText(`451-${JSON.stringify(["subscribe", { trackingId, blob: { _placeholder: true, num: 0 } }])}`);
+    if (delayMs === null) return { answered: null, closed: await ws.closedWithin(waitMs), worksAfter: false };
+    if (delayMs > 0 && await ws.closedWithin(delayMs)) return { answered: null, closed: true, worksAfter: false };
+    ws.sendBinary(Buffer.from([1, 2, 3]));
+    const answer = await ws.next((m) => typeof m === "string" && m.startsWith("42"), waitMs).catch(() => null);
+    let answered = null;
+    if (answer) {
+      const [, env] = JSON.parse(answer.slice(2));
+      answered = env?.type === "error" ? env.data?.code : env?.type ?? answer;
+    }
+    let worksAfter = false;
+    if (!ws.sock.destroyed) {
+      const other = `ok-${randomBytes(4).toString("hex")}`;
+      ws.sendText(eventPacket("subscribe", { trackingId: other }));
+      worksAfter = await ws.next((m) => typeof m === "string" && m.includes(`Subscribed to trackingId: ${other}`), waitMs)
+        .then(() => true, () => false);
+    }
+    return { answered, closed: ws.sock.destroyed, worksAfter };
   } finally {
     ws.close();
   }

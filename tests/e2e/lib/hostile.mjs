@@ -11,7 +11,7 @@ import net from "node:net";
 import http from "node:http";
 import { readFileSync } from "node:fs";
 import { INGEST_TOKEN, payment, uid, ingestOk } from "./harness.mjs";
-import { oversizedMessage, danglingAttachment, pollingHandshake, slowConsumer } from "./attacks.mjs";
+import { oversizedMessage, binaryAttachment, pollingHandshake, slowConsumer } from "./attacks.mjs";
 
 /** The per-address cap the combined test's server runs with (`--max-connections-per-ip`). */
 export const FLOOD_CAP = 30;
@@ -328,16 +328,16 @@ export const ATTACKS = [
     check: (stats) => only(stats, "closed"),
   },
   {
-    name: "binary attachments announced and never sent",
+    name: "binary attachments (a subscribe with one, sent a second after its header)",
     async run({ url }, signal, stats) {
       while (!signal.aborted) {
-        const r = await danglingAttachment(url).catch((e) => ({ error: e.message }));
-        const key = r.closed ? "closed" : `other:${JSON.stringify(r)}`;
+        const r = await binaryAttachment(url, { delayMs: 1000 }).catch((e) => ({ error: e.message }));
+        const key = r.answered === "INVALID_PAYLOAD" && !r.closed && r.worksAfter ? "refusedAndWorking" : `other:${JSON.stringify(r)}`;
         stats[key] = (stats[key] ?? 0) + 1;
         await sleep(50, signal);
       }
     },
-    check: (stats) => only(stats, "closed"),
+    check: (stats) => only(stats, "refusedAndWorking"),
   },
   {
     name: `connection flood from ${FLOOD_ADDRESS} (abandoned polling sessions; cap ${FLOOD_CAP} per address)`,
