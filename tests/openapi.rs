@@ -309,7 +309,7 @@ async fn each_node_serves_the_document_of_its_mode_and_bounds() {
     assert_eq!(statuses(events), ["200", "400", "500", "503"]);
     assert_eq!(
         statuses(&doc["paths"]["/v1/ws/tokens"]["post"]),
-        ["401", "404"]
+        ["401", "404", "429"]
     );
     open.stop().await.unwrap();
 
@@ -336,11 +336,26 @@ async fn each_node_serves_the_document_of_its_mode_and_bounds() {
         events["security"],
         json!([{ "socketToken": [] }, { "socketTokenQuery": [] }])
     );
-    assert_eq!(statuses(events), ["200", "400", "401", "403", "500", "503"]);
+    assert_eq!(
+        statuses(events),
+        ["200", "400", "401", "403", "429", "500", "503"]
+    );
     assert_eq!(
         statuses(&doc["paths"]["/v1/ws/tokens"]["post"]),
-        ["201", "400", "401", "404", "408", "413"]
+        ["201", "400", "401", "404", "408", "413", "429"]
     );
+    // A slowed-down address is told when to come back.
+    for (op, method) in [
+        ("/v1/payments", "post"),
+        ("/v1/ws/tokens", "post"),
+        ("/v1/events", "get"),
+    ] {
+        assert_eq!(
+            doc["paths"][op][method]["responses"]["429"]["headers"]["Retry-After"]["required"],
+            true,
+            "{op}"
+        );
+    }
     for op in ["/v1/payments", "/readyz", "/v1/events"] {
         let method = if op == "/v1/payments" { "post" } else { "get" };
         assert_eq!(
@@ -759,6 +774,43 @@ async fn token_mode_answers_conform() {
         .0,
         400
     );
+    // Wrong keys again and again: this address is slowed down, and every
+    // call (the right key too) is answered 429 with Retry-After, as
+    // documented (`call` checks each answer against the document).
+    let mut answers = Vec::new();
+    for _ in 0..25 {
+        answers.push(
+            call(&doc, &server, "POST", t, Some("wrong"), Some("{}".into()))
+                .await
+                .0,
+        );
+    }
+    assert_eq!(answers.first(), Some(&401));
+    assert_eq!(answers.last(), Some(&429), "{answers:?}");
+    let body = Some(json!({ "trackingIds": ["ta-1"] }).to_string());
+    assert_eq!(
+        call(&doc, &server, "POST", t, Some(API_KEY), body).await.0,
+        429
+    );
+    let page = format!("{e}?trackingId=ta-1");
+    assert_eq!(
+        call(&doc, &server, "GET", &page, Some(&token), None)
+            .await
+            .0,
+        429
+    );
+    let p = "/v1/payments";
+    let payment = json!({ "trackingId": "ta-1", "amount": 1, "timestamp": 1, "status": "executed", "signature": "s" });
+    let ingest = call(
+        &doc,
+        &server,
+        "POST",
+        p,
+        Some(TOKEN),
+        Some(payment.to_string()),
+    )
+    .await;
+    assert_eq!(ingest.0, 429);
     server.stop().await.unwrap();
 }
 

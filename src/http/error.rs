@@ -420,6 +420,13 @@ error_schema!(
     "The body is over `--max-body` bytes, or the batch over `--max-batch` payments."
 );
 error_schema!(
+    /// Too many failed credentials from this address (`429`, with `Retry-After`).
+    SlowedDownError,
+    [RateLimited],
+    details: false,
+    "This address presented too many wrong credentials (ingest tokens, API keys, socket tokens): nothing it sends is checked until `Retry-After` seconds have passed. Other addresses are not affected."
+);
+error_schema!(
     /// The storage's answer could not be read (`500`).
     InternalError,
     [InternalError],

@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 use super::bearer::slowed;
 use super::client::Client;
 use super::error::{
-    ApiError, BackfillQueryError, ForbiddenError, InternalError, UnauthorizedError,
-    UnavailableError,
+    ApiError, BackfillQueryError, ForbiddenError, InternalError, SlowedDownError,
+    UnauthorizedError, UnavailableError,
 };
 use super::query::{QueryError, StrictQuery};
 use super::state::AppState;
@@ -117,6 +117,10 @@ impl ToSchema for Limit {}
         (status = 403, description = "Token mode: the socket token does not cover this trackingId.",
             body = ForbiddenError,
             example = json!({ "error": { "code": "FORBIDDEN", "message": "The token does not cover this trackingId" } })),
+        (status = 429, description = "Token mode: too many failed credentials (socket tokens) from this address: refused without being checked until `Retry-After` seconds have passed.",
+            body = SlowedDownError,
+            headers(("Retry-After" = u64, description = "Seconds until this address is checked again.")),
+            example = json!({ "error": { "code": "RATE_LIMITED", "message": "Too many failed credentials from this address; retry after the time in Retry-After" } })),
         (status = 500, description = "The server could not read its storage's answer (a key of the wrong type, a reply of another shape): a bug or a foreign writer, logged and counted in `tidings_store_malformed_total`. Retrying as is reads the same.",
             body = InternalError,
             example = json!({ "error": { "code": "INTERNAL_ERROR", "message": "The server could not read its storage's answer" } })),

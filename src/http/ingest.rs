@@ -29,7 +29,7 @@ use super::body::{read_bounded, refuse_unread};
 use super::client::Client;
 use super::error::{
     ApiError, Detail, Details, InternalError, InvalidPayloadError, PayloadTooLargeError,
-    UnauthorizedError, UnavailableError,
+    SlowedDownError, UnauthorizedError, UnavailableError,
 };
 use super::state::AppState;
 use crate::model::{
@@ -123,6 +123,10 @@ pub struct Accepted {
         (status = 500, description = "The server could not read its storage's answer (a key of the wrong type, a reply of another shape): a bug or a foreign writer, logged and counted in `tidings_store_malformed_total`. Each trackingId's payments of the request were stored whole or not at all, as for a `503`; retrying as is reads the same.",
             body = InternalError,
             example = json!({ "error": { "code": "INTERNAL_ERROR", "message": "The server could not read its storage's answer" } })),
+        (status = 429, description = "Too many failed credentials from this address: refused without being checked until `Retry-After` seconds have passed.",
+            body = SlowedDownError,
+            headers(("Retry-After" = u64, description = "Seconds until this address is checked again.")),
+            example = json!({ "error": { "code": "RATE_LIMITED", "message": "Too many failed credentials from this address; retry after the time in Retry-After" } })),
         (status = 503, description = "The storage is unreachable or the node is shutting down. Each trackingId's payments of the request were stored whole or not at all; retrying the same request is safe (what was stored answers `duplicate`).",
             body = UnavailableError,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying.")),

@@ -460,13 +460,14 @@ fn fit(mut doc: Value, node: &Node) -> Value {
             if let Some(responses) = backfill.get_mut("responses").and_then(Value::as_object_mut) {
                 responses.remove("401");
                 responses.remove("403");
+                responses.remove("429");
             }
         }
         if let Some(responses) = doc
             .pointer_mut("/paths/~1v1~1ws~1tokens/post/responses")
             .and_then(Value::as_object_mut)
         {
-            responses.retain(|status, _| status == "401" || status == "404");
+            responses.retain(|status, _| ["401", "404", "429"].contains(&status.as_str()));
         }
         "This node runs with `--auth open`: anyone may backfill any trackingId, and `POST /v1/ws/tokens` answers `404` past the API key check."
     };

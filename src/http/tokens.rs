@@ -17,7 +17,8 @@ use super::bearer::{Credential, require};
 use super::body::{read_bounded, refuse_unread};
 use super::client::Client;
 use super::error::{
-    ApiError, Detail, InvalidPayloadError, NotFoundError, PayloadTooLargeError, UnauthorizedError,
+    ApiError, Detail, InvalidPayloadError, NotFoundError, PayloadTooLargeError, SlowedDownError,
+    UnauthorizedError,
 };
 use super::ingest::Literals;
 use super::state::AppState;
@@ -91,6 +92,10 @@ pub struct MintRequest {
         (status = 413, description = "The body is over `--max-body` bytes.",
             body = PayloadTooLargeError,
             example = json!({ "error": { "code": "PAYLOAD_TOO_LARGE", "message": "Request body is larger than 1048576 bytes" } })),
+        (status = 429, description = "Too many failed credentials from this address: refused without being checked until `Retry-After` seconds have passed.",
+            body = SlowedDownError,
+            headers(("Retry-After" = u64, description = "Seconds until this address is checked again.")),
+            example = json!({ "error": { "code": "RATE_LIMITED", "message": "Too many failed credentials from this address; retry after the time in Retry-After" } })),
     ),
 )]
 pub async fn mint(

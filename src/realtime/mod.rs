@@ -128,9 +128,7 @@ pub fn register(io: &SocketIo, realtime: Arc<Realtime>) {
 enum Refused {
     #[error("UNAUTHORIZED: {0}")]
     Unauthorized(TokenError),
-    #[error(
-        "RATE_LIMITED: too many failed credentials from this address; retry in {0} s"
-    )]
+    #[error("RATE_LIMITED: too many failed credentials from this address; retry in {0} s")]
     SlowedDown(u64),
     #[error("UNAUTHORIZED: this connection was refused; open a new one")]
     Again,
