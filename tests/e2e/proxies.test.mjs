@@ -96,6 +96,20 @@ async function waitLog(log, cond, what, timeoutMs = 5000) {
   }
 }
 
+/** A `test` whose failure message carries the nodes' warnings and the proxy's output. */
+function withLogs(parts) {
+  return (name, fn) => test(name, async (t) => {
+    try {
+      await fn(t);
+    } catch (err) {
+      const { nodes, proxy } = parts();
+      err.message += `\n--- node logs (WARN/ERROR) ---\n${nodes.map((n, i) => `[node ${i + 1}]\n${logLines(n)}`).join("\n")}` +
+        `\n--- proxy output (tail) ---\n${proxy?.output().split("\n").slice(-20).join("\n")}`;
+      throw err;
+    }
+  });
+}
+
 for (const P of PROXIES) {
   describe(`${P.name}: access log, /metrics and /admin allow-list, connections per client`, () => {
     let redis;
@@ -103,15 +117,7 @@ for (const P of PROXIES) {
     let proxy;
     const sockets = [];
     const counts = {};
-    const T = (name, fn) => test(name, async (t) => {
-      try {
-        await fn(t);
-      } catch (err) {
-        err.message += `\n--- node logs (WARN/ERROR) ---\n${nodes.map((n, i) => `[node ${i + 1}]\n${logLines(n)}`).join("\n")}` +
-          `\n--- proxy output (tail) ---\n${proxy?.output().split("\n").slice(-20).join("\n")}`;
-        throw err;
-      }
-    });
+    const T = withLogs(() => ({ nodes, proxy }));
 
     before(async () => {
       redis = await startRedis();
@@ -213,15 +219,7 @@ for (const P of PROXIES) {
     let nodes = [];
     let proxy;
     const sockets = [];
-    const T = (name, fn) => test(name, async (t) => {
-      try {
-        await fn(t);
-      } catch (err) {
-        err.message += `\n--- node logs (WARN/ERROR) ---\n${nodes.map((n, i) => `[node ${i + 1}]\n${logLines(n)}`).join("\n")}` +
-          `\n--- proxy output (tail) ---\n${proxy?.output().split("\n").slice(-20).join("\n")}`;
-        throw err;
-      }
-    });
+    const T = withLogs(() => ({ nodes, proxy }));
 
     before(async () => {
       redis = await startRedis();

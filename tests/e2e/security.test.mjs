@@ -23,6 +23,7 @@ import {
   startServer, ingest, ingestOk, payment, uid, connect, makeSocket, subscribe, waitFor, payments,
   recorded, emitWithAck, barrier, assertError, assertHttpError, assertAck, closeAll, withTimeout,
   connectWith, httpGet, TRANSPORT_SETUPS, INGEST_TOKEN, WS_PATH,
+  connectRefused,
 } from "./lib/harness.mjs";
 import { startRedis, readMetric } from "./lib/cluster.mjs";
 import { rawHttp, pollingHandshake, poll, RawWs, rawSocketIo, neverJoins, abandonedPolling } from "./lib/attacks.mjs";
@@ -59,15 +60,6 @@ async function mintOk(url, trackingIds, ttlSeconds) {
   const r = await mint(url, ttlSeconds === undefined ? { trackingIds } : { trackingIds, ttlSeconds });
   assert.equal(r.status, 201, `mint: ${r.text}`);
   return r.body.token;
-}
-
-/** Resolves with the connect_error's message, or rejects if the socket connects. */
-function connectRefused(url, opts = {}, timeoutMs = 10000) {
-  const socket = makeSocket(url, opts);
-  return withTimeout(new Promise((resolve, reject) => {
-    socket.once("connect", () => { socket.close(); reject(new Error("connected, but should have been refused")); });
-    socket.once("connect_error", (err) => { socket.close(); resolve(err.message); });
-  }), timeoutMs, "waiting for connect_error").finally(() => socket.close());
 }
 
 /**

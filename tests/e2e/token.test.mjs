@@ -13,6 +13,7 @@ import {
   startServer, ingestOk, payment, uid, connect, makeSocket, subscribe, waitFor, payments,
   assertError, assertHttpError, closeAll, withTimeout, TRANSPORT_SETUPS, connectWith, httpGet,
   WS_PATH, INGEST_TOKEN,
+  connectRefused,
 } from "./lib/harness.mjs";
 import { startRedis, startNodes, stopNodes, freePort } from "./lib/cluster.mjs";
 import { fromAddress } from "./lib/deploy.mjs";
@@ -74,15 +75,6 @@ const nowS = () => Math.floor(Date.now() / 1000);
 function decode(token) {
   const [h, c] = token.split(".");
   return { header: JSON.parse(Buffer.from(h, "base64url")), claims: JSON.parse(Buffer.from(c, "base64url")) };
-}
-
-/** Resolves with the connect_error's message, or rejects if the socket connects. */
-function connectRefused(url, opts = {}, timeoutMs = 10000) {
-  const socket = makeSocket(url, opts);
-  return withTimeout(new Promise((resolve, reject) => {
-    socket.once("connect", () => { socket.close(); reject(new Error("connected, but should have been refused")); });
-    socket.once("connect_error", (err) => { socket.close(); resolve(err.message); });
-  }), timeoutMs, "waiting for connect_error").finally(() => socket.close());
 }
 
 function subscribeRefused(socket, trackingId, timeoutMs = 5000) {

@@ -447,6 +447,15 @@ export function collect(socket, event) {
   return out;
 }
 
+/** Resolves with the connect_error's message, or rejects if the socket connects. */
+export function connectRefused(url, opts = {}, timeoutMs = 10000) {
+  const socket = makeSocket(url, opts);
+  return withTimeout(new Promise((resolve, reject) => {
+    socket.once("connect", () => { socket.close(); reject(new Error("connected, but should have been refused")); });
+    socket.once("connect_error", (err) => { socket.close(); resolve(err.message); });
+  }), timeoutMs, "waiting for connect_error").finally(() => socket.close());
+}
+
 /** Creates a socket with a recorder, without waiting for it to connect. */
 export function makeSocket(url, opts = {}) {
   const socket = io(url, {
