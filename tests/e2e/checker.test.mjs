@@ -2,7 +2,10 @@
 // oracle's rules on synthetic traces (fast; each rule must be able to
 // fail), then the checker against real clusters at CI size: `redis` (three
 // nodes on one redis-server), `cluster` (three nodes on a three-master
-// Redis Cluster) and `memory` (one node, no Redis).
+// Redis Cluster), `memory` (one node, no Redis), `cluster-replicas` (a
+// Redis Cluster with a replica per master: masters killed and failed over
+// under load) and `sentinel` (master, two replicas, three sentinels:
+// SENTINEL FAILOVER and the master killed under load).
 //
 // Seed: random by default, printed with t.diagnostic and in every failure;
 // TIDINGS_CHECKER_SEED=N reproduces a run (with `node checker/cli.mjs
@@ -13,7 +16,7 @@ import assert from "node:assert/strict";
 import { Oracle, expectedData, formatReport, parseId, canon } from "./checker/oracle.mjs";
 import { Rng } from "./checker/prng.mjs";
 import { planFaults, REQUIRED_FAULTS } from "./checker/faults.mjs";
-import { runVariant, randomSeed, formatFigures } from "./checker/run.mjs";
+import { runVariant, randomSeed, formatFigures, VARIANTS } from "./checker/run.mjs";
 
 // ---------------------------------------------------------------------------
 // Synthetic traces
@@ -430,7 +433,7 @@ const SEED = envSeed !== undefined && envSeed !== "" ? Number(envSeed) : await r
 if (!Number.isSafeInteger(SEED) || SEED < 0) throw new Error(`TIDINGS_CHECKER_SEED must be a non-negative integer, got ${envSeed}`);
 
 describe(`randomized delivery checker (seed ${SEED}; reproduce with TIDINGS_CHECKER_SEED=${SEED})`, () => {
-  for (const variant of ["redis", "cluster", "memory"]) {
+  for (const variant of VARIANTS) {
     test(`${variant}: every accepted payment delivered, in order, exactly as posted`, { timeout: 240_000 }, async (t) => {
       t.diagnostic(`seed ${SEED} (TIDINGS_CHECKER_SEED=${SEED} reproduces it)`);
       const result = await runVariant({ variant, seed: SEED, log: (m) => t.diagnostic(m) });
