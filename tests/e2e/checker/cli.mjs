@@ -24,6 +24,8 @@ const { values } = parseArgs({
     "no-faults": { type: "boolean" }, // no fault lane
     "no-tiny-buffer": { type: "boolean" }, // no node with --delivery-buffer 2
     "no-unsub-disconnect": { type: "boolean" }, // clients never unsubscribe-then-disconnect
+    // Must fail: the sentinel variant's nodes get the first master's URL instead of the sentinels'.
+    "sentinel-direct": { type: "boolean" },
   },
 });
 if (values.help) {
@@ -36,6 +38,7 @@ const { runVariant, randomSeed, formatFigures, DEFAULT_CFG, VARIANTS } = await i
 const cfg = {};
 if (values["no-faults"]) cfg.faults = false;
 if (values["no-tiny-buffer"]) cfg.tinyBuffer = 0;
+if (values["sentinel-direct"]) cfg.sentinelDirect = true;
 if (values["no-unsub-disconnect"]) { cfg.opWeights = { ...DEFAULT_CFG.opWeights, unsubDisconnect: 0 }; cfg.waves = false; }
 const { formatReport } = await import("./oracle.mjs");
 

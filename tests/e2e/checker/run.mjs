@@ -65,6 +65,7 @@ export const DEFAULT_CFG = {
   waves: true,
   waveEveryMinMs: 1200,
   waveEveryMaxMs: 3000,
+  sentinelDirect: false, // true: the sentinel variant's nodes use the first master's URL (a node that does not follow)
 };
 
 /** A random 32-bit seed (crypto, not Math.random). */
@@ -239,7 +240,10 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
     if (variant === "redis") ctx.proxy = await startRedisProxy(ctx.redis.masters[0].port);
     const redisArgs = (i) => variant === "redis" ? ["--redis-url", i === 1 ? ctx.proxy.url : ctx.redis.url]
       : variant === "cluster" || variant === "cluster-replicas" ? ["--redis-cluster", "--redis-url", ctx.redis.url]
-        : variant === "sentinel" ? ["--redis-sentinel", SENTINEL_MASTER, "--redis-url", ctx.redis.url] : [];
+        : variant === "sentinel" ? (cfg.sentinelDirect
+          // Calibration: nodes on the first master's address, not following the sentinels.
+          ? ["--redis-url", ctx.redis.masters[0].url]
+          : ["--redis-sentinel", SENTINEL_MASTER, "--redis-url", ctx.redis.url]) : [];
     const nNodes = variant === "memory" ? 1 : 3;
     for (let i = 0; i < nNodes; i++) {
       const tiny = variant !== "memory" && i === nNodes - 1 && cfg.tinyBuffer ? ["--delivery-buffer", String(cfg.tinyBuffer)] : [];
