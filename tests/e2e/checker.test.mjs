@@ -315,6 +315,34 @@ describe("checker oracle: synthetic traces", () => {
     assert.deepEqual(kinds(o2), {});
   });
 
+  test("a failover's loss window: a payment first accepted inside it may be stored again as new later, an old epoch answered inside it is noted; after it neither", () => {
+    const o = new Oracle();
+    const before = item("t");
+    const inside = item("t");
+    const after = item("t");
+    const rb = accept(o, [before], [`${E1}-1`]);
+    o.lossWindowBegin("failover begins");
+    const ri = accept(o, [inside], [`${E1}-2`]); // the old master, after the promotion
+    accept(o, [inside], [`${E2}-1`], { req: ri }); // still inside the window, on the new master
+    o.lossWindowEnd("old master demoted");
+    accept(o, [before], [`${E2}-2`], { req: rb });
+    const ra = accept(o, [after], [`${E2}-3`]);
+    assert.deepEqual(kinds(o), {});
+    assert.deepEqual(Object.fromEntries(o.notes), {});
+    const w = new Oracle();
+    accept(w, [item("u")], [`${E2}-1`]);
+    w.lossWindowBegin("failover begins");
+    accept(w, [item("u")], [`${E1}-7`]); // a node not yet switched, on the old master
+    w.lossWindowEnd("old master demoted");
+    assert.deepEqual(kinds(w), {});
+    assert.deepEqual(Object.fromEntries(w.notes), { "old-epoch-during-failover": 1 });
+    accept(w, [item("u")], [`${E1}-8`]); // after the window: a regression
+    assert.deepEqual(kinds(w), { "epoch-regress": 1 });
+    accept(o, [after], [`${E2}-4`], { req: ra }); // no loss since: a dedupe miss
+    accept(o, [item("t")], [`${E2}-3`]); // and an id is never reissued, window or not
+    assert.deepEqual(kinds(o), { "dedupe-miss": 1, "id-reissued": 1 });
+  });
+
   test("a new event's epoch below one answered before the request was sent regresses", () => {
     const o = new Oracle();
     accept(o, [item("t")], [`${E2}-1`]);

@@ -13,7 +13,7 @@ import {
 } from "./lib/harness.mjs";
 import { startNodes, stopNodes, logLines, keySlot, waitUntil } from "./lib/cluster.mjs";
 import {
-  makeTestPki, startTlsRedis, startCluster, clusterNodes, waitReadyz, holdsReadyz, waitLog, ACL_USER, ACL_PASS,
+  makeTestPki, startTlsRedis, startPlainRedis, startCluster, clusterNodes, waitReadyz, holdsReadyz, waitLog, ACL_USER, ACL_PASS,
 } from "./lib/tls.mjs";
 
 const WS = { transports: ["websocket"] };
@@ -141,6 +141,29 @@ describe("TLS Redis with an ACL user", () => {
     const logs = n.logs();
     assert.ok(!logs.includes(wrong), `the wrong password appears in the log:\n${logLines(n, new RegExp(wrong))}`);
     assert.ok(!logs.includes(ACL_PASS), "the right password appears in the log");
+  }));
+});
+
+describe("a password-only Redis URL (requirepass, no TLS)", () => {
+  let redis;
+  const nodes = [];
+  const pass = `rp-${rand(8)}`;
+  before(async () => {
+    redis = await startPlainRedis({ extra: ["--requirepass", pass], conn: { auth: { user: "default", pass } } });
+  });
+  after(async () => {
+    await stopNodes(nodes);
+    await redis?.stop();
+  });
+
+  test("redis://:pass@: ready and accepting; the start-up line shows redis://:***@, the password is in no log line", withNodeLogs(nodes, async () => {
+    const url = `redis://:${pass}@127.0.0.1:${redis.port}`;
+    const n = await node(nodes, url, []);
+    await waitReadyz(n.url, 200, 10000);
+    await ingestOk(n.url, payment(uid("rp")));
+    const logs = n.logs();
+    assert.ok(logs.includes(`redis://:***@127.0.0.1:${redis.port}`), `the start-up line shows redis://:***@127.0.0.1:${redis.port}:\n${logLines(n, /./, 5)}`);
+    assert.ok(!logs.includes(pass), `the password appears in the log:\n${logLines(n, new RegExp(pass))}`);
   }));
 });
 

@@ -234,14 +234,19 @@ export class FaultLane {
           const old = await ctx.redis.master();
           rec.master = old.name;
           const s = ctx.redis.sentinels.find((x) => x.up);
-          await until(async () => {
-            const r = await s.cli("SENTINEL", "FAILOVER", SENTINEL_MASTER);
-            if (/^OK/.test(r)) return true;
-            throw new Error(r); // e.g. NOGOODSLAVE / INPROG: retried, bounded
-          }, 15000, "SENTINEL FAILOVER accepted");
-          await until(async () => (await ctx.redis.masterPort()) !== old.port, 20000, "sentinels name a new master");
-          await until(async () => (await ctx.redis.roleOf(old)) === "slave", 20000, `${old.name} demoted`);
-          oracle.dataLoss(`sentinel failover from ${old.name}`);
+          oracle.lossWindowBegin(`sentinel failover from ${old.name} begins`);
+          try {
+            await until(async () => {
+              const r = await s.cli("SENTINEL", "FAILOVER", SENTINEL_MASTER);
+              if (/^OK/.test(r)) return true;
+              throw new Error(r); // e.g. NOGOODSLAVE / INPROG: retried, bounded
+            }, 15000, "SENTINEL FAILOVER accepted");
+            await until(async () => (await ctx.redis.masterPort()) !== old.port, 20000, "sentinels name a new master");
+            rec.promotedMs = Date.now() - t0;
+            await until(async () => (await ctx.redis.roleOf(old)) === "slave", 20000, `${old.name} demoted`);
+          } finally {
+            oracle.lossWindowEnd(`sentinel failover: ${old.name} demoted`);
+          }
           rec.newMaster = (await ctx.redis.master())?.name;
           this.#clusterBack();
           finish();

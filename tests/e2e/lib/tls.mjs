@@ -271,14 +271,17 @@ export async function startTlsRedis(pki, { authClients = "no", replicaOf, user =
   return h;
 }
 
-/** A plain (no TLS, no ACL) redis-server handle; `replicaOf` makes it a replica. */
-export async function startPlainRedis({ replicaOf, dir: given } = {}) {
+/**
+ * A plain (no TLS) redis-server handle; `replicaOf` makes it a replica,
+ * `extra` adds arguments (e.g. --requirepass), `conn.auth` how redis-cli logs in.
+ */
+export async function startPlainRedis({ replicaOf, dir: given, extra = [], conn = {} } = {}) {
   const dir = given ?? makeTmp("redis");
   const spawnArgs = {
-    args: (p) => ["--port", String(p), ...(replicaOf !== undefined ? ["--replicaof", "127.0.0.1", String(replicaOf)] : [])],
+    args: (p) => ["--port", String(p), ...(replicaOf !== undefined ? ["--replicaof", "127.0.0.1", String(replicaOf)] : []), ...extra],
   };
-  const { port, child } = await spawnServer({ dir, ...spawnArgs });
-  const h = serverHandle({ dir, port, child, spawnArgs, conn: {} });
+  const { port, child } = await spawnServer({ dir, conn, ...spawnArgs });
+  const h = serverHandle({ dir, port, child, spawnArgs, conn });
   const stop = h.stop;
   Object.assign(h, {
     dir,
