@@ -45,7 +45,7 @@ describe("a node whose Redis is a read-only replica", () => {
     await master?.stop();
   });
 
-  test("/readyz 503 (healthz 200, ingest 503) while it is a replica; REPLICAOF NO ONE: ready again, ingest delivered", withLogs(() => nodes, async () => {
+  test("/readyz 503 (healthz 200, ingest 503) while it is a replica; REPLICAOF NO ONE: ready again, ingest delivered", (t) => withLogs(() => nodes, async () => {
     const [N] = nodes;
     assert.match(await replica.cli("info", "replication"), /role:slave/);
     const tookMs = await waitReadyz(N.url, 503, 10000, "node on a replica");
@@ -64,8 +64,8 @@ describe("a node whose Redis is a read-only replica", () => {
     const item = payment(id);
     const [r] = await ingestOk(N.url, item);
     assertPayment(await waitFor(s, "payment", (p) => p.data.trackingId === id, 5000), item, r);
-    assert.ok(tookMs <= 10000 && backMs <= 15000, `not ready after ${tookMs} ms, ready again ${backMs} ms after the promotion`);
-  }));
+    t.diagnostic(`unready ${tookMs} ms after start, ready again ${backMs} ms after REPLICAOF NO ONE`);
+  })());
 });
 
 describe("a node left on a master that is demoted", () => {
@@ -83,21 +83,22 @@ describe("a node left on a master that is demoted", () => {
     await b?.stop();
   });
 
-  test("ready on the master; REPLICAOF another: 503 within 10 s (healthz 200); REPLICAOF NO ONE: ready again", withLogs(() => nodes, async () => {
+  test("ready on the master; REPLICAOF another: 503 within 10 s (healthz 200); REPLICAOF NO ONE: ready again", (t) => withLogs(() => nodes, async () => {
     const [N] = nodes;
     await waitReadyz(N.url, 200, 10000, "node on a master");
     await ingestOk(N.url, payment(uid("m")));
 
     await a.cli("replicaof", "127.0.0.1", String(b.port));
-    await waitReadyz(N.url, 503, 10000, "node on a demoted master");
+    const downMs = await waitReadyz(N.url, 503, 10000, "node on a demoted master");
     await holdsReadyz(N.url, 503, 2000, "node on a demoted master");
     await assertHealthy(N, "node on a demoted master");
     await assertIngestRefused(N, "node on a demoted master");
 
     await a.cli("replicaof", "no", "one");
-    await waitReadyz(N.url, 200, 15000, "node after its Redis is a master again");
+    const upMs = await waitReadyz(N.url, 200, 15000, "node after its Redis is a master again");
     await ingestOk(N.url, payment(uid("m2")));
-  }));
+    t.diagnostic(`unready ${downMs} ms after REPLICAOF, ready again ${upMs} ms after REPLICAOF NO ONE`);
+  })());
 });
 
 describe("Redis out of memory is not a readiness failure", () => {

@@ -67,7 +67,7 @@ describe("Redis Sentinel: two nodes follow the master", () => {
       doFailover: async () => {
         const p = await sen.failover();
         // The old master is reconfigured as a replica: a node left on it would get READONLY.
-        await until(async () => (await roleOf(sen.data.find((d) => d.port === oldPort))) === "slave", 15000, "old master demoted");
+        await until(async () => (await roleOf(sen.data.find((d) => d.port === oldPort))) === "slave", 30000, "old master demoted (the sentinels reconfigure it about 10 s after the promotion)");
         return `SENTINEL FAILOVER ${oldPort} -> ${p}`;
       },
     });

@@ -243,7 +243,7 @@ export class FaultLane {
             }, 15000, "SENTINEL FAILOVER accepted");
             await until(async () => (await ctx.redis.masterPort()) !== old.port, 20000, "sentinels name a new master");
             rec.promotedMs = Date.now() - t0;
-            await until(async () => (await ctx.redis.roleOf(old)) === "slave", 20000, `${old.name} demoted`);
+            await until(async () => (await ctx.redis.roleOf(old)) === "slave", 30000, `${old.name} demoted (about 10 s after the promotion)`);
           } finally {
             oracle.lossWindowEnd(`sentinel failover: ${old.name} demoted`);
           }
