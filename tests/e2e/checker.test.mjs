@@ -2,7 +2,10 @@
 // oracle's rules on synthetic traces (fast; each rule must be able to
 // fail), then the checker against real clusters at CI size: `redis` (three
 // nodes on one redis-server), `cluster` (three nodes on a three-master
-// Redis Cluster) and `memory` (one node, no Redis).
+// Redis Cluster), `memory` (one node, no Redis), `cluster-replicas` (a
+// Redis Cluster with a replica per master: masters killed and failed over
+// under load) and `sentinel` (master, two replicas, three sentinels:
+// SENTINEL FAILOVER and the master killed under load).
 //
 // Seed: random by default, printed with t.diagnostic and in every failure;
 // TIDINGS_CHECKER_SEED=N reproduces a run (with `node checker/cli.mjs
@@ -13,7 +16,7 @@ import assert from "node:assert/strict";
 import { Oracle, expectedData, formatReport, parseId, canon } from "./checker/oracle.mjs";
 import { Rng } from "./checker/prng.mjs";
 import { planFaults, REQUIRED_FAULTS } from "./checker/faults.mjs";
-import { runVariant, randomSeed, formatFigures } from "./checker/run.mjs";
+import { runVariant, randomSeed, formatFigures, VARIANTS } from "./checker/run.mjs";
 
 // ---------------------------------------------------------------------------
 // Synthetic traces
@@ -312,6 +315,34 @@ describe("checker oracle: synthetic traces", () => {
     assert.deepEqual(kinds(o2), {});
   });
 
+  test("a failover's loss window: a payment first accepted inside it may be stored again as new later, an old epoch answered inside it is noted; after it neither", () => {
+    const o = new Oracle();
+    const before = item("t");
+    const inside = item("t");
+    const after = item("t");
+    const rb = accept(o, [before], [`${E1}-1`]);
+    o.lossWindowBegin("failover begins");
+    const ri = accept(o, [inside], [`${E1}-2`]); // the old master, after the promotion
+    accept(o, [inside], [`${E2}-1`], { req: ri }); // still inside the window, on the new master
+    o.lossWindowEnd("old master demoted");
+    accept(o, [before], [`${E2}-2`], { req: rb });
+    const ra = accept(o, [after], [`${E2}-3`]);
+    assert.deepEqual(kinds(o), {});
+    assert.deepEqual(Object.fromEntries(o.notes), {});
+    const w = new Oracle();
+    accept(w, [item("u")], [`${E2}-1`]);
+    w.lossWindowBegin("failover begins");
+    accept(w, [item("u")], [`${E1}-7`]); // a node not yet switched, on the old master
+    w.lossWindowEnd("old master demoted");
+    assert.deepEqual(kinds(w), {});
+    assert.deepEqual(Object.fromEntries(w.notes), { "old-epoch-during-failover": 1 });
+    accept(w, [item("u")], [`${E1}-8`]); // after the window: a regression
+    assert.deepEqual(kinds(w), { "epoch-regress": 1 });
+    accept(o, [after], [`${E2}-4`], { req: ra }); // no loss since: a dedupe miss
+    accept(o, [item("t")], [`${E2}-3`]); // and an id is never reissued, window or not
+    assert.deepEqual(kinds(o), { "dedupe-miss": 1, "id-reissued": 1 });
+  });
+
   test("a new event's epoch below one answered before the request was sent regresses", () => {
     const o = new Oracle();
     accept(o, [item("t")], [`${E2}-1`]);
@@ -430,7 +461,7 @@ const SEED = envSeed !== undefined && envSeed !== "" ? Number(envSeed) : await r
 if (!Number.isSafeInteger(SEED) || SEED < 0) throw new Error(`TIDINGS_CHECKER_SEED must be a non-negative integer, got ${envSeed}`);
 
 describe(`randomized delivery checker (seed ${SEED}; reproduce with TIDINGS_CHECKER_SEED=${SEED})`, () => {
-  for (const variant of ["redis", "cluster", "memory"]) {
+  for (const variant of VARIANTS) {
     test(`${variant}: every accepted payment delivered, in order, exactly as posted`, { timeout: 240_000 }, async (t) => {
       t.diagnostic(`seed ${SEED} (TIDINGS_CHECKER_SEED=${SEED} reproduces it)`);
       const result = await runVariant({ variant, seed: SEED, log: (m) => t.diagnostic(m) });

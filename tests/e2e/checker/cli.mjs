@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Long or reproducing runs of the checker:
 //
-//   node checker/cli.mjs --variant redis|cluster|memory|all --seed N --duration SECONDS --sockets N [--bin PATH] [--runs K]
+//   node checker/cli.mjs --variant redis|cluster|memory|cluster-replicas|sentinel|all --seed N --duration SECONDS --sockets N [--bin PATH] [--runs K]
 //
 // Prints a summary per run (and the violations with traces); exits 1 on any
 // violation or infrastructure error. --runs K runs K consecutive seeds
@@ -24,22 +24,25 @@ const { values } = parseArgs({
     "no-faults": { type: "boolean" }, // no fault lane
     "no-tiny-buffer": { type: "boolean" }, // no node with --delivery-buffer 2
     "no-unsub-disconnect": { type: "boolean" }, // clients never unsubscribe-then-disconnect
+    // Must fail: the sentinel variant's nodes get the first master's URL instead of the sentinels'.
+    "sentinel-direct": { type: "boolean" },
   },
 });
 if (values.help) {
-  console.log("usage: node checker/cli.mjs --variant redis|cluster|memory|all [--seed N] [--duration S] [--sockets N] [--bin PATH] [--runs K]");
+  console.log("usage: node checker/cli.mjs --variant redis|cluster|memory|cluster-replicas|sentinel|all [--seed N] [--duration S] [--sockets N] [--bin PATH] [--runs K]");
   process.exit(0);
 }
 // harness.mjs reads TIDINGS_BIN when it is imported.
 if (values.bin) process.env.TIDINGS_BIN = path.resolve(values.bin);
-const { runVariant, randomSeed, formatFigures, DEFAULT_CFG } = await import("./run.mjs");
+const { runVariant, randomSeed, formatFigures, DEFAULT_CFG, VARIANTS } = await import("./run.mjs");
 const cfg = {};
 if (values["no-faults"]) cfg.faults = false;
 if (values["no-tiny-buffer"]) cfg.tinyBuffer = 0;
+if (values["sentinel-direct"]) cfg.sentinelDirect = true;
 if (values["no-unsub-disconnect"]) { cfg.opWeights = { ...DEFAULT_CFG.opWeights, unsubDisconnect: 0 }; cfg.waves = false; }
 const { formatReport } = await import("./oracle.mjs");
 
-const variants = values.variant === "all" ? ["redis", "cluster", "memory"] : values.variant.split(",");
+const variants = values.variant === "all" ? VARIANTS : values.variant.split(",");
 const first = values.seed !== undefined ? Number(values.seed) : await randomSeed();
 let failed = false;
 for (let k = 0; k < Number(values.runs); k++) {

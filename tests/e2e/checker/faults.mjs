@@ -5,7 +5,7 @@
 // with what it hit and for how long.
 
 import path from "node:path";
-import { waitClusterOk } from "./redis.mjs";
+import { waitClusterOk, until, SENTINEL_MASTER } from "./redis.mjs";
 import { connect, waitFor, ingest, payment, closeAll } from "../lib/harness.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -15,6 +15,8 @@ export const REQUIRED_FAULTS = {
   redis: ["node-kill", "node-stop", "pubsub-kill", "redis-pause", "redis-restart-data", "redis-restart-empty", "redis-rollback", "redis-slow-node"],
   cluster: ["node-kill", "node-stop", "pubsub-kill", "redis-pause", "redis-restart-data", "redis-restart-empty", "redis-rollback"],
   memory: ["memory-burst-restart", "node-stop", "node-kill"],
+  "cluster-replicas": ["node-kill", "node-stop", "pubsub-kill", "master-failover", "manual-failover"],
+  sentinel: ["node-kill", "node-stop", "pubsub-kill", "sentinel-failover", "master-kill"],
 };
 
 /** Weights of the extra faults drawn once the required ones are done. */
@@ -22,6 +24,8 @@ const EXTRA_FAULTS = {
   redis: { "node-kill": 3, "node-stop": 3, "pubsub-kill": 2, "redis-pause": 1, "redis-restart-data": 0.5, "redis-restart-empty": 0.5, "redis-rollback": 0.3, "redis-slow-node": 1 },
   cluster: { "node-kill": 3, "node-stop": 3, "pubsub-kill": 2, "redis-pause": 1, "redis-restart-data": 0.5, "redis-restart-empty": 0.5, "redis-rollback": 0.3 },
   memory: { "node-stop": 2, "node-kill": 1, "memory-burst-restart": 0.5 },
+  "cluster-replicas": { "node-kill": 2, "node-stop": 2, "pubsub-kill": 1, "master-failover": 1.5, "manual-failover": 1 },
+  sentinel: { "node-kill": 2, "node-stop": 2, "pubsub-kill": 1, "sentinel-failover": 1.5, "master-kill": 1.5 },
 };
 
 /** Faults that stand for the whole run (listed in the timeline at t=0). */
@@ -29,6 +33,8 @@ export const STANDING_FAULTS = {
   redis: ["delivery-buffer"],
   cluster: ["delivery-buffer"],
   memory: [],
+  "cluster-replicas": ["delivery-buffer"],
+  sentinel: ["delivery-buffer"],
 };
 
 /** The schedule: a deterministic function of the seed and the variant. */
@@ -43,7 +49,8 @@ export function planFaults(rng, variant, { extras = 40 } = {}) {
     kind,
     gapMs: rng.int(300, 1200),
     target: rng.int(0, 1 << 20),
-    ms: kind === "node-stop" ? rng.int(1000, 3000) : kind === "node-kill" ? rng.int(1000, 2500) : rng.int(200, 900),
+    ms: kind === "node-stop" ? rng.int(1000, 3000) : kind === "node-kill" ? rng.int(1000, 2500)
+      : kind === "master-failover" || kind === "master-kill" ? rng.int(500, 2000) : rng.int(200, 900),
   });
   if (order.includes("redis-rollback")) steps.push(param("snapshot"));
   for (const k of order) steps.push(param(k));
@@ -86,15 +93,22 @@ export class FaultLane {
    * for in the background, before the next Redis fault and at settle.
    */
   #clusterBack() {
-    if (!this.ctx.redis.cluster) return;
-    this.clusterOk = waitClusterOk(this.ctx.redis.masters).catch((err) => {
+    const { redis } = this.ctx;
+    if (redis.sentinel) {
+      this.clusterOk = redis.waitSettled().catch((err) => {
+        this.ctx.infraErrors.push(`Sentinel did not settle after a failover: ${err.message}`);
+      });
+      return;
+    }
+    if (!redis.cluster) return;
+    this.clusterOk = (redis.replicas ? redis.waitHealthy() : waitClusterOk(redis.masters)).catch((err) => {
       this.ctx.infraErrors.push(`Redis Cluster did not come back after a master restart: ${err.message}`);
     });
   }
 
   async exec(step) {
     const { ctx } = this;
-    if (/^(redis|pubsub|snapshot)/.test(step.kind) && this.clusterOk) await this.clusterOk;
+    if (/^(redis|pubsub|snapshot|master|manual|sentinel)/.test(step.kind) && this.clusterOk) await this.clusterOk;
     const { oracle, nodes } = ctx;
     const masters = ctx.redis?.masters ?? [];
     const t0 = Date.now();
@@ -123,7 +137,7 @@ export class FaultLane {
         }
         case "pubsub-kill": {
           const killed = [];
-          for (const m of masters) killed.push(Number(await m.cli("CLIENT", "KILL", "TYPE", "pubsub")));
+          for (const m of masters.filter((x) => x.up)) killed.push(Number(await m.cli("CLIENT", "KILL", "TYPE", "pubsub")));
           finish({ killed });
           break;
         }
@@ -176,6 +190,84 @@ export class FaultLane {
         case "redis-slow-node": {
           Object.assign(rec, await this.#slowNode(step));
           finish();
+          break;
+        }
+        case "master-failover": {
+          // Redis Cluster: SIGKILL a master under load; its replica is
+          // promoted (node timeout 2 s); the killed one comes back as a
+          // replica. Writes it acknowledged but had not replicated are lost.
+          const ms = await ctx.redis.currentMasters();
+          const m = ms[step.target % ms.length];
+          rec.master = m.name;
+          await m.kill();
+          oracle.dataLoss(`master ${m.name} killed (Redis Cluster failover)`);
+          const t1 = Date.now();
+          await until(async () => {
+            const now = await ctx.redis.currentMasters();
+            if (now.length < 3 || now.includes(m)) return false;
+            return (await Promise.all(now.map((x) => x.cli("CLUSTER", "INFO")))).every((t) => /cluster_state:ok/.test(t));
+          }, 30000, `a replica of ${m.name} promoted and cluster_state:ok`);
+          rec.promotedMs = Date.now() - t1;
+          rec.newMaster = (await ctx.redis.currentMasters()).map((x) => x.name).join(",");
+          await sleep(step.ms);
+          await m.start(); // rejoins as a replica of the promoted one (its nodes.conf is older)
+          this.#clusterBack();
+          finish({ downMs: Date.now() - t1 });
+          break;
+        }
+        case "manual-failover": {
+          // Redis Cluster: CLUSTER FAILOVER on a linked replica (coordinated,
+          // lossless: the master stops writes until the replica caught up).
+          const reps = await ctx.redis.linkedReplicas();
+          if (!reps.length) throw new Error("no linked replica for CLUSTER FAILOVER");
+          const r = reps[step.target % reps.length];
+          rec.replica = r.name;
+          await r.cli("CLUSTER", "FAILOVER");
+          await until(async () => /role:master/.test(await r.cli("INFO", "replication")), 15000, `${r.name} master after CLUSTER FAILOVER`);
+          this.#clusterBack();
+          finish();
+          break;
+        }
+        case "sentinel-failover": {
+          // SENTINEL FAILOVER: a replica is promoted, then the old master is
+          // made its replica; what the old master acknowledged meanwhile is lost.
+          const old = await ctx.redis.master();
+          rec.master = old.name;
+          const s = ctx.redis.sentinels.find((x) => x.up);
+          oracle.lossWindowBegin(`sentinel failover from ${old.name} begins`);
+          try {
+            await until(async () => {
+              const r = await s.cli("SENTINEL", "FAILOVER", SENTINEL_MASTER);
+              if (/^OK/.test(r)) return true;
+              throw new Error(r); // e.g. NOGOODSLAVE / INPROG: retried, bounded
+            }, 15000, "SENTINEL FAILOVER accepted");
+            await until(async () => (await ctx.redis.masterPort()) !== old.port, 20000, "sentinels name a new master");
+            rec.promotedMs = Date.now() - t0;
+            await until(async () => (await ctx.redis.roleOf(old)) === "slave", 30000, `${old.name} demoted (about 10 s after the promotion)`);
+          } finally {
+            oracle.lossWindowEnd(`sentinel failover: ${old.name} demoted`);
+          }
+          rec.newMaster = (await ctx.redis.master())?.name;
+          this.#clusterBack();
+          finish();
+          break;
+        }
+        case "master-kill": {
+          // Sentinel: SIGKILL the master; the sentinels promote a replica
+          // (down-after 1 s); the killed one comes back (empty) as a replica.
+          const old = await ctx.redis.master();
+          rec.master = old.name;
+          await old.kill();
+          oracle.dataLoss(`master ${old.name} killed (sentinel failover)`);
+          const t1 = Date.now();
+          const p = await until(async () => { const q = await ctx.redis.masterPort(); return q !== old.port && q; }, 30000, "sentinels promote a replica");
+          rec.promotedMs = Date.now() - t1;
+          rec.newMaster = ctx.redis.masters.find((d) => d.port === p)?.name;
+          await sleep(step.ms);
+          old.extra = ["--repl-diskless-sync-delay", "0", "--replicaof", "127.0.0.1", String(p)];
+          await old.restart("empty");
+          this.#clusterBack();
+          finish({ downMs: Date.now() - t1 });
           break;
         }
         case "memory-burst-restart": {
@@ -261,7 +353,9 @@ export class FaultLane {
       if (!m.up) await m.start();
       await m.cli("CLIENT", "UNPAUSE").catch(() => {});
     }
-    if (ctx.redis?.cluster) await waitClusterOk(ctx.redis.masters);
+    if (ctx.redis?.sentinel) await ctx.redis.waitSettled();
+    else if (ctx.redis?.replicas) await ctx.redis.waitHealthy();
+    else if (ctx.redis?.cluster) await waitClusterOk(ctx.redis.masters);
     for (const n of ctx.nodes) {
       if (n.state === "stopped") n.resume();
       if (n.state === "down") await n.start();

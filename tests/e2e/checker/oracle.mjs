@@ -120,6 +120,7 @@ export class Oracle {
     this.onSeen = null;
 
     this.loss = 0; // storage-loss counter
+    this.lossWindow = false; // a failover in progress: what storage acknowledges now may be lost
     this.faults = [];
     this.violations = new Map(); // kind → {count, items: []}
     this.notes = new Map(); // kind → count (suspicious but allowed)
@@ -163,6 +164,24 @@ export class Oracle {
   dataLoss(what) {
     this.loss++;
     this.fault("data-loss", { what, loss: this.loss });
+  }
+
+  /**
+   * A failover begins (a loss now), and until lossWindowEnd() what storage
+   * acknowledges may be lost as well: the old master goes on accepting
+   * writes after a replica was promoted, until it is demoted, and nodes
+   * that have not switched yet write there. A payment first accepted in the
+   * window may later be stored again as new (like one accepted before a
+   * loss); the end is a loss too (the old master's writes are discarded).
+   */
+  lossWindowBegin(what) {
+    this.dataLoss(what);
+    this.lossWindow = true;
+  }
+
+  lossWindowEnd(what) {
+    this.lossWindow = false;
+    this.dataLoss(what);
   }
 
   // ---------------------------------------------------------------------
@@ -222,7 +241,7 @@ export class Oracle {
     this.stats.attempts++;
     const epochSnap = new Map();
     for (const item of req.items) epochSnap.set(item.trackingId, this.maxEpoch.get(item.trackingId));
-    return { req, node, t: this.clock(), loss: this.loss, epochSnap };
+    return { req, node, t: this.clock(), loss: this.loss, window: this.lossWindow, epochSnap };
   }
 
   /**
@@ -287,7 +306,7 @@ export class Oracle {
     // After a storage loss, a payment accepted before it may be stored again
     // under a new id (its dedupe key was lost too): only then is a second
     // id, or a second "new" answer, allowed.
-    const relaxed = ident.firstLoss !== null && this.loss > ident.firstLoss;
+    const relaxed = (ident.firstLoss !== null && this.loss > ident.firstLoss) || ident.windowed;
     if (ident.ids.size > 0 && !relaxed && (!e.duplicate || !ident.ids.has(e.id))) {
       this.violate(e.duplicate ? "dedupe-mismatch" : "dedupe-miss", {
         tid,
@@ -296,7 +315,12 @@ export class Oracle {
     }
     if (!e.duplicate) {
       const snap = att.epochSnap.get(tid);
-      if (snap !== undefined && p.epoch < snap) {
+      if (snap !== undefined && p.epoch < snap && (att.window || this.lossWindow)) {
+        // During a failover a node not yet switched still writes to the old
+        // master (the old history) after another wrote a new epoch on the
+        // new one; the old master's writes are discarded when it is demoted.
+        this.note("old-epoch-during-failover");
+      } else if (snap !== undefined && p.epoch < snap) {
         this.violate("epoch-regress", { tid, msg: `new event ${e.id} of ${tid} (req #${att.req.n} via ${att.node}) has an epoch below ${snap}, answered before the request was sent` });
       }
       this.stats.accepted++;
@@ -304,7 +328,11 @@ export class Oracle {
       this.stats.dupAnswers++;
     }
     if (!ident.ids.has(e.id)) ident.ids.set(e.id, p.seq);
-    if (ident.firstLoss === null) ident.firstLoss = att.loss;
+    if (ident.firstLoss === null) {
+      ident.firstLoss = att.loss;
+      // Accepted during a failover: possibly on the branch that is discarded.
+      if (att.window || this.lossWindow) ident.windowed = true;
+    }
     if (!(this.maxEpoch.get(tid) >= p.epoch)) this.maxEpoch.set(tid, p.epoch);
   }
 

@@ -13,7 +13,7 @@ import { Client } from "./client.mjs";
 import { Ingester, postUntilAccepted } from "./ingester.mjs";
 import { FaultLane, planFaults, STANDING_FAULTS } from "./faults.mjs";
 import { TidingsNode } from "./nodes.mjs";
-import { startStandalone, startCluster } from "./redis.mjs";
+import { startStandalone, startCluster, startClusterReplicas, startSentinelSet, SENTINEL_MASTER } from "./redis.mjs";
 import { startRedisProxy } from "../lib/redisproxy.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -31,7 +31,12 @@ export const CI_SIZES = {
   redis: { duration: 22, sockets: 120 },
   cluster: { duration: 20, sockets: 100 },
   memory: { duration: 12, sockets: 100 },
+  "cluster-replicas": { duration: 20, sockets: 80 },
+  sentinel: { duration: 20, sockets: 80 },
 };
+
+/** Every variant, in the order `all` runs them. */
+export const VARIANTS = ["redis", "cluster", "memory", "cluster-replicas", "sentinel"];
 
 export const DEFAULT_CFG = {
   ackTimeoutMs: 15000,
@@ -60,6 +65,7 @@ export const DEFAULT_CFG = {
   waves: true,
   waveEveryMinMs: 1200,
   waveEveryMaxMs: 3000,
+  sentinelDirect: false, // true: the sentinel variant's nodes use the first master's URL (a node that does not follow)
 };
 
 /** A random 32-bit seed (crypto, not Math.random). */
@@ -74,7 +80,7 @@ export async function randomSeed() {
  * and `logDir` when logs were kept (on any violation or infra error).
  */
 export async function runVariant({ variant, seed, duration, sockets, cfg: overrides = {}, log = () => {} }) {
-  if (!["redis", "cluster", "memory"].includes(variant)) throw new Error(`unknown variant ${variant}`);
+  if (!VARIANTS.includes(variant)) throw new Error(`unknown variant ${variant}`);
   const cfg = { ...DEFAULT_CFG, ...overrides };
   const size = CI_SIZES[variant];
   duration ??= size.duration;
@@ -113,7 +119,7 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
   ctx.pickIngestNode = (r) => (r.chance(0.08) ? r.pick(ctx.nodes) : ctx.pickNode(r));
 
   // trackingIds: a few hot ones (many sockets per node share them), more cold ones.
-  const prefix = `ck${seed.toString(36)}${variant[0]}`;
+  const prefix = `ck${seed.toString(36)}${{ "cluster-replicas": "k", sentinel: "s" }[variant] ?? variant[0]}`;
   ctx.prefix = prefix;
   const hot = Array.from({ length: cfg.hot }, (_, i) => `${prefix}-h${i}`);
   const cold = Array.from({ length: cfg.cold }, (_, i) => `${prefix}-c${i}`);
@@ -226,12 +232,18 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
     // --- the system under test
     if (variant === "redis") ctx.redis = await startStandalone(dataDir);
     if (variant === "cluster") ctx.redis = await startCluster(dataDir);
+    if (variant === "cluster-replicas") ctx.redis = await startClusterReplicas(dataDir);
+    if (variant === "sentinel") ctx.redis = await startSentinelSet(dataDir);
     const common = ["--history-limit", String(cfg.historyLimit)];
     // In the redis variant, n1 reaches Redis through a TCP proxy: the
     // redis-slow-node fault holds back Redis' answers to that node alone.
     if (variant === "redis") ctx.proxy = await startRedisProxy(ctx.redis.masters[0].port);
     const redisArgs = (i) => variant === "redis" ? ["--redis-url", i === 1 ? ctx.proxy.url : ctx.redis.url]
-      : variant === "cluster" ? ["--redis-cluster", "--redis-url", ctx.redis.url] : [];
+      : variant === "cluster" || variant === "cluster-replicas" ? ["--redis-cluster", "--redis-url", ctx.redis.url]
+        : variant === "sentinel" ? (cfg.sentinelDirect
+          // Calibration: nodes on the first master's address, not following the sentinels.
+          ? ["--redis-url", ctx.redis.masters[0].url]
+          : ["--redis-sentinel", SENTINEL_MASTER, "--redis-url", ctx.redis.url]) : [];
     const nNodes = variant === "memory" ? 1 : 3;
     for (let i = 0; i < nNodes; i++) {
       const tiny = variant !== "memory" && i === nNodes - 1 && cfg.tinyBuffer ? ["--delivery-buffer", String(cfg.tinyBuffer)] : [];
@@ -374,7 +386,7 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
     const logDir = path.join(tmp, "logs");
     mkdirSync(logDir, { recursive: true });
     for (const n of ctx.nodes) writeFileSync(path.join(logDir, `${n.name}.log`), n.logs());
-    for (const m of ctx.redis?.masters ?? []) writeFileSync(path.join(logDir, `redis-${m.name}.log`), m.output());
+    for (const m of [...ctx.redis?.masters ?? [], ...ctx.redis?.sentinels ?? []]) writeFileSync(path.join(logDir, `redis-${m.name}.log`), m.output());
     writeFileSync(path.join(logDir, "report.txt"), `${formatReport(result, { examplesPerKind: 20 })}\n\ninfra errors:\n${ctx.infraErrors.join("\n")}\n`);
     writeFileSync(path.join(logDir, "summary.json"), JSON.stringify({ figures, stats: result.stats, faults: result.faults }, null, 2));
     rmSync(dataDir, { recursive: true, force: true });
