@@ -12,7 +12,7 @@ import {
   ingest, ingestOk, connect, waitFor, subscribe, payment, uid, assertPayment, assertHttpError, closeAll, httpGet,
 } from "./lib/harness.mjs";
 import { startRedis, startNodes, stopNodes, withLogs } from "./lib/cluster.mjs";
-import { waitReadyz, holdsReadyz } from "./lib/tls.mjs";
+import { waitReadyz, holdsReadyz, waitLog } from "./lib/tls.mjs";
 
 const WS = { transports: ["websocket"] };
 
@@ -136,4 +136,26 @@ describe("Redis out of memory is not a readiness failure", () => {
     await redis.cli("config", "set", "maxmemory", "0");
     for (const [i, n] of nodes.entries()) await ingestOk(n.url, payment(ids[i]));
   }));
+});
+
+describe("Redis's eviction policy, checked when a node connects", () => {
+  let redis;
+  let nodes = [];
+  after(async () => {
+    await stopNodes(nodes);
+    await redis?.stop();
+  });
+
+  test("allkeys-lru is warned about (it can evict dedupe keys); noeviction is not, and is read", async () => {
+    redis = await startRedis();
+    await redis.cli("config", "set", "maxmemory-policy", "allkeys-lru");
+    nodes = await startNodes(1, redis.url);
+    await waitLog(nodes[0], /maxmemory-policy is not noeviction.*allkeys-lru/, 10000, "the eviction warning");
+    await stopNodes(nodes);
+    await redis.cli("config", "set", "maxmemory-policy", "noeviction");
+    nodes = await startNodes(1, redis.url);
+    await waitReadyz(nodes[0].url, 200, 10000, "node on a noeviction Redis");
+    // The check runs once the store answers: by now it has, and said nothing.
+    assert.doesNotMatch(nodes[0].logs(), /maxmemory-policy/, "no warning, and the policy was read (RESP3 answers a map)");
+  });
 });

@@ -138,8 +138,11 @@ impl Follower {
             Ok(client) => client,
             Err(err) => {
                 // The connections stay where they are: a master that is
-                // still up keeps serving while the Sentinels are away.
-                tracing::warn!(%err, "no answer from the Redis Sentinels about the master");
+                // still up keeps serving while the Sentinels are away. The
+                // error may be the Sentinels', or the master's they name
+                // (it is asked for its role): a master down before the
+                // failover shows here as refused connections.
+                tracing::warn!(%err, "no reachable master from the Redis Sentinels (they, or the master they name, did not answer)");
                 return;
             }
         };

@@ -270,14 +270,15 @@ impl RedisStore {
         if self.config_checked.swap(true, Ordering::Relaxed) {
             return;
         }
-        let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        // A map in RESP3 (the protocol this store speaks), a flat list in RESP2.
+        let policy: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("maxmemory-policy")
             .query_async(&mut self.commands.clone())
             .await;
-        match policy.as_deref() {
-            Ok([_, policy]) if policy == "noeviction" => {}
-            Ok([_, policy]) => tracing::warn!(
+        match policy.as_ref().map(|p| p.get("maxmemory-policy")) {
+            Ok(Some(policy)) if policy == "noeviction" => {}
+            Ok(Some(policy)) => tracing::warn!(
                 policy,
                 "Redis maxmemory-policy is not noeviction: evicted keys can lose history and let a payment be stored twice; set maxmemory-policy noeviction"
             ),
