@@ -386,36 +386,42 @@ describe("hostile clients at once", () => {
       ATTACKS.forEach((a, i) => t.diagnostic(`${name}: ${a.name}: ${JSON.stringify(stats[i])}`));
       // Each attack ran, and was refused as designed every time.
       ATTACKS.forEach((a, i) => assert.equal(a.check(stats[i]), null, `${name}: ${a.name}`));
-      // The flood's abandoned sessions are reaped after the ping timeout.
+      // The flood's abandoned sessions are reaped after the ping timeout;
+      // nothing of the attacks is held: connections, sockets and
+      // subscriptions are the honest sockets' again.
       await waitMetric(server.url, "tidings_connections", honest.length);
+      await waitMetric(server.url, "tidings_sockets", honest.length);
+      await waitMetric(server.url, "tidings_subscriptions", subscriptions);
       return rssBytes(pid);
     };
 
     // Memory. What the server takes over a first round (its pools, the
     // allocator's arenas, buffers sized for the attacks' peaks, the store
     // up to --memory-limit) depends on the machine and its load, so no
-    // fixed level bounds it: the first round is the baseline. A bounded
-    // server keeps that memory and reuses it: a second round of the same
-    // attacks adds next to nothing (in our runs -6.5 to +6.5 MiB, after
-    // +14 to +21 MiB over the first: the allocator's noise). The bound:
-    // the second round may add at most half of what the first one added,
-    // and never less than 12 MiB (about twice that noise). It catches a
-    // server that keeps what the attacks send (one 33 MiB body, a dozen
-    // 1 MiB messages, the slow consumer's backlog) or whose memory does not
-    // come back down after an attack (the peak is 25 to 35 MiB above the
-    // level after a round); not a few bytes per request.
+    // fixed level bounds it: the first round is the baseline. What the
+    // server itself holds is checked exactly after each round (its
+    // connections, sockets and subscriptions are the honest sockets'
+    // again); RSS is the allocator's view and noisy: a second round of
+    // the same attacks ended from -14 to +20 MiB off the first in our
+    // runs (issue 17: the refused sessions' churn, every 5 s now), after
+    // +8 to +38 MiB over the first. The bound: the second round may add
+    // at most what the first one added, and never less than 24 MiB. It
+    // catches a server that keeps what the attacks send (33 MiB bodies,
+    // 200 oversized messages, the slow consumer's backlog of thousands of
+    // payments, each round); not a few bytes per request.
+    const subscriptions = (await readMetric(server.url, "tidings_subscriptions")).value ?? 0;
     const before = rssBytes(pid);
     const afterWarmUp = await round("warm-up round (15 s)", 15000);
     const after = await round("measured round (15 s)", 15000);
     clearInterval(sampler);
     const first = afterWarmUp - before;
     const second = after - afterWarmUp;
-    const allowed = Math.max(first / 2, 12 * MiB);
+    const allowed = Math.max(first, 24 * MiB);
     const count = [...ingested.values()].reduce((n, l) => n + l.length, 0);
     t.diagnostic(`RSS before ${mib(before)}, after the warm-up round ${mib(afterWarmUp)} (+${mib(first)}), ` +
       `after the measured round ${mib(after)} (${second >= 0 ? "+" : ""}${mib(second)}, at most +${mib(allowed)}), peak ${mib(peak)}; ` +
       `${count} payments delivered to ${honest.length} sockets`);
     assert.ok(second <= allowed,
-      `the measured round added ${mib(second)} of RSS, more than half of what the warm-up round added (${mib(first)}) and more than 12 MiB`);
+      `the measured round added ${mib(second)} of RSS, more than the warm-up round added (${mib(first)}) and more than 24 MiB`);
   });
 });
