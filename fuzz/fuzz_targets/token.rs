@@ -10,13 +10,16 @@
 //! - odd: the rest drives `arbitrary` to build a token the way a backend
 //!   would (`jsonwebtoken::encode`): the secret (s1, s2 or another), the
 //!   algorithm, the `kid` (none, s1's, s2's or another), the claims (`exp`
-//!   around now, `iat`, `tids` or garbage in their place), then perhaps one
-//!   byte of the token changed. The oracle, written from the contract:
-//!   only an HS256 token signed by a secret the node holds (and that its
-//!   `kid`, when it names one of them, names) with a numeric `exp` no more
-//!   than 60 s past and a string-list `tids` verifies, and then grants
-//!   exactly `Grant::new(tids)`; an expired one is `Expired`; any changed
-//!   byte makes it fail.
+//!   around now, `iat`, `nbf`, `tids` or garbage in their place), then
+//!   perhaps one byte of the token changed. The oracle, written from the
+//!   contract: only an HS256 token signed by a secret the node holds (and
+//!   that its `kid`, when it names one of them, names) with a numeric
+//!   `exp` no more than 60 s past, an `nbf` (if any) no more than 60 s
+//!   ahead, a lifetime within `--token-max-ttl` (`exp - iat`, and `exp -
+//!   now` with the 60 s leeway) and a string-list `tids` verifies, and then
+//!   grants exactly `Grant::new(tids)`; an expired one is `Expired`, one
+//!   not valid yet `NotYetValid`, one too long `TooLong`; any changed byte
+//!   makes it fail.
 
 #![no_main]
 
@@ -36,6 +39,8 @@ const SECRETS: [&str; 2] = ["s1-fuzz-secret", "s2-fuzz-secret"];
 /// clock moves between signing and verifying).
 const MARGIN: i64 = 5;
 const LEEWAY: i64 = 60;
+/// The node's `--token-max-ttl`.
+const MAX_TTL: i64 = 3600;
 
 struct Node {
     keys: TokenKeys,
@@ -45,16 +50,18 @@ struct Node {
 
 static NODE: LazyLock<Node> = LazyLock::new(|| {
     let kid = |secrets: &[&str]| -> String {
-        let minted = TokenKeys::new(secrets, 3600)
-            .unwrap()
-            .mint(&["x".to_owned()], 60, now() * 1000);
+        let minted = TokenKeys::new(secrets, MAX_TTL as u64).unwrap().mint(
+            &["x".to_owned()],
+            60,
+            now() * 1000,
+        );
         jsonwebtoken::decode_header(&minted.token)
             .unwrap()
             .kid
             .unwrap()
     };
     Node {
-        keys: TokenKeys::new(&SECRETS, 3600).expect("two secrets"),
+        keys: TokenKeys::new(&SECRETS, MAX_TTL as u64).expect("two secrets"),
         kids: [kid(&SECRETS[..1]), kid(&SECRETS[1..])],
     }
 });
@@ -110,7 +117,10 @@ struct Built {
     alg: Alg,
     kid: Kid,
     exp: Exp,
-    iat: Option<u32>,
+    /// Seconds from now.
+    iat: Option<i32>,
+    /// Seconds from now.
+    nbf: Option<i32>,
     tids: Tids,
     extra: Option<(String, String)>,
     /// Replace the byte at this position (modulo the length) with this one.
@@ -133,8 +143,13 @@ fn built(b: Built) {
             claims.insert("exp".into(), json!(t));
         }
     }
-    if let Some(iat) = b.iat {
+    let iat_at = b.iat.map(|s| (now + i64::from(s)).max(0));
+    if let Some(iat) = iat_at {
         claims.insert("iat".into(), json!(iat));
+    }
+    let nbf_at = b.nbf.map(|s| (now + i64::from(s)).max(0));
+    if let Some(nbf) = nbf_at {
+        claims.insert("nbf".into(), json!(nbf));
     }
     let tids = match &b.tids {
         Tids::Missing => None,
@@ -153,7 +168,7 @@ fn built(b: Built) {
     };
     // Any other claim is ignored (the three above have their own cases).
     if let Some((k, v)) = &b.extra
-        && !["exp", "iat", "tids"].contains(&k.as_str())
+        && !["exp", "iat", "nbf", "tids"].contains(&k.as_str())
     {
         claims.insert(k.clone(), json!(v));
     }
@@ -223,16 +238,45 @@ fn built(b: Built) {
     }
     match (exp_at, &tids) {
         (Some(at), Some(tids)) => {
-            if at >= now - LEEWAY + MARGIN {
-                assert_eq!(got, Ok(Grant::new(tids)));
-            } else if at < now - LEEWAY - MARGIN {
+            // Expiry is checked first, then nbf, then the lifetime; near
+            // a bound the clock decides, and the oracle does not judge.
+            let near = |x: i64, bound: i64| (x - bound).abs() <= MARGIN;
+            if near(at, now - LEEWAY) {
+                return;
+            }
+            if at < now - LEEWAY {
                 assert_eq!(got, Err(TokenError::Expired));
+                return;
+            }
+            if let Some(nbf) = nbf_at {
+                if near(nbf, now + LEEWAY) {
+                    return;
+                }
+                if nbf > now + LEEWAY {
+                    assert_eq!(got, Err(TokenError::NotYetValid));
+                    return;
+                }
+            }
+            let too_long_from_iat = iat_at.is_some_and(|iat| at - iat > MAX_TTL);
+            if !too_long_from_iat && near(at - now, MAX_TTL + LEEWAY) {
+                return;
+            }
+            if too_long_from_iat || at - now > MAX_TTL + LEEWAY {
+                assert_eq!(got, Err(TokenError::TooLong));
+            } else {
+                assert_eq!(got, Ok(Grant::new(tids)));
             }
         }
         // exp or tids missing or of the wrong type: malformed (an expired
         // one with bad tids may say either).
         _ => assert!(
-            matches!(got, Err(TokenError::Malformed | TokenError::Expired)),
+            matches!(
+                got,
+                Err(TokenError::Malformed
+                    | TokenError::Expired
+                    | TokenError::NotYetValid
+                    | TokenError::TooLong)
+            ),
             "{got:?} for {b:?}"
         ),
     }
