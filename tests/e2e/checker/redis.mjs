@@ -8,6 +8,7 @@ import { spawn } from "node:child_process";
 import { copyFileSync, existsSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { REDIS_SERVER, REDIS_CLI, redisCli, run, freePort } from "../lib/cluster.mjs";
+import { until } from "../lib/tls.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -208,20 +209,8 @@ export async function startCluster(dir) {
 }
 
 
-/** Resolves (bounded) once `fn()` is truthy; `what` names it in the error. */
-export async function until(fn, timeoutMs, what) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-      last = v;
-    } catch (err) { last = err.message; }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms: ${what} (last: ${String(last).slice(0, 300)})`);
-    await sleep(100);
-  }
-}
+// `until` (bounded polling) is the e2e suite's own, re-exported for faults.mjs.
+export { until };
 
 const roleOf = async (r) => /role:(\w+)/.exec(await r.cli("INFO", "replication"))?.[1];
 
