@@ -7,6 +7,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::memory_limit::MemoryLimit;
+use crate::model::Streams;
 use crate::telemetry::LogFormat;
 
 /// Largest value of a flag in seconds: ten years. Durations are kept in
@@ -106,6 +107,18 @@ pub struct Config {
     /// Payments kept per trackingId for replay and backfill.
     #[arg(long, env = "TIDINGS_HISTORY_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub history_limit: u64,
+
+    /// One character (not `*`, whitespace or a control character): a
+    /// payment of a trackingId that contains it, not first, is also kept in
+    /// its account's stream `<account><separator>*` (contract section 8).
+    /// Unset: no streams.
+    #[arg(long, env = "TIDINGS_STREAM_SEPARATOR", value_parser = parse_separator)]
+    pub stream_separator: Option<char>,
+
+    /// Payments kept per stream for replay and backfill (their age limit
+    /// is --history-ttl).
+    #[arg(long, env = "TIDINGS_STREAM_HISTORY_LIMIT", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub stream_history_limit: u64,
 
     /// Seconds a payment is kept for replay and backfill.
     #[arg(long, env = "TIDINGS_HISTORY_TTL", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=MAX_SECONDS))]
@@ -292,7 +305,33 @@ pub enum ConfigError {
     BadCorsOrigin { origin: String, reason: String },
 }
 
+/// `--stream-separator`: exactly one character the contract allows.
+fn parse_separator(value: &str) -> Result<char, String> {
+    let mut chars = value.chars();
+    let (Some(c), None) = (chars.next(), chars.next()) else {
+        return Err("the stream separator must be exactly one character".to_owned());
+    };
+    Streams::with_separator(c).map(|_| c).map_err(str::to_owned)
+}
+
 impl Config {
+    /// Whether payments are also kept in account streams, and how.
+    pub fn streams(&self) -> Streams {
+        self.stream_separator
+            .and_then(|c| Streams::with_separator(c).ok())
+            .unwrap_or(Streams::OFF)
+    }
+
+    /// The most events one history holds, so the most one replay sends.
+    pub fn replay_limit(&self) -> usize {
+        let streams = if self.stream_separator.is_some() {
+            self.stream_history_limit
+        } else {
+            0
+        };
+        self.history_limit.max(streams) as usize
+    }
+
     /// Checks what clap cannot: relations between options.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.dedupe_ttl < self.history_ttl {

@@ -90,7 +90,8 @@ impl Server {
                 "no --ingest-token configured: ingest (POST /v1/payments) refuses every request"
             );
         }
-        let history_limit = config.history_limit as usize;
+        // A replay is whole: as long as the longest history.
+        let history_limit = config.replay_limit();
         let (publications, stream) = Publications::channel(config.delivery_buffer as usize);
         let (store, directory) = open_store(config, publications.clone()).await?;
         let (sio_layer, io) = socket_io(config);
@@ -102,6 +103,7 @@ impl Server {
             access.clone(),
             slowdown.clone(),
             config.max_subscriptions as usize,
+            config.streams(),
             config.rate_limit,
             config.rate_burst,
         );
@@ -127,6 +129,7 @@ impl Server {
             max_body: config.max_body as usize,
             max_batch: config.max_batch as usize,
             max_subscriptions: config.max_subscriptions as usize,
+            streams: config.streams(),
         };
         // One node: a 202 means this node's sockets have been handed the
         // payments. A cluster node cannot promise that for other nodes.
@@ -271,6 +274,8 @@ async fn open_store(
 ) -> Result<(Arc<dyn HistoryStore>, Arc<dyn NodeDirectory>), StartError> {
     let retention = Retention {
         max_events: config.history_limit as usize,
+        stream_max_events: config.stream_history_limit as usize,
+        streams: config.streams(),
         history_ttl_ms: config.history_ttl * 1000,
         dedupe_ttl_ms: config.dedupe_ttl * 1000,
     };
@@ -331,7 +336,7 @@ async fn forget_quiet_addresses(slowdown: Arc<Slowdown>) {
 fn socket_io(config: &Config) -> (SocketIoLayer, SocketIo) {
     SocketIo::builder()
         .req_path(SOCKET_PATH)
-        .max_buffer_size(config.history_limit as usize + LIVE_BUFFER)
+        .max_buffer_size(config.replay_limit() + LIVE_BUFFER)
         .max_payload(MAX_SOCKET_MESSAGE)
         // tungstenite's defaults (64 MiB messages, 16 MiB frames) would let
         // one client make the server buffer megabytes before any check.

@@ -258,6 +258,8 @@ static NODE: LazyLock<Node> = LazyLock::new(|| {
     let (publications, stream) = Publications::channel(1024);
     let retention = Retention {
         max_events: 1000,
+        stream_max_events: 10_000,
+        streams: tidings::model::Streams::OFF,
         history_ttl_ms: 3_600_000,
         dedupe_ttl_ms: 3_600_000,
     };
@@ -274,6 +276,7 @@ static NODE: LazyLock<Node> = LazyLock::new(|| {
             max_body: 1 << 20,
             max_batch: MAX_BATCH,
             max_subscriptions: 100,
+            streams: tidings::model::Streams::OFF,
         };
         let metrics = tidings::telemetry::Exporter::new(|| (0, 0));
         let app = Arc::new(App::new(
@@ -396,7 +399,8 @@ proptest! {
 // -------------------------------------------------------- subscribe payload
 
 fn code_of(payload: &Value, with_since: bool) -> Result<SubscribeRequest, ErrorCode> {
-    SubscribeRequest::parse(Some(payload), with_since).map_err(|(code, _)| code)
+    SubscribeRequest::parse(Some(payload), with_since, tidings::model::Streams::OFF)
+        .map_err(|(code, _)| code)
 }
 
 proptest! {
@@ -415,12 +419,12 @@ proptest! {
         }
         prop_assert_eq!(
             code_of(&payload, true),
-            Ok(SubscribeRequest { tracking_id: tracking_id.clone(), since })
+            Ok(SubscribeRequest { tracking_id: tracking_id.clone(), since, filter: None })
         );
         // unsubscribe reads the trackingId and ignores since.
         prop_assert_eq!(
             code_of(&payload, false),
-            Ok(SubscribeRequest { tracking_id, since: None })
+            Ok(SubscribeRequest { tracking_id, since: None, filter: None })
         );
     }
 

@@ -21,6 +21,8 @@ use tidings::store::{
 fn retention(max_events: usize) -> Retention {
     Retention {
         max_events,
+        stream_max_events: 10_000,
+        streams: tidings::model::Streams::OFF,
         history_ttl_ms: 60_000,
         dedupe_ttl_ms: 60_000,
     }

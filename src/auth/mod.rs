@@ -87,10 +87,18 @@ impl Grant {
         Grant { exact, prefixes }
     }
 
-    /// Whether the grant covers `tracking_id`.
+    /// Whether the grant covers `tracking_id`, or the stream `P*`
+    /// (contract section 5: a prefix entry `Q*` covers it when `P` starts
+    /// with `Q`; an exact entry never does).
     pub fn covers(&self, tracking_id: &str) -> bool {
+        if let Some(stream) = tracking_id.strip_suffix('*') {
+            return self.prefixes.iter().any(|p| stream.starts_with(p.as_str()));
+        }
         self.exact.iter().any(|e| e == tracking_id)
-            || self.prefixes.iter().any(|p| tracking_id.starts_with(p))
+            || self
+                .prefixes
+                .iter()
+                .any(|p| tracking_id.starts_with(p.as_str()))
     }
 }
 

@@ -23,7 +23,7 @@ use super::events::{bad_query, limit_param, required_tracking_id, since_param};
 use super::query::{QueryError, StrictQuery};
 use super::state::AppState;
 use crate::admin::{Admin, NodeView};
-use crate::model::{EventId, Position};
+use crate::model::{EventId, WirePosition};
 
 const PAGE: &str = include_str!("assets/admin.html");
 const SCRIPT: &str = include_str!("assets/admin.js");
@@ -103,7 +103,7 @@ pub struct TrackingQuery {
 #[serde(rename_all = "camelCase")]
 struct TrackingBody {
     tracking_id: String,
-    position: Position,
+    position: WirePosition,
     history: History,
     subscribers: Vec<Subscribers>,
 }
@@ -138,8 +138,9 @@ pub async fn tracking(
 ) -> Result<Response, ApiError> {
     let admin = authorize(&app, client, &headers)?;
     let StrictQuery(q) = query.map_err(bad_query)?;
-    let tracking_id = required_tracking_id(q.tracking_id)?;
-    let since = since_param(q.since.as_deref())?;
+    // A trackingId or a stream: both are histories.
+    let (tracking_id, kind) = required_tracking_id(q.tracking_id, app.limits.streams)?;
+    let since = since_param(q.since.as_deref(), kind)?;
     let limit = limit_param(q.limit.as_deref(), LATEST as usize)?;
     let tid = tracking_id.as_str();
     admin.inspect(tid).await?;
@@ -169,7 +170,10 @@ pub async fn tracking(
         .collect();
     Ok(Json(TrackingBody {
         tracking_id: tracking_id.clone(),
-        position: page.position,
+        position: WirePosition {
+            position: page.position,
+            kind,
+        },
         history: History {
             data: page.events.into_iter().map(|e| e.envelope).collect(),
             has_more: page.has_more,

@@ -19,7 +19,8 @@ use super::error::{
 use super::query::{QueryError, StrictQuery};
 use super::state::AppState;
 use crate::auth::{self, Access};
-use crate::model::{EventId, check_tracking_id};
+use crate::model::{EventId, NameKind, StatusFilter, Streams, WireId, with_prev_seq};
+use crate::store::HistoryStore;
 
 /// Default and largest page of `GET /v1/events`.
 pub const DEFAULT_PAGE: usize = 100;
@@ -31,6 +32,8 @@ pub struct EventsQuery {
     tracking_id: Option<String>,
     since: Option<String>,
     limit: Option<String>,
+    /// Only payments of these statuses (comma-separated), with `prevSeq`.
+    status: Option<String>,
     /// Token mode: the socket token, when not sent as a bearer header.
     token: Option<String>,
 }
@@ -152,21 +155,96 @@ pub async fn events(
         }
         ApiError::unauthorized(format!("{e}"))
     })?;
-    let tracking_id = required_tracking_id(q.tracking_id)?;
+    let (tracking_id, kind) = required_tracking_id(q.tracking_id, app.limits.streams)?;
     if grant.is_some_and(|g| !g.covers(&tracking_id)) {
         return Err(ApiError::forbidden(
             "The token does not cover this trackingId",
         ));
     }
-    let since = since_param(q.since.as_deref())?;
+    let since = since_param(q.since.as_deref(), kind)?;
     let limit = limit_param(q.limit.as_deref(), DEFAULT_PAGE)?;
-    let page = app.store.read(&tracking_id, since, limit).await?;
-    Ok(Json(EventsPage {
-        data: page.events.into_iter().map(|e| e.envelope).collect(),
-        has_more: page.has_more,
-        truncated: page.truncated,
+    let status = q
+        .status
+        .as_deref()
+        .map(StatusFilter::from_query)
+        .transpose()
+        .map_err(ApiError::invalid_payload)?;
+    let page = match status {
+        None => {
+            let page = app.store.read(&tracking_id, since, limit).await?;
+            EventsPage {
+                data: page.events.into_iter().map(|e| e.envelope).collect(),
+                has_more: page.has_more,
+                truncated: page.truncated,
+            }
+        }
+        Some(status) => filtered_page(&*app.store, &tracking_id, since, limit, status).await?,
+    };
+    Ok(Json(page).into_response())
+}
+
+/// Events read per store call while a filtered page is collected.
+const FILTER_CHUNK: usize = 1000;
+
+/// A backfill page with a status filter (contract section 8): up to
+/// `limit` matching payments after `since`, each with `prevSeq`, reading
+/// the history in chunks. `hasMore` says whether a matching one follows.
+async fn filtered_page(
+    store: &dyn HistoryStore,
+    name: &str,
+    since: Option<EventId>,
+    limit: usize,
+    status: StatusFilter,
+) -> Result<EventsPage, ApiError> {
+    let first = store.read(name, since, FILTER_CHUNK).await?;
+    let truncated = first.truncated;
+    // The chain starts at since's seq when the page follows it, else just
+    // before the oldest retained payment.
+    let mut prev = match since {
+        Some(since) if !truncated => since.seq,
+        _ => first
+            .events
+            .first()
+            .map_or(first.position.seq, |e| e.id.seq - 1),
+    };
+    let mut data = Vec::new();
+    let mut page = first;
+    loop {
+        let mut cursor = None;
+        for event in &page.events {
+            cursor = Some(event.id);
+            if !crate::model::status_of(&event.envelope).is_some_and(|s| status.matches(s)) {
+                continue;
+            }
+            if data.len() == limit {
+                return Ok(EventsPage {
+                    data,
+                    has_more: true,
+                    truncated,
+                });
+            }
+            data.push(Arc::from(with_prev_seq(&event.envelope, prev)));
+            prev = event.id.seq;
+        }
+        if !page.has_more || cursor.is_none() {
+            break;
+        }
+        page = store.read(name, cursor, FILTER_CHUNK).await?;
+        if page.truncated {
+            // The history moved on under the read: what was collected stands,
+            // and the next page (from its last id) says what is gone.
+            return Ok(EventsPage {
+                data,
+                has_more: true,
+                truncated,
+            });
+        }
+    }
+    Ok(EventsPage {
+        data,
+        has_more: false,
+        truncated,
     })
-    .into_response())
 }
 
 /// The socket token a backfill request presents (token mode): the bearer
@@ -192,22 +270,28 @@ fn presented_token<'a>(
 
 /// A query refused by [`StrictQuery`], with the code of the parameter at
 /// fault.
-/// The `trackingId` parameter, required and checked.
-pub fn required_tracking_id(tracking_id: Option<String>) -> Result<String, ApiError> {
+/// The `trackingId` parameter, required and checked: a trackingId, or a
+/// stream when `streams` are on.
+pub fn required_tracking_id(
+    tracking_id: Option<String>,
+    streams: Streams,
+) -> Result<(String, NameKind), ApiError> {
     let tracking_id =
         tracking_id.ok_or_else(|| ApiError::invalid_tracking_id("trackingId is required"))?;
-    check_tracking_id(&tracking_id).map_err(ApiError::invalid_tracking_id)?;
-    Ok(tracking_id)
+    let kind = streams
+        .check_name(&tracking_id)
+        .map_err(ApiError::invalid_tracking_id)?;
+    Ok((tracking_id, kind))
 }
 
-/// The `since` parameter: absent or empty is from the oldest retained.
-pub fn since_param(since: Option<&str>) -> Result<Option<EventId>, ApiError> {
+/// The `since` parameter of a history of `kind`: absent or empty is from
+/// the oldest retained; an id of the other kind is refused.
+pub fn since_param(since: Option<&str>, kind: NameKind) -> Result<Option<EventId>, ApiError> {
     match since {
         None | Some("") => Ok(None),
-        Some(s) => s
-            .parse::<EventId>()
+        Some(s) => WireId::parse(s, kind)
             .map(Some)
-            .map_err(|_| ApiError::invalid_since()),
+            .ok_or_else(ApiError::invalid_since),
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use crate::admin::Admin;
 use crate::auth::slowdown::Slowdown;
 use crate::auth::{Access, BearerKeys};
+use crate::model::Streams;
 use crate::store::{HistoryStore, Publications};
 use crate::telemetry::Exporter;
 
@@ -35,6 +36,8 @@ pub struct Limits {
     pub max_batch: usize,
     /// Entries a minted token may name (`--max-subscriptions`).
     pub max_subscriptions: usize,
+    /// Which names ending in `*` are streams (`--stream-separator`).
+    pub streams: Streams,
 }
 
 /// What the HTTP handlers share.

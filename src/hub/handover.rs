@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use super::catch_up::Backoff;
 use super::order::{Step, jump, resume, step};
-use super::topic::{Coverage, Missed, Topic, send_payment, warn};
+use super::topic::{Coverage, Filtered, Missed, Topic, send_payment, warn};
 use super::{Hub, Replay, Subscriber};
-use crate::model::{Position, StoredEvent};
+use crate::model::{Position, StatusFilter, StoredEvent};
 use crate::store::{HistoryPage, StoreError};
 use crate::telemetry;
 
@@ -33,11 +33,25 @@ impl<S: Subscriber> Hub<S> {
         topic: &Arc<Topic<S>>,
         sub: &S,
         replay: Option<Replay>,
+        filter: Option<StatusFilter>,
         page: HistoryPage,
         ack: impl FnOnce(Position),
     ) -> usize {
         let tid = topic.tracking_id.as_str();
         ack(page.position);
+        // Where a filtered subscription's prevSeq chain starts (contract
+        // section 8): since's seq when the replay follows it; after a
+        // truncation, just before the oldest retained payment; else the
+        // ack's position.
+        let start = match replay {
+            Some(_) if page.truncated => page
+                .events
+                .first()
+                .map_or(page.position.seq, |e| e.id.seq - 1),
+            Some(replay) => replay.since.seq,
+            None => page.position.seq,
+        };
+        let mut filtered = Filtered::new(filter, start);
         let mut at = page.position;
         let mut replayed = 0;
         let covers = match replay {
@@ -65,7 +79,7 @@ impl<S: Subscriber> Hub<S> {
             for event in page.events.iter().filter(lacks) {
                 // A socket whose buffer is full takes nothing more: the
                 // rest is not even encoded (it is closed as stalled).
-                if !send_payment(sub, event) {
+                if !send_payment(sub, filtered.as_deref_mut(), event) {
                     break;
                 }
                 replayed += 1;
@@ -92,7 +106,14 @@ impl<S: Subscriber> Hub<S> {
                 };
                 let overflow = std::mem::take(&mut pending.overflow);
                 let buffered = std::mem::take(&mut pending.buffered);
-                let missing = match send_following(sub, tid, at, buffered, Gaps::Stop) {
+                let missing = match send_following(
+                    sub,
+                    filtered.as_deref_mut(),
+                    tid,
+                    at,
+                    buffered,
+                    Gaps::Stop,
+                ) {
                     Ok(after) => {
                         at = after;
                         overflow
@@ -105,7 +126,7 @@ impl<S: Subscriber> Hub<S> {
                 if !missing {
                     tracing::debug!(tracking_id = tid, ?at, "joins the room after its replay");
                     live.pending.remove(&sub.id());
-                    live.join(sub, covers);
+                    live.join(sub, covers, filtered);
                     return replayed;
                 }
             }
@@ -119,11 +140,14 @@ impl<S: Subscriber> Hub<S> {
                             tid,
                             format!("Some payments of trackingId {tid} are no longer retained"),
                         );
+                        if let Some(f) = filtered.as_deref_mut() {
+                            f.last = base.seq;
+                        }
                     }
                     at = base;
                     for event in more.events {
                         if step(at, event.id) == Step::Next {
-                            send_payment(sub, &event);
+                            send_payment(sub, filtered.as_deref_mut(), &event);
                             at = event.id.into();
                         }
                     }
@@ -140,7 +164,7 @@ impl<S: Subscriber> Hub<S> {
                             "Payments of trackingId {tid} may be missing and cannot be recovered"
                         ),
                     );
-                    self.rejoin_from(topic, sub, Some(at));
+                    self.rejoin_from(topic, sub, Some((at, filtered)));
                     return replayed;
                 }
                 Err(StoreError::Unavailable(_)) => {
@@ -161,15 +185,23 @@ impl<S: Subscriber> Hub<S> {
         self.rejoin_from(topic, sub, None);
     }
 
-    /// Sends `sub`, standing at `at` (by default where it left the room),
-    /// what it missed from the room, warning of every gap, and puts it back
-    /// in the room.
-    fn rejoin_from(&self, topic: &Topic<S>, sub: &S, at: Option<Position>) {
+    /// Sends `sub`, standing at `at` with its filter (by default where it
+    /// left the room, with the filter it had), what it missed from the
+    /// room, warning of every gap, and puts it back in the room.
+    fn rejoin_from(
+        &self,
+        topic: &Topic<S>,
+        sub: &S,
+        from: Option<(Position, Option<Box<Filtered>>)>,
+    ) {
         let mut live = topic.live();
         let Some(pending) = live.pending.remove(&sub.id()) else {
             return;
         };
-        let at = at.or(pending.left_at).unwrap_or_default();
+        let (at, mut filtered) = match from {
+            Some((at, filtered)) => (at, filtered),
+            None => (pending.left_at.unwrap_or_default(), pending.left_filter),
+        };
         let tid = topic.tracking_id.as_str();
         tracing::debug!(
             tracking_id = tid,
@@ -179,9 +211,16 @@ impl<S: Subscriber> Hub<S> {
         );
         // No gap can stop it: the room's own gaps were announced to the
         // room, so they are announced here too.
-        let _ = send_following(sub, tid, at, pending.buffered, Gaps::Warn);
+        let _ = send_following(
+            sub,
+            filtered.as_deref_mut(),
+            tid,
+            at,
+            pending.buffered,
+            Gaps::Warn,
+        );
         // It was handed at least what follows where it stood.
-        live.join(sub, Coverage::After(at));
+        live.join(sub, Coverage::After(at), filtered);
     }
 }
 
@@ -192,6 +231,7 @@ impl<S: Subscriber> Hub<S> {
 /// first gap.
 fn send_following<S: Subscriber>(
     sub: &S,
+    mut filtered: Option<&mut Filtered>,
     tid: &str,
     mut at: Position,
     missed: Vec<Missed>,
@@ -208,6 +248,9 @@ fn send_following<S: Subscriber>(
                 }
                 if gap {
                     warn(sub, tid, lost());
+                    if let Some(f) = filtered.as_deref_mut() {
+                        f.last = after.seq;
+                    }
                 }
                 at = after;
                 continue;
@@ -224,7 +267,13 @@ fn send_following<S: Subscriber>(
             Step::Gap if gaps == Gaps::Stop => return Err(at),
             Step::Gap => warn(sub, tid, lost()),
         }
-        send_payment(sub, &event);
+        if let Some(f) = filtered.as_deref_mut()
+            && step(at, event.id) != Step::Next
+        {
+            // Warned: the chain goes on from just before this payment.
+            f.last = event.id.seq - 1;
+        }
+        send_payment(sub, filtered.as_deref_mut(), &event);
         at = event.id.into();
     }
     Ok(at)

@@ -55,13 +55,13 @@ use std::sync::Arc;
 use socketioxide::extract::SocketRef;
 use tokio::sync::{MutexGuard, Notify, Semaphore};
 
-use crate::model::{EventId, Position};
+use crate::model::{EventId, Position, StatusFilter};
 use crate::store::{HistoryStore, PublicationStream, Signal, StoreError};
 use crate::tasks::TaskSet;
 use crate::telemetry;
 use registry::Registry;
 pub use subscriber::Subscriber;
-use topic::{Coverage, Need, Pending, Topic};
+use topic::{Coverage, Filtered, Need, Pending, Topic};
 
 /// Catch-up reads in flight at once on this node (a resync after a lost
 /// publication connection starts one per trackingId).
@@ -86,29 +86,39 @@ enum Followed<A> {
 /// repeated `since` may need nothing; else the subscriber leaves the room
 /// (if in it) and waits for its replay (live payments buffered). A
 /// function of its own so that no guard is held across an await.
+///
+/// What a member was handed is measured through its filter: a subscribe
+/// that changes the filter starts afresh (without `since`: from the
+/// cursor; with it: a whole replay with the new filter).
 fn followed<S: Subscriber, A: FnOnce(Position)>(
     topic: &Topic<S>,
     sub: &S,
     since: Option<EventId>,
+    filter: Option<StatusFilter>,
     ack: A,
 ) -> Followed<A> {
     let mut live = topic.live();
-    let held = live.coverage(sub.id());
+    let held = live
+        .coverage(sub.id())
+        .and_then(|(covers, held)| (held == filter).then_some(covers));
     let Some(since) = since else {
         // Every later event reaches the room.
         let at = live.cursor.unwrap_or_default();
         ack(at);
-        live.join(sub, held.unwrap_or(Coverage::After(at)));
+        let covers = held.unwrap_or(Coverage::After(at));
+        live.join(sub, covers, Filtered::new(filter, at.seq));
         return Followed::Done;
     };
     let fill = match held.map(|covers| covers.need(since, live.cursor)) {
         Some(Need::Nothing) => {
+            // Same filter: its prevSeq chain goes on.
             metrics::counter!(telemetry::REPLAYS_SKIPPED).increment(1);
             ack(live.cursor.unwrap_or_default());
             return Followed::Done;
         }
-        Some(Need::Until(to)) => Some(to),
-        Some(Need::Replay) | None => None,
+        // A filtered member's chain would not follow from a partial fill.
+        Some(Need::Until(to)) if filter.is_none() => Some(to),
+        Some(_) | None => None,
     };
     let was_member = live.begin_replay(sub.id());
     Followed::Replay(Replay { since, fill }, was_member, ack)
@@ -207,6 +217,21 @@ impl<S: Subscriber> Hub<S> {
         since: Option<EventId>,
         ack: impl FnOnce(Position),
     ) -> Result<usize, StoreError> {
+        self.subscribe_filtered(sub, tracking_id, since, None, ack)
+            .await
+    }
+
+    /// [`Hub::subscribe`] with a status filter (contract section 8): only
+    /// matching payments are replayed and delivered, each with `prevSeq`.
+    /// A subscribe repeated on a held name sets its filter anew.
+    pub async fn subscribe_filtered(
+        self: &Arc<Self>,
+        sub: &S,
+        tracking_id: &str,
+        since: Option<EventId>,
+        filter: Option<StatusFilter>,
+        ack: impl FnOnce(Position),
+    ) -> Result<usize, StoreError> {
         loop {
             let topic = self.topics.get_or_create(tracking_id);
             let control = topic.control.lock().await;
@@ -214,16 +239,18 @@ impl<S: Subscriber> Hub<S> {
                 continue;
             }
             if !topic.is_listening() {
-                return self.subscribe_first(&topic, control, sub, since, ack).await;
+                return self
+                    .subscribe_first(&topic, control, sub, since, filter, ack)
+                    .await;
             }
-            let (replay, was_member, ack) = match followed(&topic, sub, since, ack) {
+            let (replay, was_member, ack) = match followed(&topic, sub, since, filter, ack) {
                 Followed::Done => return Ok(0),
                 Followed::Replay(replay, was_member, ack) => (replay, was_member, ack),
             };
             // Read without holding the control lock.
             drop(control);
             return self
-                .subscribe_replay(&topic, sub, replay, was_member, ack)
+                .subscribe_replay(&topic, sub, replay, filter, was_member, ack)
                 .await;
         }
     }
@@ -236,6 +263,7 @@ impl<S: Subscriber> Hub<S> {
         control: Control<'_>,
         sub: &S,
         since: Option<EventId>,
+        filter: Option<StatusFilter>,
         ack: impl FnOnce(Position),
     ) -> Result<usize, StoreError> {
         let tid = topic.tracking_id.as_str();
@@ -258,7 +286,7 @@ impl<S: Subscriber> Hub<S> {
             self.start_catch_up(topic);
         }
         drop(control);
-        Ok(self.hand_over(topic, sub, replay, page, ack).await)
+        Ok(self.hand_over(topic, sub, replay, filter, page, ack).await)
     }
 
     /// A subscribe with `since` on a trackingId the node follows: read the
@@ -268,12 +296,15 @@ impl<S: Subscriber> Hub<S> {
         topic: &Arc<Topic<S>>,
         sub: &S,
         replay: Replay,
+        filter: Option<StatusFilter>,
         was_member: bool,
         ack: impl FnOnce(Position),
     ) -> Result<usize, StoreError> {
         let tid = topic.tracking_id.as_str();
         match self.read_replay(tid, Some(replay)).await {
-            Ok(page) => Ok(self.hand_over(topic, sub, Some(replay), page, ack).await),
+            Ok(page) => Ok(self
+                .hand_over(topic, sub, Some(replay), filter, page, ack)
+                .await),
             Err(err) => {
                 if was_member {
                     self.rejoin(topic, sub);

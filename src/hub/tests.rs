@@ -247,6 +247,8 @@ impl Bench {
     fn retaining(max_events: usize) -> Self {
         let retention = Retention {
             max_events,
+            stream_max_events: 10_000,
+            streams: crate::model::Streams::OFF,
             history_ttl_ms: 3_600_000,
             dedupe_ttl_ms: 3_600_000,
         };

@@ -9,13 +9,17 @@
 //! A `Live` answers `true` where a catch-up read must start; the hub, which
 //! owns the tasks, starts it.
 
+use std::cell::OnceCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::Subscriber;
 use super::order::{Step, resume, step};
-use crate::model::{Envelope, EventId, Position, StoredEvent, now_ms};
+use crate::model::{
+    Envelope, EventId, PaymentStatus, Position, StatusFilter, StoredEvent, now_ms, status_of,
+    with_prev_seq,
+};
 use crate::store::HistoryPage;
 use crate::telemetry;
 
@@ -99,10 +103,32 @@ impl Coverage {
     }
 }
 
+/// A filtered subscription (contract section 8): the statuses it takes,
+/// and the seq of the last payment it was sent (the next one's `prevSeq`).
+/// Boxed where it is held, so that unfiltered members pay one pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Filtered {
+    pub statuses: StatusFilter,
+    pub last: u64,
+}
+
+impl Filtered {
+    pub fn new(statuses: Option<StatusFilter>, last: u64) -> Option<Box<Self>> {
+        statuses.map(|statuses| Box::new(Filtered { statuses, last }))
+    }
+}
+
+/// The statuses of a subscription's filter, if it has one.
+pub(super) fn statuses(filter: &Option<Box<Filtered>>) -> Option<StatusFilter> {
+    filter.as_ref().map(|f| f.statuses)
+}
+
 /// A subscriber in the room.
 pub(super) struct Member<S> {
     pub sub: S,
     pub covers: Coverage,
+    /// `None`: every payment, as stored (no `prevSeq`).
+    pub filter: Option<Box<Filtered>>,
 }
 
 /// A subscriber whose replay is being read: out of the room, live payments
@@ -114,6 +140,8 @@ pub(super) struct Pending {
     /// For a subscriber that was in the room (a resubscribe): the cursor
     /// when it left, where it stands if its read fails.
     pub left_at: Option<Position>,
+    /// And its filter then, which it keeps if its read fails.
+    pub left_filter: Option<Box<Filtered>>,
 }
 
 /// The catch-up task's bookkeeping.
@@ -207,9 +235,38 @@ impl<S: Subscriber> Topic<S> {
     }
 }
 
-/// Hands `envelope` to `sub`, counting a subscriber that cannot take it.
-pub(super) fn send_payment<S: Subscriber>(sub: &S, event: &StoredEvent) -> bool {
-    let sent = sub.send_payment(&event.envelope);
+/// Hands `event` to `sub` (through its filter, if any), counting a
+/// subscriber that cannot take it. A payment the filter skips counts as
+/// handed over.
+pub(super) fn send_payment<S: Subscriber>(
+    sub: &S,
+    filter: Option<&mut Filtered>,
+    event: &StoredEvent,
+) -> bool {
+    send_with(sub, filter, event, &OnceCell::new())
+}
+
+/// [`send_payment`], with the event's status read at most once for all
+/// the filtered subscribers it is offered to.
+fn send_with<S: Subscriber>(
+    sub: &S,
+    filter: Option<&mut Filtered>,
+    event: &StoredEvent,
+    status: &OnceCell<Option<PaymentStatus>>,
+) -> bool {
+    let sent = match filter {
+        None => sub.send_payment(&event.envelope),
+        Some(filter) => {
+            let status = *status.get_or_init(|| status_of(&event.envelope));
+            if !status.is_some_and(|s| filter.statuses.matches(s)) {
+                return true;
+            }
+            let prev = std::mem::replace(&mut filter.last, event.id.seq);
+            // Sent or not, it is this subscription's last: if it is lost,
+            // the next one's prevSeq shows the client the hole.
+            sub.send_payment(&with_prev_seq(&event.envelope, prev))
+        }
+    };
     if !sent {
         metrics::counter!(telemetry::DELIVERIES_DROPPED, "reason" => telemetry::DROP_SOCKET)
             .increment(1);
@@ -232,19 +289,23 @@ impl<S: Subscriber> Live<S> {
         self.members.is_empty() && self.pending.is_empty()
     }
 
-    /// `sub` joins the room: from now on it is handed every event; it has
-    /// been handed what `covers` says.
-    pub fn join(&mut self, sub: &S, covers: Coverage) {
+    /// `sub` joins the room: from now on it is handed every event (that
+    /// its filter takes); it has been handed what `covers` says.
+    pub fn join(&mut self, sub: &S, covers: Coverage, filter: Option<Box<Filtered>>) {
         let member = Member {
             sub: sub.clone(),
             covers,
+            filter,
         };
         self.members.insert(sub.id(), member);
     }
 
-    /// What `id`, if it is in the room, was handed already.
-    pub fn coverage(&self, id: S::Id) -> Option<Coverage> {
-        self.members.get(&id).map(|m| m.covers)
+    /// What `id`, if it is in the room, was handed already, and the
+    /// statuses it takes.
+    pub fn coverage(&self, id: S::Id) -> Option<(Coverage, Option<StatusFilter>)> {
+        self.members
+            .get(&id)
+            .map(|m| (m.covers, statuses(&m.filter)))
     }
 
     /// `id` leaves the room and stops waiting for its replay, if it did.
@@ -256,12 +317,14 @@ impl<S: Subscriber> Live<S> {
     /// `sub` resubscribes with `since`: it leaves the room and waits for
     /// its replay. Whether it was in the room.
     pub fn begin_replay(&mut self, id: S::Id) -> bool {
-        let was_member = self.members.remove(&id).is_some();
+        let member = self.members.remove(&id);
+        let was_member = member.is_some();
         let left_at = self.cursor.filter(|_| was_member);
         self.pending.insert(
             id,
             Pending {
                 left_at,
+                left_filter: member.and_then(|m| m.filter),
                 ..Pending::default()
             },
         );
@@ -340,7 +403,7 @@ impl<S: Subscriber> Live<S> {
             Step::Old => {}
             Step::Next => self.deliver(event, telemetry::PATH_LIVE),
             Step::Restart => {
-                self.announce_gap(tracking_id, "its history started afresh");
+                self.announce_gap(tracking_id, "its history started afresh", 0);
                 self.deliver(event, telemetry::PATH_LIVE);
             }
             Step::Gap => return Err(event),
@@ -353,8 +416,9 @@ impl<S: Subscriber> Live<S> {
     pub fn deliver(&mut self, event: StoredEvent, path: &'static str) {
         metrics::counter!(telemetry::BROADCASTS).increment(1);
         if !self.members.is_empty() {
-            for member in self.members.values() {
-                send_payment(&member.sub, &event);
+            let status = OnceCell::new();
+            for member in self.members.values_mut() {
+                send_with(&member.sub, member.filter.as_deref_mut(), &event, &status);
             }
             // Once per payment and node, after the last subscriber here was
             // handed it; a clock behind the accepting node's reads as 0.
@@ -367,8 +431,9 @@ impl<S: Subscriber> Live<S> {
         }
     }
 
-    /// Tells the room that some of its events cannot be delivered.
-    pub fn announce_gap(&self, tracking_id: &str, why: &str) {
+    /// Tells the room that some of its events cannot be delivered; the
+    /// next ones follow `base_seq` (filtered members' next `prevSeq`).
+    pub fn announce_gap(&mut self, tracking_id: &str, why: &str, base_seq: u64) {
         metrics::counter!(telemetry::GAPS_ANNOUNCED).increment(1);
         tracing::warn!(
             tracking_id,
@@ -376,7 +441,10 @@ impl<S: Subscriber> Live<S> {
             pending = self.pending.len(),
             "announcing a gap: {why}"
         );
-        for member in self.members.values() {
+        for member in self.members.values_mut() {
+            if let Some(filter) = member.filter.as_deref_mut() {
+                filter.last = base_seq;
+            }
             warn(
                 &member.sub,
                 tracking_id,
@@ -408,7 +476,7 @@ impl<S: Subscriber> Live<S> {
     pub fn apply(&mut self, tracking_id: &str, from: Position, page: HistoryPage) -> bool {
         let (gap, base) = resume(from, page.position, page.events.first().map(|e| e.id));
         if gap {
-            self.announce_gap(tracking_id, "they are no longer retained");
+            self.announce_gap(tracking_id, "they are no longer retained", base.seq);
             // Subscribers out of the room now are told when they come back.
             for pending in self.pending.values_mut() {
                 pending.buffer(Missed::Jump(base));

@@ -16,8 +16,10 @@ use utoipa::ToSchema;
 
 mod number;
 pub mod schema;
+mod stream;
 
 pub use number::{exact_integer, json_integer};
+pub use stream::{NameKind, StatusFilter, Streams, WireId, WirePosition, status_of, with_prev_seq};
 
 /// Longest trackingId accepted, in UTF-8 bytes.
 pub const MAX_TRACKING_ID_BYTES: usize = 256;
@@ -304,8 +306,64 @@ impl StoredEvent {
     }
 }
 
+/// The `payment` envelope of a stream (contract section 8): the stream's
+/// own id and seq, and the payment's place in its trackingId's history.
+#[derive(Serialize)]
+struct StreamEnvelope<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    stream: &'a str,
+    id: WireId,
+    seq: u64,
+    source: Source,
+    data: &'a PaymentData,
+    timestamp: u64,
+}
+
+#[derive(Serialize)]
+struct Source {
+    id: EventId,
+    seq: u64,
+}
+
+impl StoredEvent {
+    /// Builds the stream `stream`'s envelope of a payment newly accepted
+    /// as `source` in its trackingId's history; `id` is the stream's.
+    pub fn new_in_stream(
+        stream: &str,
+        id: EventId,
+        source: EventId,
+        accepted_ms: u64,
+        data: &PaymentData,
+    ) -> Self {
+        let envelope = StreamEnvelope {
+            kind: "payment_notification",
+            stream,
+            id: WireId {
+                id,
+                kind: NameKind::Stream,
+            },
+            seq: id.seq,
+            source: Source {
+                id: source,
+                seq: source.seq,
+            },
+            data,
+            timestamp: accepted_ms,
+        };
+        // Serialising plain strings and integers into JSON cannot fail.
+        let raw = serde_json::value::to_raw_value(&envelope)
+            .unwrap_or_else(|_| unreachable!("stream envelope is always serialisable"));
+        StoredEvent {
+            id,
+            accepted_ms,
+            envelope: Arc::from(raw),
+        }
+    }
+}
+
 /// A server event envelope: `{ type, data, timestamp }`, and for a
-/// subscribe's `ack` the trackingId's `position`.
+/// subscribe's `ack` the history's `position`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Envelope<T> {
     #[serde(rename = "type")]
@@ -313,7 +371,7 @@ pub struct Envelope<T> {
     pub data: T,
     pub timestamp: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub position: Option<Position>,
+    pub position: Option<WirePosition>,
 }
 
 /// The `data` of an `error` envelope. When the error concerns one
@@ -389,13 +447,17 @@ impl ErrorCode {
 }
 
 impl Envelope<String> {
-    /// The `ack` of a subscribe, with the trackingId's position.
+    /// The `ack` of a subscribe, with the position of the trackingId's
+    /// (or stream's) history.
     pub fn subscribed(tracking_id: &str, position: Position) -> Self {
         Envelope {
             kind: "ack",
             data: format!("Subscribed to trackingId: {tracking_id}"),
             timestamp: now_ms(),
-            position: Some(position),
+            position: Some(WirePosition {
+                position,
+                kind: NameKind::of(tracking_id),
+            }),
         }
     }
 

@@ -29,6 +29,7 @@ use crate::http::client::ClientAddr;
 use crate::http::connections::Slot;
 use crate::http::serve::Hangup;
 use crate::hub::SocketHub;
+use crate::model::Streams;
 use crate::tasks::TaskSet;
 use crate::telemetry::{self, SocketTag};
 use session::{Command, Op, Session};
@@ -41,6 +42,8 @@ pub struct Realtime {
     /// Addresses slowed down for failed credentials (shared with REST).
     pub slowdown: Arc<Slowdown>,
     pub max_subscriptions: usize,
+    /// Which names ending in `*` are streams (contract section 8).
+    pub streams: Streams,
     pub rate: Quota,
     /// One clock for every socket's rate limiter: creating a clock per
     /// socket reads the CPU's identification each time, a measurable cost
@@ -57,6 +60,7 @@ impl Realtime {
         access: Access,
         slowdown: Arc<Slowdown>,
         max_subscriptions: usize,
+        streams: Streams,
         per_second: u32,
         burst: u32,
     ) -> Self {
@@ -67,6 +71,7 @@ impl Realtime {
             access,
             slowdown,
             max_subscriptions,
+            streams,
             rate: Quota::per_second(per_second).allow_burst(burst),
             clock: QuantaClock::default(),
             tasks: TaskSet::default(),

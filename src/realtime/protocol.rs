@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef};
 
-use crate::model::{Envelope, ErrorCode, EventId, check_tracking_id};
+use crate::model::{Envelope, ErrorCode, EventId, NameKind, StatusFilter, Streams, WireId};
 use crate::store::StoreError;
 use crate::telemetry::{self, SocketTag};
 
@@ -17,14 +17,21 @@ pub type Refusal = (ErrorCode, String);
 /// A parsed `subscribe` / `unsubscribe` payload.
 #[derive(Debug, PartialEq, Eq)]
 pub struct SubscribeRequest {
+    /// A trackingId, or a stream (contract section 8).
     pub tracking_id: String,
     pub since: Option<EventId>,
+    pub filter: Option<StatusFilter>,
 }
 
 impl SubscribeRequest {
     /// Checks a payload against the contract; `with_since` reads `since`
-    /// (unsubscribe ignores it).
-    pub fn parse(payload: Option<&Value>, with_since: bool) -> Result<Self, Refusal> {
+    /// and `filter` (unsubscribe ignores them). `streams` says which names
+    /// ending in `*` are streams.
+    pub fn parse(
+        payload: Option<&Value>,
+        with_since: bool,
+        streams: Streams,
+    ) -> Result<Self, Refusal> {
         let Some(Value::Object(map)) = payload else {
             return Err((
                 ErrorCode::InvalidPayload,
@@ -40,7 +47,9 @@ impl SubscribeRequest {
                 ));
             }
         };
-        check_tracking_id(tracking_id).map_err(|m| (ErrorCode::InvalidTrackingId, m.to_owned()))?;
+        let kind = streams
+            .check_name(tracking_id)
+            .map_err(|m| (ErrorCode::InvalidTrackingId, m))?;
         let since = match map.get("since") {
             _ if !with_since => None,
             None | Some(Value::Null) => None,
@@ -50,11 +59,16 @@ impl SubscribeRequest {
                     "since must not be empty".to_owned(),
                 ));
             }
-            Some(Value::String(s)) => Some(s.parse::<EventId>().map_err(|_| {
-                (
-                    ErrorCode::InvalidSince,
-                    "since is not an event id this server could have issued".to_owned(),
-                )
+            Some(Value::String(s)) => Some(WireId::parse(s, kind).ok_or_else(|| {
+                let message = match kind {
+                    NameKind::Stream => {
+                        "since is not an event id of a stream this server could have issued"
+                    }
+                    NameKind::TrackingId => {
+                        "since is not an event id this server could have issued"
+                    }
+                };
+                (ErrorCode::InvalidSince, message.to_owned())
             })?),
             Some(_) => {
                 return Err((
@@ -63,9 +77,16 @@ impl SubscribeRequest {
                 ));
             }
         };
+        let filter = if with_since {
+            StatusFilter::from_subscribe(map.get("filter"))
+                .map_err(|m| (ErrorCode::InvalidPayload, m))?
+        } else {
+            None
+        };
         Ok(SubscribeRequest {
             tracking_id: tracking_id.clone(),
             since,
+            filter,
         })
     }
 }
@@ -123,13 +144,50 @@ mod tests {
     use serde_json::json;
 
     fn parse(v: Value) -> Result<SubscribeRequest, ErrorCode> {
-        SubscribeRequest::parse(Some(&v), true).map_err(|(c, _)| c)
+        SubscribeRequest::parse(Some(&v), true, Streams::OFF).map_err(|(c, _)| c)
+    }
+
+    #[test]
+    fn streams_and_filters_are_read() {
+        let on = Streams::with_separator(':').unwrap();
+        let parse_on = |v: Value| SubscribeRequest::parse(Some(&v), true, on).map_err(|(c, _)| c);
+        let req = parse_on(
+            json!({"trackingId": "m:*", "since": "s3-2", "filter": {"status": ["failed"]}}),
+        )
+        .unwrap();
+        assert_eq!(req.since, Some(EventId { epoch: 3, seq: 2 }));
+        assert!(req.filter.is_some());
+        assert_eq!(
+            parse_on(json!({"trackingId": "m:*", "since": "3-2"})).err(),
+            Some(ErrorCode::InvalidSince)
+        );
+        assert_eq!(
+            parse_on(json!({"trackingId": "m:x", "since": "s3-2"})).err(),
+            Some(ErrorCode::InvalidSince)
+        );
+        assert_eq!(
+            parse_on(json!({"trackingId": "m:x:*"})).err(),
+            Some(ErrorCode::InvalidTrackingId)
+        );
+        assert_eq!(
+            parse(json!({"trackingId": "m:*"})).err(),
+            Some(ErrorCode::InvalidTrackingId)
+        );
+        assert_eq!(
+            parse_on(json!({"trackingId": "m:x", "filter": {}})).err(),
+            Some(ErrorCode::InvalidPayload)
+        );
+        // Unsubscribe reads neither.
+        assert!(
+            SubscribeRequest::parse(Some(&json!({"trackingId": "m:x", "filter": 5})), false, on)
+                .is_ok()
+        );
     }
 
     #[test]
     fn payloads_map_to_the_contract_codes() {
         assert_eq!(
-            SubscribeRequest::parse(None, true).map_err(|(c, _)| c),
+            SubscribeRequest::parse(None, true, Streams::OFF).map_err(|(c, _)| c),
             Err(ErrorCode::InvalidPayload)
         );
         assert_eq!(parse(json!("sub-1")), Err(ErrorCode::InvalidPayload));
@@ -160,20 +218,26 @@ mod tests {
             parse(json!({"trackingId": "a", "since": null})),
             Ok(SubscribeRequest {
                 tracking_id: "a".into(),
-                since: None
+                since: None,
+                filter: None,
             })
         );
         assert_eq!(
             parse(json!({"trackingId": "a", "since": "3-2"})),
             Ok(SubscribeRequest {
                 tracking_id: "a".into(),
-                since: Some(EventId { epoch: 3, seq: 2 })
+                since: Some(EventId { epoch: 3, seq: 2 }),
+                filter: None,
             })
         );
         // unsubscribe ignores since, whatever it holds.
         assert_eq!(
-            SubscribeRequest::parse(Some(&json!({"trackingId": "a", "since": 5})), false)
-                .map(|r| r.since),
+            SubscribeRequest::parse(
+                Some(&json!({"trackingId": "a", "since": 5})),
+                false,
+                Streams::OFF
+            )
+            .map(|r| r.since),
             Ok(None)
         );
     }

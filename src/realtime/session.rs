@@ -165,7 +165,7 @@ impl Session {
     }
 
     async fn subscribe(&self, realtime: &Realtime, socket: &SocketRef, cmd: Command) {
-        let req = match SubscribeRequest::parse(cmd.payload.as_ref(), true) {
+        let req = match SubscribeRequest::parse(cmd.payload.as_ref(), true, realtime.streams) {
             Ok(req) => req,
             Err(refused) => return reply_error(socket, cmd.ack, None, refused),
         };
@@ -205,7 +205,7 @@ impl Session {
         };
         let result = realtime
             .hub
-            .subscribe(socket, &tid, req.since, acked)
+            .subscribe_filtered(socket, &tid, req.since, req.filter, acked)
             .instrument(span)
             .await;
         let replayed = match result {
@@ -239,7 +239,7 @@ impl Session {
     }
 
     async fn unsubscribe(&self, realtime: &Realtime, socket: &SocketRef, cmd: Command) {
-        let req = match SubscribeRequest::parse(cmd.payload.as_ref(), false) {
+        let req = match SubscribeRequest::parse(cmd.payload.as_ref(), false, realtime.streams) {
             Ok(req) => req,
             Err(refused) => return reply_error(socket, cmd.ack, None, refused),
         };

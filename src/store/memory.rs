@@ -31,7 +31,7 @@ use super::{
     Appended, HistoryPage, HistoryStore, Publication, Publications, Retention, StoreError,
     resolve_since,
 };
-use crate::model::{DedupeKey, EventId, NewPayment, Position, StoredEvent, now_ms};
+use crate::model::{DedupeKey, EventId, NameKind, NewPayment, Position, StoredEvent, now_ms};
 use crate::telemetry;
 
 /// Independent locks over the trackingId space, so that appends for
@@ -130,9 +130,12 @@ struct Evictable {
     accepted_ms: u64,
 }
 
-/// One trackingId's history and dedupe keys.
+/// One trackingId's (or stream's) history and dedupe keys (a stream has
+/// none: a payment's key lives in its trackingId's history).
 struct History {
     tracking_id: Arc<str>,
+    /// Events kept at most (`max_events`, or `stream_max_events`).
+    limit: usize,
     epoch: u64,
     last_seq: u64,
     /// Retained events, oldest first, with contiguous seqs.
@@ -156,10 +159,15 @@ fn key_cost(key: &DedupeKey) -> usize {
 }
 
 impl History {
-    fn new(tracking_id: Arc<str>, epoch: u64) -> Self {
+    fn new(tracking_id: Arc<str>, epoch: u64, retention: &Retention) -> Self {
+        let limit = match NameKind::of(&tracking_id) {
+            NameKind::Stream => retention.stream_max_events,
+            NameKind::TrackingId => retention.max_events,
+        };
         History {
             bytes: tracking_id.len() + HISTORY_OVERHEAD,
             tracking_id,
+            limit,
             epoch,
             last_seq: 0,
             events: VecDeque::new(),
@@ -189,7 +197,7 @@ impl History {
     }
 
     fn prune(&mut self, now: u64, retention: &Retention) {
-        while self.events.len() > retention.max_events {
+        while self.events.len() > self.limit {
             self.pop_event();
         }
         while self
@@ -310,8 +318,15 @@ impl MemoryStore {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    fn shard(&self, tracking_id: &str) -> MutexGuard<'_, Shard> {
-        let idx = (self.hasher.hash_one(tracking_id) as usize) % SHARDS;
+    /// The shard of a trackingId or stream: chosen by the account when
+    /// streams are on, so that a payment's two histories share one lock.
+    fn shard(&self, name: &str) -> MutexGuard<'_, Shard> {
+        let streams = self.retention.streams;
+        let key = match name.strip_suffix('*') {
+            Some(account) => account,
+            None => streams.account_of(name).unwrap_or(name),
+        };
+        let idx = (self.hasher.hash_one(key) as usize) % SHARDS;
         // A panic while holding a shard cannot leave a history half-written
         // in a way later calls rely on, so a poisoned lock is still usable.
         self.shards[idx].lock().unwrap_or_else(|e| e.into_inner())
@@ -343,28 +358,77 @@ impl MemoryStore {
         tracking_id: &str,
         payments: &[NewPayment],
     ) -> Result<Vec<Appended>, EpochTaken> {
+        let stream = self.retention.streams.stream_of(tracking_id);
         let mut shard = self.shard(tracking_id);
         let Shard {
             histories,
             removed_epoch,
         } = &mut *shard;
-        // Under the lock that orders this trackingId's appends, so that
-        // acceptance times never decrease along its history.
+        // Under the lock that orders this trackingId's (and its stream's)
+        // appends, so that acceptance times never decrease along either.
         let accepted_ms = self.clock.now();
-        let (history, before) = match histories.get_mut(tracking_id) {
-            Some(h) => {
-                let before = h.bytes;
-                (h, before)
-            }
-            None => {
-                if accepted_ms <= *removed_epoch {
-                    return Err(EpochTaken);
-                }
-                let key: Arc<str> = Arc::from(tracking_id);
-                let fresh = History::new(key.clone(), accepted_ms);
-                (histories.entry(key).or_insert(fresh), 0)
-            }
-        };
+        // Both histories are checked before either is touched: an append
+        // that must wait changes nothing.
+        let fresh = |name: &str| !histories.contains_key(name);
+        if (fresh(tracking_id) || stream.as_deref().is_some_and(fresh))
+            && accepted_ms <= *removed_epoch
+        {
+            return Err(EpochTaken);
+        }
+        let (out, stored) = self.append_to(histories, tracking_id, payments, accepted_ms);
+        let name: Arc<str> = Arc::from(tracking_id);
+        let mut order_entries: Vec<Evictable> = stored
+            .iter()
+            .map(|(_, event)| Evictable {
+                tracking_id: name.clone(),
+                epoch: event.id.epoch,
+                seq: event.id.seq,
+                accepted_ms,
+            })
+            .collect();
+        if let Some(stream) = stream.filter(|_| !stored.is_empty()) {
+            order_entries.extend(self.append_to_stream(histories, &stream, &stored, accepted_ms));
+        }
+        if !order_entries.is_empty() {
+            let mut order = self.order();
+            // Accounted before the entries can be popped (and subtracted).
+            self.used
+                .fetch_add(order_entries.len() * ORDER_ENTRY, Ordering::Relaxed);
+            order.extend(order_entries);
+        }
+        Ok(out)
+    }
+
+    /// The history of `name`, created afresh with `epoch` if it has none
+    /// (the caller checked the epoch is free), and its bytes before.
+    fn history<'h>(
+        &self,
+        histories: &'h mut HashMap<Arc<str>, History>,
+        name: &str,
+        epoch: u64,
+    ) -> (&'h mut History, usize) {
+        if histories.contains_key(name) {
+            let history = histories
+                .get_mut(name)
+                .unwrap_or_else(|| unreachable!("checked just above"));
+            let before = history.bytes;
+            return (history, before);
+        }
+        let key: Arc<str> = Arc::from(name);
+        let fresh = History::new(key.clone(), epoch, &self.retention);
+        (histories.entry(key).or_insert(fresh), 0)
+    }
+
+    /// Stores and publishes `payments` in `tracking_id`'s history; returns
+    /// the outcomes and each new event with its payment.
+    fn append_to<'p>(
+        &self,
+        histories: &mut HashMap<Arc<str>, History>,
+        tracking_id: &str,
+        payments: &'p [NewPayment],
+        accepted_ms: u64,
+    ) -> (Vec<Appended>, Vec<(&'p NewPayment, StoredEvent)>) {
+        let (history, before) = self.history(histories, tracking_id, accepted_ms);
         history.prune(accepted_ms, &self.retention);
         let dedupe_until = accepted_ms.saturating_add(self.retention.dedupe_ttl_ms);
         let mut out = Vec::with_capacity(payments.len());
@@ -378,30 +442,53 @@ impl MemoryStore {
             let id = event_id_of(history);
             let event = StoredEvent::new(id, accepted_ms, &payment.data);
             history.push(event.clone(), payment.dedupe.clone(), dedupe_until);
-            stored.push(Evictable {
-                tracking_id: history.tracking_id.clone(),
-                epoch: id.epoch,
-                seq: id.seq,
-                accepted_ms,
-            });
             // Published under the shard lock: a trackingId's events enter
             // the queue in seq order.
             self.publications.publish(Publication {
                 tracking_id: tracking_id.to_owned(),
                 event: event.clone(),
             });
+            stored.push((payment, event.clone()));
             out.push(Appended::Stored(event));
         }
         history.prune(accepted_ms, &self.retention);
         self.account(before, history.bytes);
-        if !stored.is_empty() {
-            let mut order = self.order();
-            // Accounted before the entries can be popped (and subtracted).
-            self.used
-                .fetch_add(stored.len() * ORDER_ENTRY, Ordering::Relaxed);
-            order.extend(stored);
+        (out, stored)
+    }
+
+    /// Stores and publishes the new events `stored` of one trackingId in
+    /// its stream, in their order; returns their entries of the order.
+    fn append_to_stream(
+        &self,
+        histories: &mut HashMap<Arc<str>, History>,
+        stream: &str,
+        stored: &[(&NewPayment, StoredEvent)],
+        accepted_ms: u64,
+    ) -> Vec<Evictable> {
+        let (history, before) = self.history(histories, stream, accepted_ms);
+        history.prune(accepted_ms, &self.retention);
+        let mut entries = Vec::with_capacity(stored.len());
+        for (payment, source) in stored {
+            history.last_seq += 1;
+            let id = event_id_of(history);
+            let event =
+                StoredEvent::new_in_stream(stream, id, source.id, accepted_ms, &payment.data);
+            history.bytes += event_cost(&event);
+            history.events.push_back(event.clone());
+            self.publications.publish(Publication {
+                tracking_id: stream.to_owned(),
+                event,
+            });
+            entries.push(Evictable {
+                tracking_id: history.tracking_id.clone(),
+                epoch: id.epoch,
+                seq: id.seq,
+                accepted_ms,
+            });
         }
-        Ok(out)
+        history.prune(accepted_ms, &self.retention);
+        self.account(before, history.bytes);
+        entries
     }
 
     /// Evicts the oldest payments until the accounting is within the limit
@@ -612,6 +699,8 @@ mod tests {
         MemoryStore::new(
             Retention {
                 max_events: 10,
+                stream_max_events: 10_000,
+                streams: crate::model::Streams::OFF,
                 history_ttl_ms: 60_000,
                 dedupe_ttl_ms: 60_000,
             },

@@ -23,13 +23,18 @@ pub use redis::{RedisDirectory, RedisStore, RedisTarget, RedisTls, redact};
 
 use async_trait::async_trait;
 
-use crate::model::{EventId, NewPayment, Position, StoredEvent};
+use crate::model::{EventId, NewPayment, Position, StoredEvent, Streams};
 
-/// How long and how much history is kept per trackingId.
+/// Which histories are kept (per trackingId, and per account stream when
+/// streams are on), how long and how many events.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
     /// Events kept per trackingId; older ones are dropped first.
     pub max_events: usize,
+    /// Events kept per stream.
+    pub stream_max_events: usize,
+    /// Whether payments are also kept in their account's stream.
+    pub streams: Streams,
     /// Milliseconds an event is kept after it was accepted.
     pub history_ttl_ms: u64,
     /// Milliseconds an idempotency key is remembered; never shorter than
@@ -102,7 +107,16 @@ impl StoreError {
     }
 }
 
-/// Per-trackingId payment history with idempotency.
+/// Per-trackingId payment history with idempotency, and with streams on
+/// (contract section 8) per account stream.
+///
+/// A stream is a history like a trackingId's, named `<account>*`: it is
+/// read, listened to and published exactly as one. `append` for a
+/// trackingId of an account stores each new event in the trackingId's
+/// history and in its stream's, with the stream's own epoch and seq, in
+/// the same atomic step (both or neither; a duplicate in neither), and
+/// publishes both; a trackingId's events enter its stream in their seq
+/// order. Every guarantee below holds for a stream as for a trackingId.
 ///
 /// A trackingId's history is a sequence of events numbered by `seq` 1, 2, 3,
 /// ... within an *epoch*. Guarantees every implementation keeps:

@@ -17,6 +17,12 @@
 //! no trackingId can reach into another's keys, and so that a channel name
 //! tells its trackingId back.
 //!
+//! With streams on (contract section 8), a trackingId of account `A` and
+//! the stream `A*` use `tidings:{<A>}<rest>}:...` (`<rest>` is `*` for the
+//! stream): the account is the hash tag, so one script stores a payment in
+//! both histories, atomically, also on a Redis Cluster (`keys.rs`). All of
+//! an account's payments then live on one shard.
+//!
 //! Appending and publishing happen in one Lua script (`lua/append.lua`),
 //! which Redis runs atomically: seqs are contiguous across nodes and every
 //! node receives a trackingId's publications in seq order. Times (epochs,
@@ -387,9 +393,16 @@ impl HistoryStore for RedisStore {
         tracking_id: &str,
         payments: &[NewPayment],
     ) -> Result<Vec<Appended>, StoreError> {
-        let keys = Keys::new(tracking_id);
+        let streams = self.retention.streams;
+        let keys = Keys::new(tracking_id, streams);
+        let stream = streams
+            .stream_of(tracking_id)
+            .map(|name| (Keys::new(&name, streams), name));
         let mut invocation = self.append.prepare_invoke();
         invocation.key(keys.meta()).key(keys.events());
+        if let Some((stream_keys, _)) = &stream {
+            invocation.key(stream_keys.meta()).key(stream_keys.events());
+        }
         for p in payments {
             invocation.key(keys.dedupe(&p.dedupe));
         }
@@ -399,6 +412,19 @@ impl HistoryStore for RedisStore {
             .arg(self.retention.dedupe_ttl_ms)
             .arg(if self.cluster { "SPUBLISH" } else { "PUBLISH" })
             .arg(keys.channel());
+        match &stream {
+            Some((stream_keys, name)) => {
+                let name = serde_json::to_string(name)
+                    .map_err(|e| StoreError::malformed(format!("stream name: {e}")))?;
+                invocation
+                    .arg(name)
+                    .arg(stream_keys.channel())
+                    .arg(self.retention.stream_max_events);
+            }
+            None => {
+                invocation.arg("").arg("").arg(0);
+            }
+        }
         for p in payments {
             let data = serde_json::to_string(&p.data)
                 .map_err(|e| StoreError::malformed(format!("payment data: {e}")))?;
@@ -456,7 +482,7 @@ impl HistoryStore for RedisStore {
         since: Option<EventId>,
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
-        let keys = Keys::new(tracking_id);
+        let keys = Keys::new(tracking_id, self.retention.streams);
         let (since_epoch, since_seq) =
             since.map_or((String::new(), 0), |s| (s.epoch.to_string(), s.seq));
         let reply: Value = self
@@ -515,7 +541,7 @@ impl HistoryStore for RedisStore {
     }
 
     async fn listen(&self, tracking_id: &str) -> Result<(), StoreError> {
-        let channel = Keys::new(tracking_id).channel();
+        let channel = Keys::new(tracking_id, self.retention.streams).channel();
         let _one_at_a_time = self.one_at_a_time().await;
         let result = match &self.pubsub {
             Conn::Single(c) => c.clone().subscribe(&channel).await,
@@ -529,7 +555,7 @@ impl HistoryStore for RedisStore {
     }
 
     async fn unlisten(&self, tracking_id: &str) {
-        let channel = Keys::new(tracking_id).channel();
+        let channel = Keys::new(tracking_id, self.retention.streams).channel();
         let _one_at_a_time = self.one_at_a_time().await;
         let result = match &self.pubsub {
             Conn::Single(c) => c.clone().unsubscribe(&channel).await,
@@ -575,7 +601,8 @@ impl HistoryStore for RedisStore {
                 let owners = slot_owners(slots).ok_or_else(|| malformed("CLUSTER SLOTS"))?;
                 let mut by_master: HashMap<(String, u16), Vec<String>> = HashMap::new();
                 for tid in tracking_ids {
-                    let slot = key_slot(Keys::new(tid).channel().as_bytes());
+                    let slot =
+                        key_slot(Keys::new(tid, self.retention.streams).channel().as_bytes());
                     if let Some(owner) = owners
                         .iter()
                         .find(|(start, end, _)| (*start..=*end).contains(&slot))

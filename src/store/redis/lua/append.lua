@@ -1,16 +1,22 @@
--- Appends one trackingId's payments and publishes each new one, atomically.
+-- Appends one trackingId's payments and publishes each new one, atomically;
+-- with an account stream, also stores and publishes each new one in it.
 --
 -- KEYS[1]      meta:   hash { epoch, seq (last issued), rid (run id of the Redis that wrote it) }
 -- KEYS[2]      events: stream, ids <epoch>-<seq>, fields t (accepted ms), e (envelope)
--- KEYS[3..]    one dedupe key per payment, in payment order
+-- KEYS[3..4]   with an account stream only: the stream's meta and events (same shapes)
+-- KEYS[...]    then one dedupe key per payment, in payment order
 -- ARGV[1]      max_events      events kept (MAXLEN)
 -- ARGV[2]      history_ttl_ms  age after which an event is dropped
 -- ARGV[3]      dedupe_ttl_ms   how long a dedupe key (and the meta) lives
 -- ARGV[4]      publish         PUBLISH, or SPUBLISH on a Redis Cluster
 -- ARGV[5]      channel         the trackingId's channel
--- ARGV[6..]    one payment `data` JSON per payment, in payment order
+-- ARGV[6]      stream          the stream's name as a JSON string, '' for none
+-- ARGV[7]      stream_channel  the stream's channel
+-- ARGV[8]      stream_max      events kept in the stream (MAXLEN)
+-- ARGV[9..]    one payment `data` JSON per payment, in payment order
 --
--- Returns { now, { id, 0, envelope } | { original id, 1 }, ... } in payment order.
+-- Returns { now, { id, 0, envelope } | { original id, 1 }, ... } in payment order
+-- (the trackingId's ids: a stream's events are published, not returned).
 --
 -- Each new event is published as `<id> <accepted ms> <envelope>`: the nodes
 -- take its id and time from there, never from the envelope's JSON.
@@ -22,27 +28,40 @@ local max_events = ARGV[1]
 local history_ttl = tonumber(ARGV[2])
 local dedupe_ttl = tonumber(ARGV[3])
 local publish, channel = ARGV[4], ARGV[5]
-local FIRST = 6 -- ARGV index of the first payment; its dedupe key is KEYS[FIRST - 3]
+local stream, stream_channel, stream_max = ARGV[6], ARGV[7], ARGV[8]
+local has_stream = stream ~= ''
+local smeta, sevents = KEYS[3], KEYS[4]
+local FIRST = 9 -- ARGV index of the first payment
+-- KEYS index of payment i's dedupe key (ARGV index i)
+local shift = has_stream and 4 or 6
+local function dedupe_key(i) return KEYS[i - shift] end
 
 local now = now_ms()
 local epoch, seq = open_history(meta, events, now)
+local sepoch, sseq
+if has_stream then
+  sepoch, sseq = open_history(smeta, sevents, now)
+end
 local originals = {}
 for i = FIRST, #ARGV do
-  originals[i] = redis.call('GET', KEYS[i - 3])
+  originals[i] = redis.call('GET', dedupe_key(i))
 end
 trim(events, now - history_ttl)
+if has_stream then trim(sevents, now - history_ttl) end
 
-if not epoch then
-  -- A history created afresh: a new epoch, and no entry of an older one.
-  epoch, seq = now, 0
-  redis.call('DEL', events)
-  redis.call('HSET', meta, 'epoch', fmt(epoch), 'seq', '0', 'rid', run_id())
+-- A history created afresh: a new epoch, and no entry of an older one.
+local function create(m, e)
+  redis.call('DEL', e)
+  redis.call('HSET', m, 'epoch', fmt(now), 'seq', '0', 'rid', run_id())
+  return now, 0
 end
+if not epoch then epoch, seq = create(meta, events) end
+if has_stream and not sepoch then sepoch, sseq = create(smeta, sevents) end
 
 local out = { now }
 local taken = {} -- dedupe keys stored by this call
 for i = FIRST, #ARGV do
-  local key = KEYS[i - 3]
+  local key = dedupe_key(i)
   local original = originals[i] or taken[key]
   if original then
     out[#out + 1] = { original, 1 }
@@ -56,9 +75,26 @@ for i = FIRST, #ARGV do
     redis.call(publish, channel, id .. ' ' .. fmt(now) .. ' ' .. envelope)
     taken[key] = id
     out[#out + 1] = { id, 0, envelope }
+    if has_stream then
+      -- The same payment in its account's stream: the stream's own id and
+      -- seq, its place in its trackingId's history under source.
+      sseq = sseq + 1
+      local sid = fmt(sepoch) .. '-' .. fmt(sseq)
+      local senvelope = '{"type":"payment_notification","stream":' .. stream ..
+        ',"id":"s' .. sid .. '","seq":' .. fmt(sseq) ..
+        ',"source":{"id":"' .. id .. '","seq":' .. fmt(seq) ..
+        '},"data":' .. ARGV[i] .. ',"timestamp":' .. fmt(now) .. '}'
+      redis.call('XADD', sevents, 'MAXLEN', stream_max, sid, 't', fmt(now), 'e', senvelope)
+      redis.call(publish, stream_channel, sid .. ' ' .. fmt(now) .. ' ' .. senvelope)
+    end
   end
 end
 redis.call('HSET', meta, 'seq', fmt(seq))
 redis.call('PEXPIRE', meta, dedupe_ttl)
 redis.call('PEXPIRE', events, history_ttl)
+if has_stream then
+  redis.call('HSET', smeta, 'seq', fmt(sseq))
+  redis.call('PEXPIRE', smeta, dedupe_ttl)
+  redis.call('PEXPIRE', sevents, history_ttl)
+end
 return out
