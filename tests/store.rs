@@ -856,3 +856,193 @@ fn owns(node: &RedisServer, slot: u16) -> bool {
         start <= slot && slot <= end && port == node.port && w[2].contains('.')
     })
 }
+
+// ------------------------------------------------------------ account streams
+
+fn streams_on(max_events: usize, stream_max_events: usize) -> Retention {
+    Retention {
+        stream_max_events,
+        streams: tidings::model::Streams::with_separator(':').unwrap(),
+        ..retention(max_events)
+    }
+}
+
+/// The next publication of `name`, skipping others'.
+async fn next_of(rx: &mut PublicationStream, name: &str) -> tidings::store::Publication {
+    loop {
+        let p = next_publication(rx).await;
+        if p.tracking_id == name {
+            return p;
+        }
+    }
+}
+
+/// Section 8 in a store: each new payment of an account's trackingId is in
+/// its stream too, with the stream's own epoch and contiguous seq and its
+/// source; a duplicate in neither; trackingIds of no account in none; the
+/// stream keeps its own limit and is read and published as a history.
+async fn stream_conformance(store: &dyn HistoryStore, published: &mut PublicationStream) {
+    let stream = "m:*";
+    store.listen(stream).await.unwrap();
+    assert_eq!(store.read(stream, None, 10).await.unwrap().position.seq, 0);
+    let a = append(store, "m:a", &["a1", "a2", "a1"]).await;
+    assert_eq!(seqs(&a), vec![(1, false), (2, false), (1, true)]);
+    let b = append(store, "m:b:c", &["b1"]).await;
+    append(store, "x", &["x1"]).await;
+    append(store, ":m", &["y1"]).await;
+    let dup = append(store, "m:a", &["a2"]).await;
+    assert!(matches!(dup[0], Appended::Duplicate(_)));
+    let page = store.read(stream, None, 10).await.unwrap();
+    assert_eq!(page.position.seq, 3, "a duplicate is in neither history");
+    let sources = [a[0].id(), a[1].id(), b[0].id()];
+    let tids = ["m:a", "m:a", "m:b:c"];
+    for (i, event) in page.events.iter().enumerate() {
+        let v: Value = serde_json::from_str(event.envelope.get()).unwrap();
+        assert_eq!(event.id.seq, i as u64 + 1);
+        assert_eq!(v["id"], format!("s{}", event.id), "a stream id is marked");
+        assert_eq!(v["seq"], i as u64 + 1);
+        assert_eq!(v["stream"], stream);
+        assert_eq!(v["source"]["id"], sources[i].to_string());
+        assert_eq!(v["source"]["seq"], sources[i].seq);
+        assert_eq!(v["data"]["trackingId"], tids[i]);
+        assert_eq!(v["type"], "payment_notification");
+        let p = next_of(published, stream).await;
+        assert_eq!(p.event.id, event.id, "published in stream order");
+        assert_eq!(p.event.envelope.get(), event.envelope.get());
+    }
+    // Both histories' acceptance time is the same.
+    let tid_page = store.read("m:b:c", None, 10).await.unwrap();
+    assert_eq!(tid_page.events[0].accepted_ms, page.events[2].accepted_ms);
+    // A since from within the stream replays what follows it.
+    let after = store
+        .read(stream, Some(page.events[0].id), 10)
+        .await
+        .unwrap();
+    assert_eq!(after.events.len(), 2);
+    assert!(!after.truncated);
+    // The stream keeps its own limit (3 here, the trackingIds 1000).
+    append(store, "m:z", &["z1", "z2"]).await;
+    let page = store.read(stream, None, 10).await.unwrap();
+    let kept: Vec<u64> = page.events.iter().map(|e| e.id.seq).collect();
+    assert_eq!(kept, vec![3, 4, 5]);
+    let from_old = store
+        .read(
+            stream,
+            Some(EventId {
+                seq: 1,
+                ..page.events[0].id
+            }),
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(from_old.truncated, "events after since are gone");
+}
+
+#[tokio::test]
+async fn memory_streams_keep_the_guarantees() {
+    let (publications, mut rx) = Publications::channel(100);
+    let store = MemoryStore::new(streams_on(1000, 3), publications);
+    stream_conformance(&store, &mut rx).await;
+}
+
+#[tokio::test]
+async fn redis_streams_keep_the_guarantees() {
+    let redis = RedisServer::start();
+    let (publications, mut rx) = Publications::channel(10_000);
+    let store = RedisStore::connect(
+        &RedisTarget::Single(redis.url()),
+        streams_on(1000, 3),
+        publications,
+    )
+    .await
+    .expect("connects");
+    stream_conformance(&store, &mut rx).await;
+    // The account is the hash tag of both histories.
+    assert_eq!(redis.cli(&["exists", "tidings:{m:}a}:meta"]), "1");
+    assert_eq!(redis.cli(&["exists", "tidings:{m:}*}:events"]), "1");
+}
+
+/// On a Redis Cluster, with nodes appending to several trackingIds of one
+/// account at once: the stream's seq is contiguous, every payment is in it
+/// once, and each trackingId's payments keep their order in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_streams_are_contiguous_under_concurrent_appends() {
+    let cluster = RedisCluster::start();
+    let target = RedisTarget::Cluster(cluster.seeds());
+    let connect = |stream_max| {
+        let target = target.clone();
+        async move {
+            let (publications, rx) = Publications::channel(10_000);
+            let store = RedisStore::connect(&target, streams_on(1000, stream_max), publications)
+                .await
+                .expect("connects");
+            (Arc::new(store), rx)
+        }
+    };
+    let (store, mut rx) = connect(3).await;
+    stream_conformance(store.as_ref(), &mut rx).await;
+    let (a, _) = connect(10_000).await;
+    let (b, _) = connect(10_000).await;
+    let (c, mut published) = connect(10_000).await;
+    c.listen("acct:*").await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, node) in [a, b].into_iter().enumerate() {
+        tasks.spawn(async move {
+            for i in 0..60 {
+                let tid = format!("acct:t{}", i % 3);
+                append(
+                    node.as_ref(),
+                    &tid,
+                    &[&format!("{n}-{i}"), &format!("{n}-{i}b")],
+                )
+                .await;
+            }
+        });
+    }
+    tasks.join_all().await;
+    let mut last_source: std::collections::HashMap<String, u64> = Default::default();
+    let mut sources = std::collections::HashSet::new();
+    for expected in 1..=240 {
+        let p = next_of(&mut published, "acct:*").await;
+        assert_eq!(p.event.id.seq, expected, "stream seq contiguous, in order");
+        let v: Value = serde_json::from_str(p.event.envelope.get()).unwrap();
+        let tid = v["data"]["trackingId"].as_str().unwrap().to_owned();
+        let seq = v["source"]["seq"].as_u64().unwrap();
+        let before = last_source.insert(tid.clone(), seq).unwrap_or(0);
+        assert_eq!(
+            seq,
+            before + 1,
+            "{tid}'s payments in their order in the stream"
+        );
+        assert!(
+            sources.insert(v["source"]["id"].to_string() + &tid),
+            "once each"
+        );
+    }
+}
+
+/// The stream envelope the script writes is the one the memory store
+/// writes (`StoredEvent::new_in_stream`), byte for byte.
+#[tokio::test]
+async fn the_lua_stream_envelope_is_byte_for_byte_the_rust_one() {
+    let redis = RedisServer::start();
+    let (publications, _rx) = Publications::channel(10_000);
+    let store = RedisStore::connect(
+        &RedisTarget::Single(redis.url()),
+        streams_on(1000, 1000),
+        publications,
+    )
+    .await
+    .expect("connects");
+    let tid = "商户-\"42\":sub-é\u{1F4B8}";
+    let stream = "商户-\"42\":*";
+    let mut p = payment(tid, "5Jt…<\u{7}>\\/");
+    p.data.amount = 9_007_199_254_740_991;
+    let out = store.append(tid, &[p.clone()]).await.unwrap();
+    let page = store.read(stream, None, 10).await.unwrap();
+    let event = &page.events[0];
+    let rust =
+        StoredEvent::new_in_stream(stream, event.id, out[0].id(), event.accepted_ms, &p.data);
+    assert_eq!(event.envelope.get(), rust.envelope.get());
+}

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, oneshot};
 
 use super::*;
 use crate::model::{
-    DedupeKey, Envelope, ErrorCode, ErrorData, NewPayment, PaymentData, PaymentStatus,
+    DedupeKey, Envelope, ErrorCode, ErrorData, NewPayment, PaymentData, PaymentStatus, StatusFilter,
 };
 use crate::store::{
     Appended, HistoryPage, MemoryStore, PublicationStream, Publications, Retention,
@@ -40,6 +40,8 @@ enum Got {
 struct Recorder {
     id: u32,
     log: Arc<Mutex<Vec<Got>>>,
+    /// Each payment's seq and `prevSeq` (filtered subscriptions only).
+    prev: Arc<Mutex<Vec<(u64, Option<u64>)>>>,
     changed: Arc<Notify>,
     connected: Arc<AtomicBool>,
 }
@@ -50,6 +52,7 @@ impl Recorder {
         Recorder {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             log: Arc::default(),
+            prev: Arc::default(),
             changed: Arc::default(),
             connected: Arc::new(AtomicBool::new(true)),
         }
@@ -111,10 +114,14 @@ impl Subscriber for Recorder {
 
     fn send_payment(&self, envelope: &RawValue) -> bool {
         #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
         struct Head {
             id: String,
+            seq: u64,
+            prev_seq: Option<u64>,
         }
         let head: Head = serde_json::from_str(envelope.get()).unwrap();
+        self.prev.lock().unwrap().push((head.seq, head.prev_seq));
         self.record(Got::Payment(head.id.parse().unwrap()));
         true
     }
@@ -274,15 +281,22 @@ impl Bench {
 
     /// Stores `n` payments for `tracking_id`, one call each; their ids.
     async fn append(&self, tracking_id: &str, n: usize) -> Vec<EventId> {
+        self.append_statuses(tracking_id, &vec![PaymentStatus::Executed; n])
+            .await
+    }
+
+    /// Stores one payment of each status for `tracking_id`, one call
+    /// each; their ids.
+    async fn append_statuses(&self, tracking_id: &str, statuses: &[PaymentStatus]) -> Vec<EventId> {
         let mut ids = Vec::new();
-        for _ in 0..n {
+        for &status in statuses {
             let sig = format!("sig-{}", self.signed.fetch_add(1, Ordering::Relaxed));
             let payment = NewPayment {
                 data: PaymentData {
                     tracking_id: tracking_id.to_owned(),
                     amount: 1,
                     timestamp: 1,
-                    status: PaymentStatus::Executed,
+                    status,
                     signature: Some(sig.clone()),
                 },
                 dedupe: DedupeKey::Signature(sig),
@@ -341,15 +355,28 @@ async fn subscribe(
     tid: &str,
     since: Option<EventId>,
 ) -> Position {
+    subscribe_filtered(hub, sub, tid, since, None).await
+}
+
+async fn subscribe_filtered(
+    hub: &Arc<Hub<Recorder>>,
+    sub: &Recorder,
+    tid: &str,
+    since: Option<EventId>,
+    filter: Option<StatusFilter>,
+) -> Position {
     let acked = Arc::new(Mutex::new(None));
     let ack = {
         let acked = acked.clone();
         move |position| *acked.lock().unwrap() = Some(position)
     };
-    tokio::time::timeout(PATIENCE, hub.subscribe(sub, tid, since, ack))
-        .await
-        .expect("subscribe completed in time")
-        .unwrap();
+    tokio::time::timeout(
+        PATIENCE,
+        hub.subscribe_filtered(sub, tid, since, filter, ack),
+    )
+    .await
+    .expect("subscribe completed in time")
+    .unwrap();
     let position = acked.lock().unwrap().take();
     position.expect("acked")
 }
@@ -720,4 +747,113 @@ async fn a_fill_hands_over_to_the_live_payments_that_raced_it_and_stops_where_it
     a.wait_for_seqs(&expected).await;
     let warned = a.got().contains(&Got::Error(ErrorCode::HistoryTruncated));
     assert!(warned, "HISTORY_TRUNCATED");
+}
+
+// ---------------------------------------------------------------- filters
+
+const E: PaymentStatus = PaymentStatus::Executed;
+const F: PaymentStatus = PaymentStatus::Failed;
+
+fn failed_only() -> Option<StatusFilter> {
+    StatusFilter::from_subscribe(Some(&serde_json::json!({"status": ["failed"]}))).unwrap()
+}
+
+impl Recorder {
+    /// Each payment's seq and prevSeq, in the order handed over.
+    fn chain(&self) -> Vec<(u64, Option<u64>)> {
+        self.prev.lock().unwrap().clone()
+    }
+}
+
+/// A filtered subscription is handed only matching payments, replayed and
+/// live, each with the seq of the one before it (or where it started); an
+/// unfiltered one beside it gets everything, without prevSeq.
+#[tokio::test]
+async fn a_filtered_subscription_gets_matching_payments_chained_by_prev_seq() {
+    let mut bench = Bench::new();
+    let ids = bench.append_statuses("t", &[E, F, E, F]).await;
+    bench.pass(4).await;
+    let filtered = Recorder::new();
+    let plain = Recorder::new();
+    let hub = bench.hub.clone();
+    assert_eq!(
+        subscribe_filtered(&hub, &filtered, "t", Some(ids[0]), failed_only()).await,
+        at(ids[3])
+    );
+    bench.subscribe(&plain, "t", None).await;
+    filtered.wait_for_seqs(&[2, 4]).await;
+    assert_eq!(filtered.chain(), [(2, Some(1)), (4, Some(2))]);
+    bench.append_statuses("t", &[E, E, F]).await;
+    bench.pass(3).await;
+    filtered.wait_for_seqs(&[2, 4, 7]).await;
+    assert_eq!(
+        filtered.chain()[2],
+        (7, Some(4)),
+        "the skipped ones are not a hole"
+    );
+    plain.wait_for_seqs(&[5, 6, 7]).await;
+    assert!(plain.chain().iter().all(|(_, prev)| prev.is_none()));
+
+    // Without since: the chain starts at the ack's position.
+    let fresh = Recorder::new();
+    let position = subscribe_filtered(&hub, &fresh, "t", None, failed_only()).await;
+    assert_eq!(position.seq, 7);
+    bench.append_statuses("t", &[F]).await;
+    bench.pass(1).await;
+    fresh.wait_for_seqs(&[8]).await;
+    assert_eq!(fresh.chain(), [(8, Some(7))]);
+}
+
+/// After HISTORY_TRUNCATED the chain goes on from just before the oldest
+/// retained payment (replay) or from where the room resumes (catch-up):
+/// the client, warned, sees prevSeq jump rather than a false hole later.
+#[tokio::test]
+async fn a_filtered_chain_restarts_after_history_truncated() {
+    let mut bench = Bench::retaining(3);
+    let ids = bench.append_statuses("t", &[F, F, F, E, F, F]).await;
+    bench.pass(6).await;
+    let sub = Recorder::new();
+    let hub = bench.hub.clone();
+    subscribe_filtered(&hub, &sub, "t", Some(ids[0]), failed_only()).await;
+    sub.wait_for_seqs(&[5, 6]).await;
+    assert_eq!(sub.got()[0], Got::Error(ErrorCode::HistoryTruncated));
+    assert_eq!(sub.chain(), [(5, Some(3)), (6, Some(5))]);
+
+    // A catch-up that finds events gone: warned, then on from the base.
+    bench.append_statuses("t", &[F, F, F, F, F]).await;
+    for _ in 0..4 {
+        bench.lose().await;
+    }
+    bench.pass(1).await;
+    sub.wait_for_seqs(&[5, 6, 9, 10, 11]).await;
+    assert_eq!(
+        sub.chain()[2..],
+        [(9, Some(8)), (10, Some(9)), (11, Some(10))]
+    );
+}
+
+/// Subscribing again sets the filter anew: with since and another filter,
+/// the replay is read again through it; a repeat with the same filter
+/// resends nothing and the chain goes on.
+#[tokio::test]
+async fn a_resubscribe_replaces_the_filter() {
+    let mut bench = Bench::new();
+    let ids = bench.append_statuses("t", &[E, F, E]).await;
+    bench.pass(3).await;
+    let sub = Recorder::new();
+    let hub = bench.hub.clone();
+    subscribe_filtered(&hub, &sub, "t", Some(ids[0]), failed_only()).await;
+    sub.wait_for_seqs(&[2]).await;
+    // The same filter and since: nothing resent.
+    subscribe_filtered(&hub, &sub, "t", Some(ids[0]), failed_only()).await;
+    // No filter now: the replay from since, whole, without prevSeq.
+    subscribe_filtered(&hub, &sub, "t", Some(ids[0]), None).await;
+    sub.wait_for_seqs(&[2, 2, 3]).await;
+    assert_eq!(sub.chain()[1..], [(2, None), (3, None)]);
+    // Filtered again without since: from the ack's position on.
+    subscribe_filtered(&hub, &sub, "t", None, failed_only()).await;
+    bench.append_statuses("t", &[E, F]).await;
+    bench.pass(2).await;
+    sub.wait_for_seqs(&[2, 2, 3, 5]).await;
+    assert_eq!(sub.chain()[3], (5, Some(3)));
 }
