@@ -1046,3 +1046,54 @@ async fn the_lua_stream_envelope_is_byte_for_byte_the_rust_one() {
         StoredEvent::new_in_stream(stream, event.id, out[0].id(), event.accepted_ms, &p.data);
     assert_eq!(event.envelope.get(), rust.envelope.get());
 }
+
+/// Nodes with different `--stream-separator`s never write to one Redis at
+/// once (their key layouts would keep an account's trackingId in two
+/// histories, each issuing ids): the second is refused until the first's
+/// claim lapses; then a history in the new layout starts afresh, with a
+/// larger epoch, so no id is ever issued twice.
+#[tokio::test]
+async fn a_node_with_another_separator_waits_for_the_layout_to_be_free() {
+    let redis = RedisServer::start();
+    let connect = |retention| {
+        let url = redis.url();
+        async move {
+            let (publications, rx) = Publications::channel(10_000);
+            let store = RedisStore::connect(&RedisTarget::Single(url), retention, publications)
+                .await
+                .expect("connects");
+            (store, rx)
+        }
+    };
+    let (old, _) = connect(retention(1000)).await;
+    old.ping().await.unwrap();
+    let before = append(&old, "m:a", &["a1", "a2"]).await;
+    let (new, _) = connect(streams_on(1000, 1000)).await;
+    let refused = new.ping().await.unwrap_err().to_string();
+    assert!(refused.contains("no --stream-separator"), "{refused}");
+    assert!(matches!(
+        new.append("m:a", &[payment("m:a", "a3")]).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert_eq!(
+        old.read("m:a", None, 10).await.unwrap().position.seq,
+        2,
+        "nothing stored"
+    );
+    // The old nodes stop; their claim lapses.
+    drop(old);
+    assert_eq!(redis.cli(&["del", "tidings:layout"]), "1");
+    new.ping().await.expect("the layout is claimed once free");
+    let after = append(&new, "m:a", &["a3"]).await;
+    assert!(
+        after[0].id().epoch > before[1].id().epoch,
+        "a new, larger epoch"
+    );
+    assert_eq!(after[0].id().seq, 1);
+    let page = new.read("m:a", Some(before[1].id()), 10).await.unwrap();
+    assert!(
+        page.truncated,
+        "a since from the old layout reads as truncated"
+    );
+    assert!(new.ping().await.is_ok());
+}

@@ -35,13 +35,16 @@ enum Got {
     Error(ErrorCode),
 }
 
+/// A payment's seq and its `prevSeq`, as a subscriber was handed it.
+type Chained = (u64, Option<u64>);
+
 /// A subscriber that records what it is handed.
 #[derive(Clone)]
 struct Recorder {
     id: u32,
     log: Arc<Mutex<Vec<Got>>>,
     /// Each payment's seq and `prevSeq` (filtered subscriptions only).
-    prev: Arc<Mutex<Vec<(u64, Option<u64>)>>>,
+    prev: Arc<Mutex<Vec<Chained>>>,
     changed: Arc<Notify>,
     connected: Arc<AtomicBool>,
 }
@@ -760,7 +763,7 @@ fn failed_only() -> Option<StatusFilter> {
 
 impl Recorder {
     /// Each payment's seq and prevSeq, in the order handed over.
-    fn chain(&self) -> Vec<(u64, Option<u64>)> {
+    fn chain(&self) -> Vec<Chained> {
         self.prev.lock().unwrap().clone()
     }
 }

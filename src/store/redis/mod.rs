@@ -150,6 +150,14 @@ fn no_master(conn: Option<ConnectionManager>) -> Result<ConnectionManager, Redis
 const HISTORY_LUA: &str = include_str!("lua/history.lua");
 const APPEND_LUA: &str = include_str!("lua/append.lua");
 const READ_LUA: &str = include_str!("lua/read.lua");
+const LAYOUT_LUA: &str = include_str!("lua/layout.lua");
+
+/// The key where running nodes claim their key layout (`lua/layout.lua`).
+const LAYOUT_KEY: &str = "tidings:layout";
+/// How long a layout claim lasts without renewal (nodes renew it each
+/// second): a node with another `--stream-separator` may serve this long
+/// after the last node of the old one stopped.
+const LAYOUT_TTL_MS: u64 = 10_000;
 
 /// A [`HistoryStore`] in Redis.
 pub struct RedisStore {
@@ -167,6 +175,9 @@ pub struct RedisStore {
     publications: Publications,
     append: Script,
     read: Script,
+    layout: Script,
+    /// This node holds the claim on the key layout: it may write.
+    layout_claimed: AtomicBool,
     /// Whether Redis's eviction policy was checked since it was last
     /// unreachable.
     config_checked: AtomicBool,
@@ -258,6 +269,8 @@ impl RedisStore {
             // new trackingId would be stored past maxmemory.
             append: Script::new(&format!("#!lua\n{HISTORY_LUA}\n{APPEND_LUA}")),
             read: Script::new(&format!("{HISTORY_LUA}\n{READ_LUA}")),
+            layout: Script::new(LAYOUT_LUA),
+            layout_claimed: AtomicBool::new(false),
             config_checked: AtomicBool::new(false),
             subscribing: cluster.then(|| tokio::sync::Mutex::new(())),
         })
@@ -393,6 +406,9 @@ impl HistoryStore for RedisStore {
         tracking_id: &str,
         payments: &[NewPayment],
     ) -> Result<Vec<Appended>, StoreError> {
+        if !self.layout_claimed.load(Ordering::Relaxed) {
+            self.claim_layout().await?;
+        }
         let streams = self.retention.streams;
         let keys = Keys::new(tracking_id, streams);
         let stream = streams
@@ -647,6 +663,7 @@ impl HistoryStore for RedisStore {
         if !self.cluster {
             self.probe_write().await?;
         }
+        self.claim_layout().await?;
         self.check_config().await;
         Ok(())
     }
@@ -660,6 +677,46 @@ impl HistoryStore for RedisStore {
 }
 
 impl RedisStore {
+    /// Claims (or renews) the key layout of this node's
+    /// `--stream-separator`: refused while nodes with another one use this
+    /// Redis, which would keep an account's trackingIds in two histories at
+    /// once. Until the claim holds, the node is not ready and stores
+    /// nothing. Out of memory, the claim stands as it was.
+    async fn claim_layout(&self) -> Result<(), StoreError> {
+        let mine = self
+            .retention
+            .streams
+            .separator()
+            .map(String::from)
+            .unwrap_or_default();
+        let answer: redis::RedisResult<Option<String>> = self
+            .layout
+            .key(LAYOUT_KEY)
+            .arg(&mine)
+            .arg(LAYOUT_TTL_MS)
+            .invoke_async(&mut self.commands.clone())
+            .await;
+        match answer {
+            Ok(None) => {
+                self.layout_claimed.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Some(other)) => {
+                self.layout_claimed.store(false, Ordering::Relaxed);
+                let other = if other.is_empty() {
+                    "no --stream-separator".to_owned()
+                } else {
+                    format!("--stream-separator {other:?}")
+                };
+                Err(StoreError::Unavailable(format!(
+                    "nodes with {other} use this Redis: a node with another --stream-separator serves only once they have all stopped (docs/operations.md)"
+                )))
+            }
+            Err(err) if err.code() == Some("OOM") => Ok(()),
+            Err(err) => Err(store_error(err)),
+        }
+    }
+
     /// Whether the server takes writes: a replica answers `READONLY` (a
     /// node configured with a replica's address, or left on a master that
     /// a failover demoted) and the node is then not ready. One small key
