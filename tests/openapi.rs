@@ -1039,3 +1039,107 @@ async fn schemathesis_findings_stay_fixed() {
     );
     server.stop().await.unwrap();
 }
+
+/// Streams and filters (contract section 8): a stream's backfill and a
+/// filtered one answer what the document says, and the document's
+/// envelopes tell a stream's from a trackingId's.
+#[tokio::test]
+async fn stream_and_filtered_backfill_answers_conform() {
+    let server = TestServer::start(&["--stream-separator", ":"]).await;
+    let doc = served(&server).await;
+    let mut batch = Vec::new();
+    for (i, status) in ["executed", "failed", "pending", "failed"]
+        .iter()
+        .enumerate()
+    {
+        let mut p = payment(&format!("m-1:sub-{}", i % 2), &format!("sig-{i}"));
+        p["status"] = json!(status);
+        batch.push(p);
+    }
+    let (status, _) = call(
+        &doc,
+        &server,
+        "POST",
+        "/v1/payments",
+        Some(TOKEN),
+        Some(json!(batch).to_string()),
+    )
+    .await;
+    assert_eq!(status, 202);
+    for query in [
+        "trackingId=m-1:*",
+        "trackingId=m-1%3A%2A&limit=2",
+        "trackingId=m-1:sub-1",
+    ] {
+        let (status, page) = call(
+            &doc,
+            &server,
+            "GET",
+            &format!("/v1/events?{query}"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{query}: {page}");
+        assert!(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e.get("prevSeq").is_none())
+        );
+    }
+    let (status, page) = call(
+        &doc,
+        &server,
+        "GET",
+        "/v1/events?trackingId=m-1:*&status=failed&limit=1",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["data"][0]["stream"], "m-1:*");
+    assert_eq!(page["data"][0]["prevSeq"], 0);
+    assert_eq!(page["hasMore"], true, "one more failed payment follows");
+    let since = page["data"][0]["id"].as_str().unwrap().to_owned();
+    let (_, next) = call(
+        &doc,
+        &server,
+        "GET",
+        &format!("/v1/events?trackingId=m-1:*&status=failed&since={since}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(next["data"].as_array().unwrap().len(), 1);
+    assert_eq!(next["data"][0]["prevSeq"], page["data"][0]["seq"]);
+    assert_eq!(next["hasMore"], false);
+    // A trackingId's id on a stream, a bad status, a bad stream name: refused.
+    let tid_id = "1-1";
+    for (query, code) in [
+        (format!("trackingId=m-1:*&since={tid_id}"), "INVALID_SINCE"),
+        (
+            format!("trackingId=m-1:sub-0&since={since}"),
+            "INVALID_SINCE",
+        ),
+        ("trackingId=m-1:*&status=".to_owned(), "INVALID_PAYLOAD"),
+        ("trackingId=m-1:*&status=done".to_owned(), "INVALID_PAYLOAD"),
+        ("trackingId=m-1:x:*".to_owned(), "INVALID_TRACKING_ID"),
+    ] {
+        let (status, body) = call(
+            &doc,
+            &server,
+            "GET",
+            &format!("/v1/events?{query}"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{query}"
+        );
+    }
+}

@@ -44,7 +44,7 @@ pub struct EventsQuery {
 pub struct EventsPage {
     /// The retained `payment` envelopes after `since`, in seq order, exactly
     /// as sockets receive them.
-    #[schema(value_type = Vec<crate::model::PaymentEnvelope>)]
+    #[schema(value_type = Vec<crate::model::schema::AnyPaymentEnvelope>)]
     data: Vec<Arc<RawValue>>,
     /// More events follow this page: ask again with `since` = the last id.
     has_more: bool,
@@ -77,9 +77,11 @@ impl ToSchema for Limit {}
 
 /// Backfill.
 ///
-/// The retained `payment` envelopes of a trackingId after `since`, in seq
+/// The retained `payment` envelopes of a trackingId (or, with
+/// `--stream-separator`, of an account stream) after `since`, in seq
 /// order: the same objects the socket sends, so a client fills a `seq` gap
-/// or resumes from here. Without `since` (or with `since=` empty) the page
+/// or resumes from here. With `status`, only matching payments, each with
+/// `prevSeq`. Without `since` (or with `since=` empty) the page
 /// starts at the oldest retained event. In token mode it needs a socket
 /// token covering the trackingId (who is asking is checked before the
 /// query).
@@ -89,12 +91,13 @@ impl ToSchema for Limit {}
     tag = "backfill",
     operation_id = "backfill",
     params(
-        ("trackingId" = crate::model::schema::TrackingId, Query, description = "The trackingId whose events to read.",
+        ("trackingId" = crate::model::schema::TrackingId, Query, description = "The trackingId whose events to read, or (with `--stream-separator`) an account stream `<account><separator>*` (the `*` URL-encoded or not).",
             example = "sub-1"),
         ("since" = Option<crate::model::schema::Since>, Query,
             description = "The last event id the client saw; the page starts after it.",
             example = "1699876543210-41"),
         ("limit" = Option<Limit>, Query, example = 100),
+        ("status" = Option<crate::model::schema::StatusList>, Query, example = "executed,failed"),
     ),
     security((), ("socketToken" = []), ("socketTokenQuery" = [])),
     responses(
@@ -107,6 +110,15 @@ impl ToSchema for Limit {}
                           "data": { "trackingId": "sub-1", "amount": 1000000, "timestamp": 1699876543u64,
                                     "status": "executed", "signature": "5Jt...base58" },
                           "timestamp": 1699876543210u64 }
+                    ], "hasMore": false, "truncated": false }))),
+                ("stream" = (summary = "An account stream, filtered with status=failed (contract section 8): stream envelopes, each with prevSeq",
+                    value = json!({ "data": [
+                        { "type": "payment_notification", "stream": "merchant-42:*",
+                          "id": "s1699876543000-17", "seq": 17,
+                          "source": { "id": "1699876500000-3", "seq": 3 },
+                          "data": { "trackingId": "merchant-42:sub-7", "amount": 1000000, "timestamp": 1699876543u64,
+                                    "status": "failed", "signature": "5Jt...base58" },
+                          "timestamp": 1699876543210u64, "prevSeq": 12 }
                     ], "hasMore": false, "truncated": false }))),
                 ("truncated" = (summary = "Nothing retained after since, and events were lost",
                     value = json!({ "data": [], "hasMore": false, "truncated": true }))),

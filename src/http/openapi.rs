@@ -46,8 +46,9 @@ pub const PATH: &str = "/openapi.json";
         description = "A Socket.IO-compatible payment notification server: the REST side of the \
             Tributary wire contract v1 (ingest, backfill, socket tokens, operations). The realtime \
             side is Socket.IO at `/ws/v1` (not described here): a client emits `subscribe` \
-            `{trackingId, since?}` and receives `ack`, `error` and `payment` events; a `payment` \
-            event is the `PaymentEnvelope` that backfill returns.\n\n\
+            `{trackingId, since?, filter?}` and receives `ack`, `error` and `payment` events; a \
+            `payment` event is the `PaymentEnvelope` (a stream's: `StreamPaymentEnvelope`) that \
+            backfill returns.\n\n\
             Every error answers `{\"error\": {\"code\", \"message\", \"details\"?}}` (`ErrorBody`); \
             each answer's schema names the codes it can carry. A path answers a method it does not \
             serve with `405` `METHOD_NOT_ALLOWED` and `Allow`, and any other path with `404` `NOT_FOUND`.",
@@ -65,6 +66,7 @@ pub const PATH: &str = "/openapi.json";
     // of query parameters), and the shapes of answers outside any path.
     components(schemas(
         crate::model::schema::Since,
+        crate::model::schema::StatusList,
         events::Limit,
         ErrorBody,
         ErrorCode,

@@ -283,6 +283,13 @@ pub struct PaymentEnvelope<'a> {
     /// When the server accepted the payment, in milliseconds since the Unix epoch.
     #[schema(value_type = schema::Millis)]
     timestamp: u64,
+    /// Only on the payments of a filtered subscription, or of a backfill
+    /// with `status` (contract section 8): the `seq` of the payment sent
+    /// before it (or of where the subscription or page started). A client
+    /// whose last `seq` differs missed something.
+    #[serde(rename = "prevSeq", skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    prev_seq: Option<u64>,
 }
 
 impl StoredEvent {
@@ -294,6 +301,7 @@ impl StoredEvent {
             seq: id.seq,
             data,
             timestamp: accepted_ms,
+            prev_seq: None,
         };
         // Serialising plain strings and integers into JSON cannot fail.
         let raw = serde_json::value::to_raw_value(&envelope)
@@ -308,21 +316,43 @@ impl StoredEvent {
 
 /// The `payment` envelope of a stream (contract section 8): the stream's
 /// own id and seq, and the payment's place in its trackingId's history.
-#[derive(Serialize)]
-struct StreamEnvelope<'a> {
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = StreamPaymentEnvelope)]
+pub struct StreamEnvelope<'a> {
+    /// Always `payment_notification` (the Socket.IO event is `payment`).
     #[serde(rename = "type")]
+    #[schema(value_type = schema::PaymentNotification)]
     kind: &'static str,
+    /// The stream: `<account><separator>*`.
+    #[schema(example = "merchant-42:*")]
     stream: &'a str,
+    /// The stream's event id, `s<epoch>-<seq>`: never the same string as
+    /// a trackingId's.
+    #[schema(value_type = String, example = "s1699876543000-17")]
     id: WireId,
+    /// The event's position in the stream: 1, 2, 3... without holes.
+    #[schema(minimum = 1)]
     seq: u64,
     source: Source,
     data: &'a PaymentData,
+    /// When the server accepted the payment, in milliseconds since the Unix epoch.
+    #[schema(value_type = schema::Millis)]
     timestamp: u64,
+    /// As on a trackingId's payment: only with a filter.
+    #[serde(rename = "prevSeq", skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    prev_seq: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Source {
+/// The payment's place in its own trackingId's history.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// The payment's id in its trackingId's history.
+    #[schema(value_type = String, example = "1699876500000-3")]
     id: EventId,
+    #[schema(minimum = 1)]
     seq: u64,
 }
 
@@ -350,6 +380,7 @@ impl StoredEvent {
             },
             data,
             timestamp: accepted_ms,
+            prev_seq: None,
         };
         // Serialising plain strings and integers into JSON cannot fail.
         let raw = serde_json::value::to_raw_value(&envelope)

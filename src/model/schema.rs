@@ -123,11 +123,12 @@ scalar!(
     Since => || {
         ObjectBuilder::new()
             .schema_type(Type::String)
-            .pattern(Some("^$|^(0|[1-9][0-9]{0,18})-[1-9][0-9]{0,18}$"))
+            .pattern(Some("^$|^s?(0|[1-9][0-9]{0,18})-[1-9][0-9]{0,18}$"))
             .description(Some(
-                "An event id this server issued (`<epoch>-<seq>`), or empty (the same as \
-                 absent: from the oldest retained event). A well-formed id this server \
-                 could not have issued (a seq beyond the history, an epoch in the future) \
+                "An event id this server issued (`<epoch>-<seq>`; a stream's \
+                 `s<epoch>-<seq>`), or empty (the same as absent: from the oldest retained \
+                 event). A well-formed id this server could not have issued (a seq beyond \
+                 the history, an epoch in the future, an id of the other kind of history) \
                  is `INVALID_SINCE` too.",
             ))
     }
@@ -151,3 +152,48 @@ impl PartialSchema for EventId {
 }
 
 impl ToSchema for EventId {}
+
+scalar!(
+    /// The `status` query parameter of backfill (contract section 8).
+    StatusList => || {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(
+                "^(executed|failed|pending)(,(executed|failed|pending))*$",
+            ))
+            .description(Some(
+                "Only payments of these statuses (comma-separated), each with `prevSeq`; \
+                 `limit` and `hasMore` count matching payments. Anything else is \
+                 `INVALID_PAYLOAD`.",
+            ))
+            .examples(["executed,failed"])
+    }
+);
+
+/// A backfilled envelope: a trackingId's payment, or a stream's.
+pub struct AnyPaymentEnvelope;
+
+impl PartialSchema for AnyPaymentEnvelope {
+    fn schema() -> RefOr<Schema> {
+        let one_of = utoipa::openapi::schema::OneOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name("PaymentEnvelope"))
+            .item(utoipa::openapi::Ref::from_schema_name(
+                "StreamPaymentEnvelope",
+            ))
+            .description(Some(
+                "A trackingId's payment envelope, or (for a stream) a stream's.",
+            ))
+            .build();
+        RefOr::T(Schema::OneOf(one_of))
+    }
+}
+
+impl ToSchema for AnyPaymentEnvelope {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        use super::{PaymentEnvelope, StreamEnvelope};
+        schemas.push((PaymentEnvelope::name().into(), PaymentEnvelope::schema()));
+        schemas.push((StreamEnvelope::name().into(), StreamEnvelope::schema()));
+        <PaymentEnvelope as ToSchema>::schemas(schemas);
+        <StreamEnvelope as ToSchema>::schemas(schemas);
+    }
+}
