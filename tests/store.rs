@@ -1082,7 +1082,7 @@ async fn a_node_with_another_separator_waits_for_the_layout_to_be_free() {
     );
     // The old nodes stop; their claim lapses.
     drop(old);
-    assert_eq!(redis.cli(&["del", "tidings:layout"]), "1");
+    assert_eq!(redis.cli(&["del", "tidings:{layout}:claim"]), "1");
     new.ping().await.expect("the layout is claimed once free");
     let after = append(&new, "m:a", &["a3"]).await;
     assert!(

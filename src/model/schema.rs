@@ -46,7 +46,9 @@ scalar!(
             .description(Some(format!(
                 "A non-empty string of at most {MAX_TRACKING_ID_BYTES} bytes of UTF-8 \
                  (maxLength counts characters: the bound is in bytes) without control \
-                 characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F)."
+                 characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F). Where a \
+                 stream may be named (backfill, with `--stream-separator`), a stream \
+                 `<account><separator>*` may be one byte longer."
             )))
             .examples(["sub-1"])
     }

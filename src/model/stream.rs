@@ -92,15 +92,20 @@ impl Streams {
     /// (with streams on) a stream `<account><separator>*`. The message is
     /// what the client sees.
     pub fn check_name(self, name: &str) -> Result<NameKind, String> {
-        check_name(name).map_err(str::to_owned)?;
-        let Some(prefix) = name.strip_suffix('*') else {
+        let (Some(prefix), Some(sep)) = (name.strip_suffix('*'), self.separator) else {
+            check_name(name).map_err(str::to_owned)?;
+            if name.ends_with('*') {
+                return Err(
+                    "Streams are off on this server: a name ending in * is not a trackingId"
+                        .to_owned(),
+                );
+            }
             return Ok(NameKind::TrackingId);
         };
-        let Some(sep) = self.separator else {
-            return Err(
-                "Streams are off on this server: a name ending in * is not a trackingId".to_owned(),
-            );
-        };
+        // The account is held to a trackingId's rules: a stream's name may
+        // be one byte longer than the longest trackingId, so that every
+        // trackingId's stream can be read.
+        check_name(prefix).map_err(str::to_owned)?;
         // The prefix must be exactly one account: it ends with its only
         // separator, with something before it.
         if self.account_of(prefix) == Some(prefix) {
@@ -316,6 +321,12 @@ mod tests {
         for bad in ["*", "merchant-42*", "a:b:*", ":*", "", "a:\u{1}*"] {
             assert!(s.check_name(bad).is_err(), "{bad:?}");
         }
+        let longest = format!("{}:", "b".repeat(255));
+        assert_eq!(
+            s.stream_of(&longest).map(|n| s.check_name(&n)),
+            Some(Ok(NameKind::Stream))
+        );
+        assert!(s.check_name(&format!("{}:*", "b".repeat(256))).is_err());
         let off = Streams::OFF.check_name("merchant-42:*").unwrap_err();
         assert!(off.contains("Streams are off"), "{off}");
         assert_eq!(Streams::OFF.check_name("x"), Ok(NameKind::TrackingId));

@@ -8,7 +8,7 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `tidings:{<id>}:meta` | hash | `epoch`, `seq` (the last seq issued), `rid` (run id of the Redis process that last wrote it) |
+//! | `tidings:{<id>}:meta` | hash | `epoch`, `seq` (the last seq issued), `rid` (run id of the Redis process that last wrote it), `gen` (the key-layout generation that last wrote it) |
 //! | `tidings:{<id>}:events` | stream | one entry per retained event, stream id `<epoch>-<seq>`, fields `t` (accepted ms) and `e` (the envelope) |
 //! | `tidings:{<id>}:d:<k or s>:<key>` | string | the event id first stored under that dedupe key |
 //! | `tidings:{<id>}:p` | pub/sub channel | each new envelope, published by the script that stored it |
@@ -65,7 +65,7 @@ pub use target::{RedisTarget, RedisTls, redact};
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -152,8 +152,10 @@ const APPEND_LUA: &str = include_str!("lua/append.lua");
 const READ_LUA: &str = include_str!("lua/read.lua");
 const LAYOUT_LUA: &str = include_str!("lua/layout.lua");
 
-/// The key where running nodes claim their key layout (`lua/layout.lua`).
-const LAYOUT_KEY: &str = "tidings:layout";
+/// The keys where running nodes claim their key layout, and where its
+/// generations are counted (`lua/layout.lua`; one slot).
+const LAYOUT_CLAIM_KEY: &str = "tidings:{layout}:claim";
+const LAYOUT_GENERATIONS_KEY: &str = "tidings:{layout}:generations";
 /// How long a layout claim lasts without renewal (nodes renew it each
 /// second): a node with another `--stream-separator` may serve this long
 /// after the last node of the old one stopped.
@@ -178,6 +180,9 @@ pub struct RedisStore {
     layout: Script,
     /// This node holds the claim on the key layout: it may write.
     layout_claimed: AtomicBool,
+    /// The key layout's generation this node claimed (0: none yet):
+    /// histories of another are started afresh.
+    generation: AtomicU64,
     /// Whether Redis's eviction policy was checked since it was last
     /// unreachable.
     config_checked: AtomicBool,
@@ -271,6 +276,7 @@ impl RedisStore {
             read: Script::new(&format!("{HISTORY_LUA}\n{READ_LUA}")),
             layout: Script::new(LAYOUT_LUA),
             layout_claimed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             config_checked: AtomicBool::new(false),
             subscribing: cluster.then(|| tokio::sync::Mutex::new(())),
         })
@@ -406,9 +412,7 @@ impl HistoryStore for RedisStore {
         tracking_id: &str,
         payments: &[NewPayment],
     ) -> Result<Vec<Appended>, StoreError> {
-        if !self.layout_claimed.load(Ordering::Relaxed) {
-            self.claim_layout().await?;
-        }
+        let generation = self.generation().await?;
         let streams = self.retention.streams;
         let keys = Keys::new(tracking_id, streams);
         let stream = streams
@@ -441,6 +445,7 @@ impl HistoryStore for RedisStore {
                 invocation.arg("").arg("").arg(0);
             }
         }
+        invocation.arg(generation);
         for p in payments {
             let data = serde_json::to_string(&p.data)
                 .map_err(|e| StoreError::malformed(format!("payment data: {e}")))?;
@@ -498,6 +503,7 @@ impl HistoryStore for RedisStore {
         since: Option<EventId>,
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
+        let generation = self.generation().await?;
         let keys = Keys::new(tracking_id, self.retention.streams);
         let (since_epoch, since_seq) =
             since.map_or((String::new(), 0), |s| (s.epoch.to_string(), s.seq));
@@ -509,6 +515,7 @@ impl HistoryStore for RedisStore {
             .arg(since_seq)
             .arg(limit)
             .arg(self.retention.history_ttl_ms)
+            .arg(generation)
             .invoke_async(&mut self.commands.clone())
             .await
             .map_err(store_error)?;
@@ -689,19 +696,24 @@ impl RedisStore {
             .separator()
             .map(String::from)
             .unwrap_or_default();
-        let answer: redis::RedisResult<Option<String>> = self
+        let answer: redis::RedisResult<(u8, String)> = self
             .layout
-            .key(LAYOUT_KEY)
+            .key(LAYOUT_CLAIM_KEY)
+            .key(LAYOUT_GENERATIONS_KEY)
             .arg(&mine)
             .arg(LAYOUT_TTL_MS)
             .invoke_async(&mut self.commands.clone())
             .await;
         match answer {
-            Ok(None) => {
+            Ok((1, generation)) => {
+                let generation = generation
+                    .parse()
+                    .map_err(|_| StoreError::malformed("layout generation"))?;
+                self.generation.store(generation, Ordering::Relaxed);
                 self.layout_claimed.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            Ok(Some(other)) => {
+            Ok((_, other)) => {
                 self.layout_claimed.store(false, Ordering::Relaxed);
                 let other = if other.is_empty() {
                     "no --stream-separator".to_owned()
@@ -714,6 +726,21 @@ impl RedisStore {
             }
             Err(err) if err.code() == Some("OOM") => Ok(()),
             Err(err) => Err(store_error(err)),
+        }
+    }
+
+    /// The key-layout generation to write with, once claimed.
+    async fn generation(&self) -> Result<u64, StoreError> {
+        if !self.layout_claimed.load(Ordering::Relaxed)
+            || self.generation.load(Ordering::Relaxed) == 0
+        {
+            self.claim_layout().await?;
+        }
+        match self.generation.load(Ordering::Relaxed) {
+            0 => Err(StoreError::Unavailable(
+                "the key layout is not claimed yet".to_owned(),
+            )),
+            generation => Ok(generation),
         }
     }
 

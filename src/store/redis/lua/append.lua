@@ -13,7 +13,8 @@
 -- ARGV[6]      stream          the stream's name as a JSON string, '' for none
 -- ARGV[7]      stream_channel  the stream's channel
 -- ARGV[8]      stream_max      events kept in the stream (MAXLEN)
--- ARGV[9..]    one payment `data` JSON per payment, in payment order
+-- ARGV[9]      gen             the key-layout generation (layout.lua)
+-- ARGV[10..]   one payment `data` JSON per payment, in payment order
 --
 -- Returns { now, { id, 0, envelope } | { original id, 1 }, ... } in payment order
 -- (the trackingId's ids: a stream's events are published, not returned).
@@ -31,16 +32,17 @@ local publish, channel = ARGV[4], ARGV[5]
 local stream, stream_channel, stream_max = ARGV[6], ARGV[7], ARGV[8]
 local has_stream = stream ~= ''
 local smeta, sevents = KEYS[3], KEYS[4]
-local FIRST = 9 -- ARGV index of the first payment
+local gen = ARGV[9]
+local FIRST = 10 -- ARGV index of the first payment
 -- KEYS index of payment i's dedupe key (ARGV index i)
-local shift = has_stream and 4 or 6
+local shift = has_stream and 5 or 7
 local function dedupe_key(i) return KEYS[i - shift] end
 
 local now = now_ms()
-local epoch, seq = open_history(meta, events, now)
+local epoch, seq = open_history(meta, events, now, gen)
 local sepoch, sseq
 if has_stream then
-  sepoch, sseq = open_history(smeta, sevents, now)
+  sepoch, sseq = open_history(smeta, sevents, now, gen)
 end
 local originals = {}
 for i = FIRST, #ARGV do
@@ -52,7 +54,7 @@ if has_stream then trim(sevents, now - history_ttl) end
 -- A history created afresh: a new epoch, and no entry of an older one.
 local function create(m, e)
   redis.call('DEL', e)
-  redis.call('HSET', m, 'epoch', fmt(now), 'seq', '0', 'rid', run_id())
+  redis.call('HSET', m, 'epoch', fmt(now), 'seq', '0', 'rid', run_id(), 'gen', gen)
   return now, 0
 end
 if not epoch then epoch, seq = create(meta, events) end

@@ -38,15 +38,18 @@ end
 -- latest events, and with them the record of which ids were issued: it is
 -- sealed, and a new, larger epoch begins with no event, so that no id is
 -- ever issued twice and a since from before reads as truncated. Only the
--- Redis process decides this, never a client's since.
-local function open_history(meta, events, now)
-  local m = redis.call('HMGET', meta, 'epoch', 'seq', 'rid')
+-- Redis process decides this, never a client's since. So is a history last
+-- written under another key-layout generation (`gen`, see layout.lua):
+-- meanwhile its payments may have gone to its keys of another layout. A
+-- meta without a generation was written before generations: the first.
+local function open_history(meta, events, now, gen)
+  local m = redis.call('HMGET', meta, 'epoch', 'seq', 'rid', 'gen')
   if not m[1] then return nil end
   local rid = run_id()
-  if m[3] ~= rid then
+  if m[3] ~= rid or (m[4] or '1') ~= gen then
     local epoch = math.max(now, tonumber(m[1]) + 1)
     redis.call('DEL', events)
-    redis.call('HSET', meta, 'epoch', fmt(epoch), 'seq', '0', 'rid', rid)
+    redis.call('HSET', meta, 'epoch', fmt(epoch), 'seq', '0', 'rid', rid, 'gen', gen)
     return epoch, 0
   end
   return tonumber(m[1]), tonumber(m[2])

@@ -5,16 +5,30 @@
 -- (with the keep-alive ping) and lapses when no node has renewed it for
 -- ttl_ms: a layout can change only once every node of the old one stopped.
 --
--- KEYS[1]      layout: string, the separator the running nodes use ('' for none)
--- ARGV[1]      separator  this node's ('' for none)
--- ARGV[2]      ttl_ms     how long a claim lasts without renewal
+-- Each change of layout starts a new generation. Histories record the
+-- generation that last wrote them; one of an older generation is sealed
+-- and starts afresh when next opened (history.lua): while another layout
+-- was in use, its payments may have gone to other keys.
 --
--- Returns false when claimed (or renewed), else the other layout's separator.
-local layout = KEYS[1]
+-- KEYS[1]      claim:       string, the separator the running nodes use ('' for none)
+-- KEYS[2]      generations: hash { separator (the last claimed), gen (its generation) }
+-- ARGV[1]      separator    this node's ('' for none)
+-- ARGV[2]      ttl_ms       how long a claim lasts without renewal
+--
+-- Returns { 1, gen } when claimed (or renewed), else { 0, the other layout's separator }.
+local claim, generations = KEYS[1], KEYS[2]
 local separator, ttl = ARGV[1], ARGV[2]
-local current = redis.call('GET', layout)
+local current = redis.call('GET', claim)
 if current and current ~= separator then
-  return current
+  return { 0, current }
 end
-redis.call('SET', layout, separator, 'PX', ttl)
-return false
+redis.call('SET', claim, separator, 'PX', ttl)
+local g = redis.call('HMGET', generations, 'separator', 'gen')
+local gen = tonumber(g[2]) or 1
+if g[1] and g[1] ~= separator then
+  gen = gen + 1
+end
+if g[1] ~= separator or not g[2] then
+  redis.call('HSET', generations, 'separator', separator, 'gen', string.format('%d', gen))
+end
+return { 1, string.format('%d', gen) }

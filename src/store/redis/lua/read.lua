@@ -6,6 +6,7 @@
 -- ARGV[2]      since_seq       the since's seq (decimal, may be huge)
 -- ARGV[3]      limit           events wanted
 -- ARGV[4]      history_ttl_ms
+-- ARGV[5]      gen             the key-layout generation (layout.lua)
 --
 -- Returns { now } when there is no history, else
 -- { now, epoch, last_seq, first_retained_seq, id, t, envelope, id, t, envelope, ... }
@@ -14,9 +15,10 @@
 local meta, events = KEYS[1], KEYS[2]
 local since_epoch, since_seq = ARGV[1], tonumber(ARGV[2])
 local limit, history_ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+local gen = ARGV[5]
 
 local now = now_ms()
-local epoch, last = open_history(meta, events, now)
+local epoch, last = open_history(meta, events, now, gen)
 if not epoch then return { now } end
 trim(events, now - history_ttl)
 local first = last + 1
