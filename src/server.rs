@@ -233,6 +233,8 @@ impl Server {
         self.hub.stop();
         self.realtime.stop();
         serve.abort();
+        // Bounded: a Redis that is down cannot hold the stop up.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.app.store.release()).await;
         tracing::info!("stopped");
         result
     }

@@ -1080,9 +1080,8 @@ async fn a_node_with_another_separator_waits_for_the_layout_to_be_free() {
         2,
         "nothing stored"
     );
-    // The old nodes stop; their claim lapses.
-    drop(old);
-    assert_eq!(redis.cli(&["del", "tidings:{layout}:claim"]), "1");
+    // The old nodes stop and give their claim back.
+    old.release().await;
     new.ping().await.expect("the layout is claimed once free");
     let after = append(&new, "m:a", &["a3"]).await;
     assert!(
@@ -1096,4 +1095,26 @@ async fn a_node_with_another_separator_waits_for_the_layout_to_be_free() {
         "a since from the old layout reads as truncated"
     );
     assert!(new.ping().await.is_ok());
+
+    // Back to the old layout after the new node died without giving its
+    // claim back: refused until that claim lapses (its deadline is set in
+    // the past here). The old keys still hold the first history, but
+    // payments went elsewhere meanwhile: it is not resumed but starts
+    // afresh, and a since from it reads as truncated, never as complete.
+    let (back, _) = connect(retention(1000)).await;
+    assert!(
+        back.ping().await.is_err(),
+        "a dead node's claim holds until it lapses"
+    );
+    drop(new);
+    let claims = redis.cli(&["hkeys", "tidings:{layout}:claims"]);
+    let nodes: Vec<&str> = claims.lines().filter(|k| k.starts_with("n:")).collect();
+    assert_eq!(nodes.len(), 1, "{claims}");
+    redis.cli(&["hset", "tidings:{layout}:claims", nodes[0], "1"]);
+    back.ping().await.unwrap();
+    let again = append(&back, "m:a", &["a4"]).await;
+    assert_eq!(again[0].id().seq, 1, "the old history is not resumed");
+    assert!(again[0].id().epoch > after[0].id().epoch);
+    let page = back.read("m:a", Some(before[1].id()), 10).await.unwrap();
+    assert!(page.truncated);
 }

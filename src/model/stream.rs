@@ -102,18 +102,18 @@ impl Streams {
             }
             return Ok(NameKind::TrackingId);
         };
+        // The prefix must be exactly one account: it ends with its only
+        // separator, with something before it.
+        if self.account_of(prefix) != Some(prefix) {
+            return Err(format!(
+                "A stream is an account followed by \"{sep}*\" (the account not empty and without \"{sep}\"), like merchant-42{sep}*"
+            ));
+        }
         // The account is held to a trackingId's rules: a stream's name may
         // be one byte longer than the longest trackingId, so that every
         // trackingId's stream can be read.
         check_name(prefix).map_err(str::to_owned)?;
-        // The prefix must be exactly one account: it ends with its only
-        // separator, with something before it.
-        if self.account_of(prefix) == Some(prefix) {
-            return Ok(NameKind::Stream);
-        }
-        Err(format!(
-            "A stream is an account followed by \"{sep}*\" (the account not empty and without \"{sep}\"), like merchant-42{sep}*"
-        ))
+        Ok(NameKind::Stream)
     }
 }
 

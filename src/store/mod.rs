@@ -203,6 +203,10 @@ pub trait HistoryStore: Send + Sync + 'static {
         std::future::pending::<()>().await
     }
 
+    /// The node stops: gives back what it holds in shared storage (the
+    /// Redis store's key-layout claim). The default holds nothing.
+    async fn release(&self) {}
+
     /// Checks that this node still listens to every one of `tracking_ids`
     /// (those the hub listens to) and returns those whose listen may have
     /// been lost: the hub listens to them again and catches them up. A

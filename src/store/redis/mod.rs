@@ -154,11 +154,12 @@ const LAYOUT_LUA: &str = include_str!("lua/layout.lua");
 
 /// The keys where running nodes claim their key layout, and where its
 /// generations are counted (`lua/layout.lua`; one slot).
-const LAYOUT_CLAIM_KEY: &str = "tidings:{layout}:claim";
+const LAYOUT_CLAIM_KEY: &str = "tidings:{layout}:claims";
 const LAYOUT_GENERATIONS_KEY: &str = "tidings:{layout}:generations";
-/// How long a layout claim lasts without renewal (nodes renew it each
-/// second): a node with another `--stream-separator` may serve this long
-/// after the last node of the old one stopped.
+/// How long a node's layout claim lasts without renewal (nodes renew it
+/// each second and give it back when they stop): a node with another
+/// `--stream-separator` may serve this long after the last node of the old
+/// one died.
 const LAYOUT_TTL_MS: u64 = 10_000;
 
 /// A [`HistoryStore`] in Redis.
@@ -183,6 +184,8 @@ pub struct RedisStore {
     /// The key layout's generation this node claimed (0: none yet):
     /// histories of another are started afresh.
     generation: AtomicU64,
+    /// This node's name in the layout claims.
+    node: String,
     /// Whether Redis's eviction policy was checked since it was last
     /// unreachable.
     config_checked: AtomicBool,
@@ -277,6 +280,7 @@ impl RedisStore {
             layout: Script::new(LAYOUT_LUA),
             layout_claimed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            node: uuid::Uuid::new_v4().simple().to_string(),
             config_checked: AtomicBool::new(false),
             subscribing: cluster.then(|| tokio::sync::Mutex::new(())),
         })
@@ -675,6 +679,24 @@ impl HistoryStore for RedisStore {
         Ok(())
     }
 
+    /// Gives this node's layout claim back: a node with another
+    /// `--stream-separator` need not wait for it to lapse.
+    async fn release(&self) {
+        let released: redis::RedisResult<(u8, String)> = self
+            .layout
+            .key(LAYOUT_CLAIM_KEY)
+            .key(LAYOUT_GENERATIONS_KEY)
+            .arg("")
+            .arg(LAYOUT_TTL_MS)
+            .arg(&self.node)
+            .arg("release")
+            .invoke_async(&mut self.commands.clone())
+            .await;
+        if let Err(err) = released {
+            tracing::warn!(%err, "the key-layout claim was not given back; it lapses by itself");
+        }
+    }
+
     async fn upkeep(&self) {
         match &self.follower {
             Some(follower) => follower.run(&self.publications).await,
@@ -702,6 +724,8 @@ impl RedisStore {
             .key(LAYOUT_GENERATIONS_KEY)
             .arg(&mine)
             .arg(LAYOUT_TTL_MS)
+            .arg(&self.node)
+            .arg("claim")
             .invoke_async(&mut self.commands.clone())
             .await;
         match answer {
