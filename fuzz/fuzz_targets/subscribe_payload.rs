@@ -3,17 +3,18 @@
 //! arbitrary `serde_json::Value`s built from it (biased towards objects
 //! with `trackingId` and `since`, which raw JSON rarely reaches).
 //!
-//! Checks the contract (section 1) against an independent reading of the
-//! payload: an accepted payload's trackingId and `since` are exactly the
-//! ones given (`since` in its canonical form); a refused one gets the code
-//! the contract names for what is wrong with it.
+//! Checks the contract (sections 1 and 8) against an independent reading of
+//! the payload, with streams off and on (separator `:`): an accepted
+//! payload's trackingId (or stream), `since` and `filter` are exactly the
+//! ones given (`since` in its canonical form, `s`-marked for a stream); a
+//! refused one gets the code the contract names for what is wrong with it.
 
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
-use tidings::model::{ErrorCode, EventId, check_tracking_id};
+use tidings::model::{ErrorCode, EventId, PaymentStatus, Streams, check_tracking_id};
 use tidings::realtime::protocol::SubscribeRequest;
 
 /// A JSON value, built by `arbitrary`.
@@ -32,6 +33,8 @@ enum ArbValue {
 enum ArbKey {
     TrackingId,
     Since,
+    Filter,
+    Status,
     Other(String),
 }
 
@@ -40,7 +43,11 @@ enum ArbKey {
 enum ArbStr {
     Any(String),
     Id(u64, u64),
+    StreamId(u64, u64),
     Parts(String, String),
+    /// `<s>:*`, a stream name when `s` has no `:`.
+    Stream(String),
+    Status(u8),
 }
 
 impl ArbValue {
@@ -53,7 +60,11 @@ impl ArbValue {
             ArbValue::Str(s) => Value::String(match s {
                 ArbStr::Any(s) => s,
                 ArbStr::Id(epoch, seq) => format!("{epoch}-{seq}"),
+                ArbStr::StreamId(epoch, seq) => format!("s{epoch}-{seq}"),
                 ArbStr::Parts(a, b) => format!("{a}-{b}"),
+                ArbStr::Stream(account) => format!("{account}:*"),
+                ArbStr::Status(n) => ["executed", "failed", "pending", "Failed", ""][n as usize % 5]
+                    .to_owned(),
             }),
             ArbValue::Array(items) => Value::Array(items.into_iter().map(Self::build).collect()),
             ArbValue::Object(entries) => {
@@ -62,6 +73,8 @@ impl ArbValue {
                     let k = match k {
                         ArbKey::TrackingId => "trackingId".to_owned(),
                         ArbKey::Since => "since".to_owned(),
+                        ArbKey::Filter => "filter".to_owned(),
+                        ArbKey::Status => "status".to_owned(),
                         ArbKey::Other(k) => k,
                     };
                     map.insert(k, v.build());
@@ -72,20 +85,40 @@ impl ArbValue {
     }
 }
 
+/// The contract's reading of a name: `Some(is_stream)` when valid.
+fn expected_name(name: &str, streams: bool) -> Option<bool> {
+    let Some(prefix) = name.strip_suffix('*') else {
+        return check_tracking_id(name).is_ok().then_some(false);
+    };
+    // A stream: an account (non-empty, ending with its only `:`) and `*`.
+    let account = prefix.strip_suffix(':')?;
+    let ok = streams
+        && !account.is_empty()
+        && !account.contains(':')
+        && prefix.len() <= 256
+        && !prefix.chars().any(char::is_control);
+    ok.then_some(true)
+}
+
 /// The contract's reading of `since`, written independently of the server:
 /// `Ok(None)` absent or null, `Ok(Some)` an id the server could have
-/// written, `Err` anything else.
-fn expected_since(v: Option<&Value>) -> Result<Option<EventId>, ()> {
+/// written for that kind of history, `Err` anything else.
+fn expected_since(v: Option<&Value>, stream: bool) -> Result<Option<EventId>, ()> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
-            let (e, q) = s.split_once('-').ok_or(())?;
+            let bare = if stream {
+                s.strip_prefix('s').ok_or(())?
+            } else {
+                s.as_str()
+            };
+            let (e, q) = bare.split_once('-').ok_or(())?;
             let id = EventId {
                 epoch: e.parse().map_err(|_| ())?,
                 seq: q.parse().map_err(|_| ())?,
             };
             // Canonical: exactly what Display writes, and seq at least 1.
-            (id.seq > 0 && id.to_string() == *s)
+            (id.seq > 0 && id.to_string() == bare)
                 .then_some(Some(id))
                 .ok_or(())
         }
@@ -93,35 +126,98 @@ fn expected_since(v: Option<&Value>) -> Result<Option<EventId>, ()> {
     }
 }
 
+/// The contract's reading of `filter`: `Ok(None)` absent or null,
+/// `Ok(Some(statuses))` a valid one, `Err` anything else.
+fn expected_filter(v: Option<&Value>) -> Result<Option<Vec<PaymentStatus>>, ()> {
+    let map = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(()),
+    };
+    if map.len() != 1 {
+        return Err(());
+    }
+    let Some(Value::Array(list)) = map.get("status") else {
+        return Err(());
+    };
+    let statuses: Vec<PaymentStatus> = list
+        .iter()
+        .map(|v| match v.as_str() {
+            Some("executed") => Ok(PaymentStatus::Executed),
+            Some("failed") => Ok(PaymentStatus::Failed),
+            Some("pending") => Ok(PaymentStatus::Pending),
+            _ => Err(()),
+        })
+        .collect::<Result<_, _>>()?;
+    if statuses.is_empty() {
+        return Err(());
+    }
+    Ok(Some(statuses))
+}
+
 fn check(payload: Option<&Value>) {
-    for with_since in [true, false] {
-        let got = SubscribeRequest::parse(payload, with_since);
-        let Some(Value::Object(map)) = payload else {
-            assert_eq!(got.map_err(|(c, _)| c), Err(ErrorCode::InvalidPayload));
-            continue;
-        };
-        let tracking_id = match map.get("trackingId") {
-            Some(Value::String(s)) if check_tracking_id(s).is_ok() => s,
-            _ => {
-                assert_eq!(got.map_err(|(c, _)| c), Err(ErrorCode::InvalidTrackingId));
-                continue;
+    for (streams, on) in [(Streams::OFF, false), (Streams::with_separator(':').unwrap(), true)] {
+        for with_since in [true, false] {
+            check_one(payload, streams, on, with_since);
+        }
+    }
+}
+
+fn check_one(payload: Option<&Value>, streams: Streams, on: bool, with_since: bool) {
+    let got = SubscribeRequest::parse(payload, with_since, streams);
+    let Some(Value::Object(map)) = payload else {
+        assert_eq!(got.map_err(|(c, _)| c), Err(ErrorCode::InvalidPayload));
+        return;
+    };
+    let (tracking_id, stream) = match map.get("trackingId") {
+        Some(Value::String(s)) => match expected_name(s, on) {
+            Some(stream) => (s, stream),
+            None => {
+                assert_eq!(got.map_err(|(c, _)| c), Err(ErrorCode::InvalidTrackingId), "{s:?}");
+                return;
             }
-        };
-        let since = if with_since {
-            expected_since(map.get("since"))
-        } else {
-            Ok(None)
-        };
-        match (got, since) {
-            (Ok(req), Ok(since)) => {
-                assert_eq!(&req.tracking_id, tracking_id);
-                assert_eq!(req.since, since);
+        },
+        _ => {
+            assert_eq!(got.map_err(|(c, _)| c), Err(ErrorCode::InvalidTrackingId));
+            return;
+        }
+    };
+    let (since, filter) = if with_since {
+        (
+            expected_since(map.get("since"), stream),
+            expected_filter(map.get("filter")),
+        )
+    } else {
+        (Ok(None), Ok(None))
+    };
+    match (got, since, filter) {
+        (Ok(req), Ok(since), Ok(filter)) => {
+            assert_eq!(&req.tracking_id, tracking_id);
+            assert_eq!(req.since, since);
+            match (req.filter, filter) {
+                (None, None) => {}
+                (Some(got), Some(statuses)) => {
+                    for status in [
+                        PaymentStatus::Executed,
+                        PaymentStatus::Failed,
+                        PaymentStatus::Pending,
+                    ] {
+                        assert_eq!(got.matches(status), statuses.contains(&status));
+                    }
+                }
+                (got, want) => panic!("filter {got:?}, expected {want:?}"),
             }
-            (Err((code, message)), Err(())) => {
-                assert_eq!(code, ErrorCode::InvalidSince);
-                assert!(!message.is_empty());
-            }
-            (got, since) => panic!("parse gave {got:?}, expected since {since:?}"),
+        }
+        (Err((code, message)), Err(()), _) => {
+            assert_eq!(code, ErrorCode::InvalidSince);
+            assert!(!message.is_empty());
+        }
+        (Err((code, message)), Ok(_), Err(())) => {
+            assert_eq!(code, ErrorCode::InvalidPayload);
+            assert!(!message.is_empty());
+        }
+        (got, since, filter) => {
+            panic!("parse gave {got:?}, expected since {since:?} and filter {filter:?}")
         }
     }
 }
