@@ -2,7 +2,10 @@
 // absent without --api-key; in headless Chromium an operator logs in, sees
 // both nodes of a real two-node cluster on Redis with their live figures,
 // inspects a trackingId (subscribers per node, history, then a live tail
-// while payments are posted), and sees a killed node go silent.
+// while payments are posted), and sees a killed node go silent. With
+// --stream-separator, the inspector takes an account stream (merchant:*) as
+// it takes a trackingId: the stream's position and envelopes, s<epoch>-<seq>
+// ids, and a tail whose since is the last stream id (API and page).
 // UPDATE_SCREENSHOT=1 writes the README's screenshot (docs/admin.png).
 
 import { describe, test, before, after } from "node:test";
@@ -11,9 +14,10 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { launchChromium } from "./lib/browser.mjs";
 import {
-  REPO_ROOT, startServer, ingestOk, connect, subscribe, payment, uid, httpGet, closeAll, assertHttpError,
+  REPO_ROOT, startServer, ingestOk, connect, subscribe, payment, uid, rand, httpGet, closeAll, assertHttpError,
 } from "./lib/harness.mjs";
 import { startRedis, startRedisCluster, startNodes, stopNodes } from "./lib/cluster.mjs";
+import { STREAM_ARGS, STREAM_ID, assertStreamEnv, backfillOk, until } from "./lib/streams.mjs";
 
 const KEY = "admin-test-key";
 const SCREENSHOT = process.env.UPDATE_SCREENSHOT
@@ -186,6 +190,139 @@ describe("admin page in Chromium, two nodes on Redis", () => {
       .some((tr) => tr.cells[1].textContent === b && tr.classList.contains("silent")), addr(B), { timeout: 20000 });
     const rows = await nodeRows();
     assert.equal(rows.find((r) => r.cells[1] === addr(A))?.silent, false, "A still reports");
+    assert.deepEqual(errors, [], "no script error on the page");
+    await page.close();
+  });
+});
+
+describe("admin inspector on an account stream (--stream-separator :)", () => {
+  let server;
+  let browser;
+  const sockets = [];
+  before(async () => {
+    server = await startServer([...STREAM_ARGS, "--api-key", KEY]);
+    browser = await launchChromium();
+  });
+  after(async () => {
+    closeAll(...sockets);
+    await browser?.close();
+    await server?.stop();
+  });
+
+  const tracking = (name, extra = "") =>
+    get(`${server.url}/admin/api/tracking?trackingId=${encodeURIComponent(name)}${extra}`, KEY);
+  const trackingOk = async (name, extra) => {
+    const r = await tracking(name, extra);
+    assert.equal(r.status, 200, `inspect ${name}${extra ?? ""}: ${r.status} ${r.text}`);
+    return r.body;
+  };
+  /** Ingests one payment per request, spread over the account's trackingIds; the items and ingest's answers. */
+  const post = async (tids, n, from = 0) => {
+    const items = [];
+    const res = [];
+    for (let i = from; i < from + n; i++) {
+      const item = payment(tids[i % tids.length], { amount: 1000 * (i + 1) });
+      items.push(item);
+      res.push(...await ingestOk(server.url, item));
+    }
+    return { items, res };
+  };
+
+  test("the API: the stream's position (an s id), its latest envelopes, the tail after since = an s id, its subscribers; a trackingId's id is INVALID_SINCE", async () => {
+    const acct = `m${rand(6)}`;
+    const S = `${acct}:*`;
+    const tids = [`${acct}:sub-1`, `${acct}:sub-2`, `${acct}:inv:9`];
+
+    const empty = await trackingOk(S);
+    assert.equal(empty.trackingId, S);
+    assert.deepEqual(empty.position, { id: null, seq: 0 }, "a stream with no payment yet");
+    assert.deepEqual(empty.history, { data: [], hasMore: false, truncated: false });
+
+    // A subscriber of the stream is counted as the stream's.
+    const s = await connect(server.url, { transports: ["websocket"] });
+    sockets.push(s);
+    await subscribe(s, S);
+    await until(async () => (await trackingOk(S)).subscribers[0]?.subscribers === 1, 15000,
+      "the node counting the stream's subscriber");
+
+    const { items, res } = await post(tids, 25);
+    const stream = (await backfillOk(server.url, { trackingId: S, limit: 100 })).data;
+    assert.equal(stream.length, 25);
+
+    const latest = await trackingOk(S);
+    assert.match(latest.position.id, STREAM_ID, "the position's id is a stream id");
+    assert.deepEqual(latest.position, { id: stream[24].id, seq: 25 });
+    assert.deepEqual(latest.history.data, stream.slice(5), "the latest 20, the backfill's very envelopes");
+    for (const [k, e] of latest.history.data.entries()) {
+      const i = k + 5;
+      assertStreamEnv(e, { stream: S, item: items[i], source: { id: res[i].id, seq: res[i].seq }, seq: i + 1 });
+    }
+
+    // The tail: since = the last stream id the page holds.
+    const tail = await trackingOk(S, `&since=${encodeURIComponent(stream[22].id)}&limit=100`);
+    assert.deepEqual(tail.history.data, stream.slice(23));
+    assert.equal(tail.history.truncated, false);
+    const more = await post(tids, 2, 25);
+    const next = await trackingOk(S, `&since=${encodeURIComponent(stream[24].id)}`);
+    assert.deepEqual(next.history.data.map((e) => [e.seq, e.source.id]), more.res.map((r, i) => [26 + i, r.id]));
+    assert.deepEqual(next.position.seq, 27);
+    // `*` written %2A reads the same stream.
+    const raw = JSON.parse((await get(`${server.url}/admin/api/tracking?trackingId=${acct}%3A%2A`, KEY)).text);
+    assert.deepEqual(raw.position, next.position);
+
+    // A since of the other kind, or a name that is no stream: the backfill's codes.
+    assertHttpError(await tracking(S, `&since=${encodeURIComponent(res[24].id)}`), 400, "INVALID_SINCE");
+    assertHttpError(await tracking(tids[0], `&since=${encodeURIComponent(stream[24].id)}`), 400, "INVALID_SINCE");
+    assertHttpError(await tracking(`${acct}:sub-1:*`), 400, "INVALID_TRACKING_ID");
+    // The trackingId itself is still inspected with its own ids.
+    const own = await trackingOk(tids[0]);
+    const ownLast = [...res, ...more.res].filter((r) => r.trackingId === tids[0]).at(-1);
+    assert.deepEqual(own.position, { id: ownLast.id, seq: ownLast.seq });
+  });
+
+  test("the page: inspect merchant:*, see its stream envelopes, then tail it with since = the last s id", async () => {
+    const acct = `m${rand(6)}`;
+    const S = `${acct}:*`;
+    const tids = [`${acct}:sub-1`, `${acct}:inv:9`];
+    await post(tids, 4);
+
+    const page = await browser.newPage({ viewport: { width: 1500, height: 900 } });
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(String(e)));
+    const tails = []; // the since of every tail request for the stream
+    page.on("request", (r) => {
+      const u = new URL(r.url());
+      if (u.pathname === "/admin/api/tracking" && u.searchParams.get("trackingId") === S) {
+        tails.push(u.searchParams.get("since"));
+      }
+    });
+    page.setDefaultTimeout(15000);
+    await page.goto(`${server.url}/admin`);
+    await page.fill("#key", KEY);
+    await page.click("#login-form button");
+    await page.waitForSelector("#main:not([hidden])");
+
+    await page.fill("#tid", S);
+    await page.click("#inspect-form button");
+    await page.waitForSelector("#inspector:not([hidden])");
+    assert.equal(await page.textContent("#inspect-error"), "", "the stream is accepted");
+    assert.equal(await page.textContent("#tid-title"), S);
+    const rows = () => page.$$eval("#history tbody tr", (trs) => trs.map((tr) => [Number(tr.dataset.seq), tr.dataset.id]));
+    await page.waitForFunction(() => document.querySelectorAll("#history tbody tr").length >= 4);
+    const first = (await backfillOk(server.url, { trackingId: S })).data;
+    assert.deepEqual(await rows(), first.map((e) => [e.seq, e.id]), "the stream's envelopes, by their s ids");
+    assert.match(await page.textContent("#position"), new RegExp(`seq 4 \\(${first[3].id}\\)`));
+
+    // The tail asks with since = the last stream id, and shows what follows.
+    await until(() => tails.includes(first[3].id), 10000, `a tail request with since=${first[3].id}: ${JSON.stringify(tails)}`);
+    await post(tids, 3, 4);
+    await page.waitForFunction(() => document.querySelectorAll("#history tbody tr").length >= 7);
+    const all = (await backfillOk(server.url, { trackingId: S })).data;
+    assert.equal(all.length, 7);
+    assert.deepEqual(await rows(), all.map((e) => [e.seq, e.id]), "every payment once, in stream seq order");
+    await until(() => tails.includes(all[6].id), 10000, `a tail request with since=${all[6].id}`);
+    assert.equal(await page.textContent("#tail-state"), "(live)", "the tail is not paused by an error");
+    for (const since of tails) assert.ok(since === null || STREAM_ID.test(since), `a stream's since: ${since}`);
     assert.deepEqual(errors, [], "no script error on the page");
     await page.close();
   });
