@@ -696,11 +696,15 @@ mod tests {
     }
 
     fn store() -> MemoryStore {
+        store_with(crate::model::Streams::OFF)
+    }
+
+    fn store_with(streams: crate::model::Streams) -> MemoryStore {
         MemoryStore::new(
             Retention {
                 max_events: 10,
-                stream_max_events: 10_000,
-                streams: crate::model::Streams::OFF,
+                stream_max_events: 50,
+                streams,
                 history_ttl_ms: 60_000,
                 dedupe_ttl_ms: 60_000,
             },
@@ -826,6 +830,52 @@ mod tests {
         let left = store.sweep();
         assert_eq!((left.histories, left.memory_bytes), (0, 0));
         assert_eq!(store.order().len(), 0, "expired order entries are trimmed");
+    }
+
+    /// With streams on, each payment is held twice (its trackingId's
+    /// history and its account's stream): the accounting still matches a
+    /// recount through concurrent appends that evict across both, the
+    /// streams stay contiguous and within their limit, and everything
+    /// returns to zero once expired.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn with_streams_the_accounting_matches_and_streams_stay_contiguous() {
+        let streams = crate::model::Streams::with_separator(':').unwrap();
+        let store = Arc::new(store_with(streams).with_memory_limit(256 * 1024));
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..4 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                for i in 0..300 {
+                    let tid = format!("acct-{}:w{worker}-{}", worker % 2, i % 7);
+                    let batch = [
+                        payment(&tid, &format!("{worker}-{i}")),
+                        payment(&tid, &format!("{worker}-{i}")),
+                        payment(&tid, &format!("{worker}-{i}-b")),
+                    ];
+                    store.append(&tid, &batch).await.unwrap();
+                }
+            });
+        }
+        tasks.join_all().await;
+        assert!(store.evictions() > 0, "the limit was reached");
+        assert_eq!(store.memory_bytes(), store.recount());
+        assert!(store.memory_bytes() <= 256 * 1024);
+        let mut kept = 0;
+        for stream in ["acct-0:*", "acct-1:*"] {
+            // A stream evicted whole is gone, like any history.
+            let page = store.read(stream, None, 1000).await.unwrap();
+            let seqs: Vec<u64> = page.events.iter().map(|e| e.id.seq).collect();
+            assert!(seqs.len() <= 50, "{stream}: {}", seqs.len());
+            assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+            if let Some(last) = seqs.last() {
+                assert_eq!(*last, page.position.seq);
+                kept += 1;
+            }
+        }
+        assert!(kept > 0, "the newest payments' stream is retained");
+        store.clock.advance(120_000);
+        let left = store.sweep();
+        assert_eq!((left.histories, left.memory_bytes), (0, 0));
     }
 
     /// A wall clock stepped back does not move this store's clock back; it
