@@ -52,6 +52,9 @@ impl<S: Subscriber> Hub<S> {
             None => page.position.seq,
         };
         let mut filtered = Filtered::new(filter, start);
+        // The last payment it could not take, if any: it joins covering
+        // only what follows it.
+        let mut lost: Option<Position> = None;
         let mut at = page.position;
         let mut replayed = 0;
         let covers = match replay {
@@ -78,8 +81,9 @@ impl<S: Subscriber> Hub<S> {
             };
             for event in page.events.iter().filter(lacks) {
                 // A socket whose buffer is full takes nothing more: the
-                // rest is not even encoded (it is closed as stalled).
+                // rest is not even encoded, and it lacks all of it.
                 if !send_payment(sub, filtered.as_deref_mut(), event) {
+                    lost = page.events.iter().filter(lacks).last().map(|e| e.id.into());
                     break;
                 }
                 replayed += 1;
@@ -109,6 +113,7 @@ impl<S: Subscriber> Hub<S> {
                 let missing = match send_following(
                     sub,
                     filtered.as_deref_mut(),
+                    &mut lost,
                     tid,
                     at,
                     buffered,
@@ -126,7 +131,7 @@ impl<S: Subscriber> Hub<S> {
                 if !missing {
                     tracing::debug!(tracking_id = tid, ?at, "joins the room after its replay");
                     live.pending.remove(&sub.id());
-                    live.join(sub, covers, filtered);
+                    live.join(sub, lost.map_or(covers, Coverage::After), filtered);
                     return replayed;
                 }
             }
@@ -147,7 +152,9 @@ impl<S: Subscriber> Hub<S> {
                     at = base;
                     for event in more.events {
                         if step(at, event.id) == Step::Next {
-                            send_payment(sub, filtered.as_deref_mut(), &event);
+                            if !send_payment(sub, filtered.as_deref_mut(), &event) {
+                                lost = Some(event.id.into());
+                            }
                             at = event.id.into();
                         }
                     }
@@ -211,16 +218,19 @@ impl<S: Subscriber> Hub<S> {
         );
         // No gap can stop it: the room's own gaps were announced to the
         // room, so they are announced here too.
+        let mut lost = None;
         let _ = send_following(
             sub,
             filtered.as_deref_mut(),
+            &mut lost,
             tid,
             at,
             pending.buffered,
             Gaps::Warn,
         );
-        // It was handed at least what follows where it stood.
-        live.join(sub, Coverage::After(at), filtered);
+        // It was handed at least what follows where it stood (or the last
+        // payment it could not take).
+        live.join(sub, Coverage::After(lost.unwrap_or(at)), filtered);
     }
 }
 
@@ -228,10 +238,12 @@ impl<S: Subscriber> Hub<S> {
 /// with a `HISTORY_TRUNCATED` warning before a history that started afresh
 /// (and, with [`Gaps::Warn`], before any gap). Returns where the
 /// subscriber now stands, or, with [`Gaps::Stop`], where it stood at the
-/// first gap.
+/// first gap. A payment it cannot take (its buffer is full) is recorded in
+/// `refused`.
 fn send_following<S: Subscriber>(
     sub: &S,
     mut filtered: Option<&mut Filtered>,
+    refused: &mut Option<Position>,
     tid: &str,
     mut at: Position,
     missed: Vec<Missed>,
@@ -273,7 +285,9 @@ fn send_following<S: Subscriber>(
             // Warned: the chain goes on from just before this payment.
             f.last = event.id.seq - 1;
         }
-        send_payment(sub, filtered.as_deref_mut(), &event);
+        if !send_payment(sub, filtered.as_deref_mut(), &event) {
+            *refused = Some(event.id.into());
+        }
         at = event.id.into();
     }
     Ok(at)

@@ -45,6 +45,8 @@ struct Recorder {
     log: Arc<Mutex<Vec<Got>>>,
     /// Each payment's seq and `prevSeq` (filtered subscriptions only).
     prev: Arc<Mutex<Vec<Chained>>>,
+    /// Payments (by seq) it refuses, as a socket whose buffer is full.
+    refuse: Arc<Mutex<HashSet<u64>>>,
     changed: Arc<Notify>,
     connected: Arc<AtomicBool>,
 }
@@ -56,6 +58,7 @@ impl Recorder {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             log: Arc::default(),
             prev: Arc::default(),
+            refuse: Arc::default(),
             changed: Arc::default(),
             connected: Arc::new(AtomicBool::new(true)),
         }
@@ -124,6 +127,9 @@ impl Subscriber for Recorder {
             prev_seq: Option<u64>,
         }
         let head: Head = serde_json::from_str(envelope.get()).unwrap();
+        if self.refuse.lock().unwrap().contains(&head.seq) {
+            return false;
+        }
         self.prev.lock().unwrap().push((head.seq, head.prev_seq));
         self.record(Got::Payment(head.id.parse().unwrap()));
         true
@@ -859,4 +865,34 @@ async fn a_resubscribe_replaces_the_filter() {
     bench.pass(2).await;
     sub.wait_for_seqs(&[2, 2, 3, 5]).await;
     assert_eq!(sub.chain()[3], (5, Some(3)));
+}
+
+/// A payment a subscriber could not take (its buffer was full) is not
+/// counted as handed over: the resubscribe with `since` that its seq jump
+/// calls for replays it, live or in a replay.
+#[tokio::test]
+async fn a_payment_the_subscriber_could_not_take_is_replayed_on_resubscribe() {
+    let mut bench = Bench::new();
+    let ids = bench.append("t", 1).await;
+    bench.pass(1).await;
+    let sub = Recorder::new();
+    bench.subscribe(&sub, "t", Some(ids[0])).await;
+    sub.refuse.lock().unwrap().insert(3);
+    let ids = bench.append("t", 3).await;
+    bench.pass(3).await;
+    sub.wait_for_seqs(&[2, 4]).await;
+    // Seen: 2, then 4. It resubscribes with since = 2.
+    sub.refuse.lock().unwrap().clear();
+    bench.subscribe(&sub, "t", Some(ids[0])).await;
+    sub.wait_for_seqs(&[2, 4, 3]).await;
+
+    // A replay that could not be taken whole: what it lacks is replayed
+    // again on the next resubscribe.
+    let late = Recorder::new();
+    late.refuse.lock().unwrap().extend([3, 4]);
+    bench.subscribe(&late, "t", Some(ids[0])).await;
+    late.wait_for_seqs(&[]).await;
+    late.refuse.lock().unwrap().clear();
+    bench.subscribe(&late, "t", Some(ids[0])).await;
+    late.wait_for_seqs(&[3, 4]).await;
 }

@@ -126,6 +126,8 @@ pub(super) fn statuses(filter: &Option<Box<Filtered>>) -> Option<StatusFilter> {
 /// A subscriber in the room.
 pub(super) struct Member<S> {
     pub sub: S,
+    /// Narrowed to what follows a payment it could not take (its buffer
+    /// was full): what it lacks is never taken as handed over.
     pub covers: Coverage,
     /// `None`: every payment, as stored (no `prevSeq`).
     pub filter: Option<Box<Filtered>>,
@@ -418,7 +420,10 @@ impl<S: Subscriber> Live<S> {
         if !self.members.is_empty() {
             let status = OnceCell::new();
             for member in self.members.values_mut() {
-                send_with(&member.sub, member.filter.as_deref_mut(), &event, &status);
+                if !send_with(&member.sub, member.filter.as_deref_mut(), &event, &status) {
+                    // It lacks this one: a resubscribe with since must get it.
+                    member.covers = Coverage::After(event.id.into());
+                }
             }
             // Once per payment and node, after the last subscriber here was
             // handed it; a clock behind the accepting node's reads as 0.
