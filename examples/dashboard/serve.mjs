@@ -41,5 +41,5 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const port = i > 0 ? Number(process.argv[i + 1]) : Number(process.env.PORT ?? 8000);
   const server = await serve(port);
   const { port: bound } = server.address();
-  console.log(`dashboard on http://127.0.0.1:${bound}/?server=http://127.0.0.1:3000`);
+  console.log(`dashboard on http://127.0.0.1:${bound}/?server=http://127.0.0.1:3000&stream=merchant-42:*`);
 }

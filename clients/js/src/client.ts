@@ -135,9 +135,10 @@ export class TidingsClient extends Emitter<ClientEvents> {
       const tid = env.data.trackingId;
       if (typeof tid === "string") this.subs.get(tid)?.onError(env);
     });
-    this.socket.on("payment", (env: { data?: { trackingId?: unknown } }) => {
-      const tid = env?.data?.trackingId;
-      if (typeof tid === "string") this.subs.get(tid)?.onPayment(env);
+    this.socket.on("payment", (env: { stream?: unknown; data?: { trackingId?: unknown } }) => {
+      // A stream's payment goes to the stream's subscription (its trackingId's copy, if also held, comes on its own).
+      const name = typeof env?.stream === "string" ? env.stream : env?.data?.trackingId;
+      if (typeof name === "string") this.subs.get(name)?.onPayment(env);
     });
   }
 
@@ -151,8 +152,11 @@ export class TidingsClient extends Emitter<ClientEvents> {
   }
 
   /**
-   * Subscribes to a trackingId (resuming after its stored last id, if any).
-   * Subscribing again to a held trackingId returns the same subscription.
+   * Subscribes to a trackingId, or to an account stream (`merchant-42:*`:
+   * every payment of the account's trackingIds, with the stream's own ids and
+   * seqs), resuming after its stored last id, if any. `filter` is sent with
+   * every (re)subscribe. Subscribing again to a held name returns the same
+   * subscription, unchanged (`setFilter` changes its filter).
    */
   subscribe(trackingId: string, options?: SubscribeOptions): Subscription {
     if (this.closed) throw new TidingsError("CLOSED", "the client is closed");
@@ -164,7 +168,7 @@ export class TidingsClient extends Emitter<ClientEvents> {
     return sub;
   }
 
-  /** A page of a trackingId's retained history over REST, held or not. */
+  /** A page of a trackingId's (or a stream's) retained history over REST, held or not. */
   history(trackingId: string, query: HistoryQuery = {}): Promise<HistoryPage> {
     return this.fetchPage(trackingId, query);
   }

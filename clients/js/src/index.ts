@@ -1,8 +1,9 @@
 /**
  * @file tidings-client: the client side of the Tidings contract, on
  * socket.io-client. `connect(url, options)` gives a client;
- * `client.subscribe(trackingId)` a subscription whose `payment` listeners
- * see every payment once, in seq order, across reconnects and restarts.
+ * `client.subscribe(trackingId)` (or an account stream, `"merchant-42:*"`) a
+ * subscription whose `payment` listeners see every payment once, in seq
+ * order, across reconnects and restarts.
  */
 export { connect, TidingsClient } from "./client.js";
 export type { AuthOption, ClientEvents, ClientOptions } from "./client.js";
@@ -19,11 +20,14 @@ export type {
   ClientErrorCode,
   ErrorCode,
   ErrorEnvelope,
+  Filter,
   Gap,
   HistoryPage,
   PaymentData,
   PaymentEnvelope,
+  PaymentSource,
   PaymentStatus,
   Position,
   ServerErrorCode,
+  StreamPaymentEnvelope,
 } from "./types.js";

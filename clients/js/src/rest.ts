@@ -3,19 +3,25 @@
  * token mode. Non-2xx answers become TidingsErrors with the body's code.
  */
 import { TidingsError } from "./errors.js";
-import type { ErrorCode, HistoryPage } from "./types.js";
+import type { ErrorCode, HistoryPage, PaymentStatus } from "./types.js";
 
 export interface HistoryQuery {
   /** Events after this id (default: from the oldest retained). */
   since?: string;
-  /** Page size, 1 to 1000 (the server's default is 100). */
+  /** Page size, 1 to 1000 (the server's default is 100); with `status`, it counts matching payments. */
   limit?: number;
+  /**
+   * Only payments of these statuses (`&status=executed,failed`); each then
+   * carries `prevSeq`. A subscription's `history()` defaults to its filter's;
+   * `null` asks for every payment.
+   */
+  status?: PaymentStatus[] | null;
   signal?: AbortSignal;
 }
 
 export type FetchLike = (input: string, init?: RequestInit) => Promise<Response>;
 
-/** One page of a trackingId's retained history; `token` is sent as a bearer token. */
+/** One page of a trackingId's (or a stream's) retained history; `token` is sent as a bearer token. */
 export async function fetchHistory(
   fetchFn: FetchLike,
   baseUrl: string,
@@ -26,6 +32,7 @@ export async function fetchHistory(
   const q = new URLSearchParams({ trackingId });
   if (query.since !== undefined) q.set("since", query.since);
   if (query.limit !== undefined) q.set("limit", String(query.limit));
+  if (query.status) q.set("status", query.status.join(","));
   const headers: Record<string, string> = { accept: "application/json" };
   if (token !== undefined) headers.authorization = `Bearer ${token}`;
   let res: Response;

@@ -1,18 +1,22 @@
 /**
- * @file One trackingId's subscription: the part of the contract a client must
- * do itself. It keeps the last id (in the storage), subscribes with `since`
- * on every connect, delivers each payment once and in seq order (duplicates
- * dropped, payments after a hole held back until the hole is filled by a
- * resubscribe with `since`), and turns HISTORY_TRUNCATED into a `gap`.
+ * @file One subscription (a trackingId, or a stream `merchant-42:*`): the
+ * part of the contract a client must do itself. It keeps the last id (in the
+ * storage), subscribes with `since` (and its filter) on every connect,
+ * delivers each payment once and in seq order (duplicates dropped, payments
+ * after a hole held back until the hole is filled from the REST backfill),
+ * and turns HISTORY_TRUNCATED into a `gap`. A filtered subscription's holes
+ * are seen by `prevSeq` (the filter skips seqs).
  */
 import type { Backoff } from "./backoff.js";
 import { delayOf } from "./backoff.js";
-import { compare, cursorAt, EMPTY, relate, type Cursor } from "./cursor.js";
+import { compare, cursorAt, EMPTY, parseEventId, relate, type Cursor } from "./cursor.js";
 import { Emitter, type Off } from "./emitter.js";
 import { asTidingsError, TidingsError } from "./errors.js";
 import type { HistoryQuery } from "./rest.js";
 import type { Storage } from "./storage.js";
-import type { AckEnvelope, ErrorEnvelope, Gap, HistoryPage, PaymentEnvelope, Position } from "./types.js";
+import type {
+  AckEnvelope, ErrorEnvelope, Filter, Gap, HistoryPage, PaymentEnvelope, PaymentStatus, Position,
+} from "./types.js";
 
 /** What a subscription needs from its client. */
 export interface SubscriptionHost {
@@ -22,7 +26,7 @@ export interface SubscriptionHost {
    */
   send(
     event: "subscribe" | "unsubscribe",
-    payload: { trackingId: string; since?: string },
+    payload: { trackingId: string; since?: string; filter?: Filter },
     onReply?: (reply: AckEnvelope | ErrorEnvelope) => void,
   ): boolean;
   isConnected(): boolean;
@@ -37,12 +41,17 @@ export interface SubscriptionHost {
 }
 
 export interface SubscribeOptions {
-  /** Where to start when the storage holds nothing for this trackingId (default: from now). */
+  /**
+   * Where to start when the storage holds nothing for this name (default:
+   * from now): an id of its history (`s<epoch>-<seq>` for a stream).
+   */
   since?: string;
+  /** Only payments of these statuses (`{ status: ["failed"] }`); sent with every (re)subscribe. */
+  filter?: Filter | null;
 }
 
 export type SubscriptionEvents = {
-  /** A payment, each exactly once, in seq order. */
+  /** A payment, each exactly once, in seq order (a stream's: with `stream` and `source`). */
   payment: (payment: PaymentEnvelope) => void;
   /** Payments the server no longer has; emitted just before the next one. */
   gap: (gap: Gap) => void;
@@ -60,7 +69,9 @@ const isPayment = (p: unknown): p is PaymentEnvelope =>
   Number.isSafeInteger((p as PaymentEnvelope).seq) &&
   typeof (p as PaymentEnvelope).data === "object";
 
-const cursorOf = (p: PaymentEnvelope): Cursor => cursorAt(p.id, p.seq);
+/** The payment's place; a filtered subscription's payment also says which seq it follows. */
+const cursorOf = (p: PaymentEnvelope): Cursor =>
+  cursorAt(p.id, p.seq, Number.isSafeInteger(p.prevSeq) ? p.prevSeq : undefined);
 
 /** The stored value: `{"id","seq"}`; a bare id of Tidings' form is read too. */
 function parseStored(value: string): Cursor | null {
@@ -74,22 +85,51 @@ function parseStored(value: string): Cursor | null {
 }
 
 function parseId(id: string): Cursor | null {
-  const m = /^\d{1,16}-(\d{1,16})$/.exec(id);
-  return m ? cursorAt(id, Number(m[1])) : null;
+  const e = parseEventId(id);
+  return e ? cursorAt(id, e.seq) : null;
 }
 
+const STATUSES: readonly PaymentStatus[] = ["executed", "failed", "pending"];
+
+/** A copy of a valid filter (null: none); a TypeError says what is wrong with a bad one. */
+function checkFilter(filter: Filter | null | undefined): Filter | null {
+  if (filter === undefined || filter === null) return null;
+  const status = (filter as { status?: unknown })?.status;
+  if (typeof filter !== "object" || Object.keys(filter).some((k) => k !== "status")) {
+    throw new TypeError(`filter: an object with exactly the key "status", got ${JSON.stringify(filter)}`);
+  }
+  if (!Array.isArray(status) || status.length === 0 || status.some((x) => !STATUSES.includes(x as PaymentStatus))) {
+    throw new TypeError(`filter.status: a non-empty list of ${STATUSES.join(", ")}, got ${JSON.stringify(status)}`);
+  }
+  return { status: [...status] as PaymentStatus[] };
+}
+
+const sameFilter = (a: Filter | null, b: Filter | null): boolean =>
+  a === b || (a !== null && b !== null && [...new Set(a.status)].sort().join() === [...new Set(b.status)].sort().join());
+
 export class Subscription extends Emitter<SubscriptionEvents> {
+  /** The name subscribed to: a trackingId, or a stream (`merchant-42:*`). */
   readonly trackingId: string;
+  /** Whether this is an account stream (a name ending in `*`, contract section 8). */
+  readonly stream: boolean;
   private readonly host: SubscriptionHost;
   private state: State = "loading";
+  /** The server holds the subscription on the current connection (acked, not lost since). */
+  private held_ = false;
+  private filter_: Filter | null;
+  /** Bumped by setFilter: what was read or sent for an older filter is not trusted to match. */
+  private filterGen = 0;
+  /** A filter change the server has not acked yet: payments of the old filter may still arrive. */
+  private filterPending = false;
   /** The last payment delivered (or, on a fresh subscribe, the ack's position). */
   private last: Cursor | null = null;
   /** Set by HISTORY_TRUNCATED: the next new payment continues, and the gap is counted from here. */
   private gapFrom: Cursor | null = null;
   /** Payments after a hole, in (epoch, seq) order, waiting for it to be filled. */
   private held: PaymentEnvelope[] = [];
-  /** A resubscribe with `since` (or a read from the start) is filling a hole. */
+  /** A read over REST is filling a hole (or the history begun unseen). */
   private recovering = false;
+  private recoveryTimer: ReturnType<typeof setTimeout> | null = null;
   /** Where the replay announced by the last ack ends: past it, a hole still open needs another recovery. */
   private replayEnd: Cursor | null = null;
   private retries = 0;
@@ -102,10 +142,17 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     super();
     this.host = host;
     this.trackingId = trackingId;
+    this.stream = trackingId.endsWith("*");
+    this.filter_ = checkFilter(opts.filter);
     let initial: Cursor | null = null;
     if (opts.since !== undefined) {
       initial = parseId(opts.since);
       if (!initial) throw new TypeError(`subscribe: since ${JSON.stringify(opts.since)} is not a Tidings event id`);
+      if (parseEventId(opts.since)?.stream !== this.stream) {
+        throw new TypeError(this.stream
+          ? `subscribe: since ${JSON.stringify(opts.since)} is a trackingId's id; a stream's ids are s<epoch>-<seq>`
+          : `subscribe: since ${JSON.stringify(opts.since)} is a stream's id; a trackingId's ids are <epoch>-<seq>`);
+      }
     }
     Promise.resolve()
       .then(() => host.storage.get(host.storageKey(trackingId)))
@@ -118,7 +165,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
       )
       .then((stored) => {
         if (this.state !== "loading") return;
-        this.last = stored ?? initial;
+        // A stored id of the other kind (a trackingId's for a stream) cannot be this history's.
+        this.last = (stored && stored.id !== null && parseEventId(stored.id)?.stream !== this.stream ? null : stored) ?? initial;
         this.state = "idle";
         if (host.isConnected()) this.sendSubscribe();
       });
@@ -131,22 +179,52 @@ export class Subscription extends Emitter<SubscriptionEvents> {
 
   /** Whether the server holds the subscription on the current connection. */
   get subscribed(): boolean {
-    return this.state === "active" || this.recovering;
+    return this.held_;
+  }
+
+  /** The filter sent with every (re)subscribe; null: every payment. */
+  get filter(): Filter | null {
+    return this.filter_ === null ? null : { status: [...this.filter_.status] };
+  }
+
+  /**
+   * Changes the filter (null: none). Held on the server already, it
+   * resubscribes at once with `since` = the last id: from there on, the
+   * payments of the new filter, each once. Payments before the last id that
+   * the old filter left out are not delivered (read them with `history()`).
+   * Until the server acks the change, a payment of the old filter that does
+   * not match the new one is accounted for and not delivered.
+   */
+  setFilter(filter: Filter | null): void {
+    const next = checkFilter(filter);
+    if (this.state === "closed" || sameFilter(next, this.filter_)) return;
+    this.filter_ = next;
+    this.filterGen++;
+    this.filterPending = true;
+    // Held payments, and a read in flight, are of the old filter: the new subscribe's replay brings them again.
+    this.held = [];
+    this.replayEnd = null;
+    if (this.state === "active" || this.state === "subscribing") this.sendSubscribe();
   }
 
   override on<K extends keyof SubscriptionEvents>(event: K, fn: SubscriptionEvents[K]): Off {
     return super.on(event, fn);
   }
 
-  /** One page of the retained history over REST (`GET /v1/events`), with the socket's token in token mode. */
+  /**
+   * One page of the retained history over REST (`GET /v1/events`), with the
+   * socket's token in token mode; `status` defaults to the filter's (null: every payment).
+   */
   history(query: HistoryQuery = {}): Promise<HistoryPage> {
-    return this.host.fetchPage(this.trackingId, query);
+    const status = query.status !== undefined ? query.status : (this.filter_?.status ?? null);
+    return this.host.fetchPage(this.trackingId, { ...query, status });
   }
 
   /** Leaves the trackingId; the stored last id is kept (a later subscribe resumes from it). */
   unsubscribe(): Promise<void> {
     if (this.state !== "closed") {
       this.state = "closed";
+      this.held_ = false;
       this.clearRetry();
       this.host.detach(this);
       this.host.send("unsubscribe", { trackingId: this.trackingId });
@@ -167,7 +245,6 @@ export class Subscription extends Emitter<SubscriptionEvents> {
 
   /** @internal A (re)connect: the server holds nothing for this socket yet. */
   onConnect(): void {
-    this.recovering = false;
     this.replayEnd = null;
     if (this.state === "loading" || this.state === "closed") return;
     this.clearRetry();
@@ -177,7 +254,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal */
   onDisconnect(): void {
     this.clearRetry();
-    this.recovering = false;
+    this.held_ = false;
     if (this.state !== "loading" && this.state !== "closed") this.state = "idle";
   }
 
@@ -185,8 +262,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   onAck(env: AckEnvelope): void {
     if (this.state === "closed" || this.state === "loading") return;
     this.state = "active";
+    this.held_ = true;
     this.retries = 0;
-    this.recovering = false;
     const position: Position = env.position ?? { id: null, seq: 0 };
     if (this.last === null) {
       // A fresh subscribe starts from now: the ack's position is where the application stands.
@@ -231,22 +308,23 @@ export class Subscription extends Emitter<SubscriptionEvents> {
       case "RATE_LIMITED":
       case "CONNECTION_ERROR":
         this.fail(err);
-        this.recovering = false;
         this.retryLater();
         return;
       case "FORBIDDEN":
       case "INVALID_TRACKING_ID":
       case "TOO_MANY_SUBSCRIPTIONS":
         // Refused for this connection; tried again at the next connect (a new token may cover it).
-        if (this.state === "subscribing") this.state = "refused";
+        if (this.state === "subscribing") this.state = this.held_ ? "active" : "refused";
         this.fail(err);
         return;
       default:
+        // A refused repeat leaves what the server held as it was.
+        if (this.state === "subscribing" && this.held_) this.state = "active";
         this.fail(err);
     }
   }
 
-  /** @internal A `payment` for this trackingId (live, replayed, or read over REST). */
+  /** @internal A `payment` of this subscription (live, replayed, or read over REST). */
   onPayment(env: unknown): void {
     if (this.state === "closed" || !isPayment(env)) return;
     if (this.last === null) {
@@ -302,11 +380,13 @@ export class Subscription extends Emitter<SubscriptionEvents> {
 
   private emitGap(from: Cursor, to: Cursor): void {
     const restarted = from.epoch !== null && to.epoch !== null && from.epoch !== to.epoch;
+    // A filtered subscription's next payment says which seq it follows: the lost ones end there.
+    const toSeq = to.prevSeq !== undefined && to.prevSeq > from.seq ? to.prevSeq : to.seq - 1;
     const gap: Gap = {
       trackingId: this.trackingId,
       lastId: from.id,
       fromSeq: from.seq + 1,
-      toSeq: restarted ? null : to.seq - 1,
+      toSeq: restarted ? null : toSeq,
       restarted,
       nextId: to.id as string,
       nextSeq: to.seq,
@@ -315,8 +395,11 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   }
 
   private deliver(env: PaymentEnvelope): void {
-    this.last = cursorOf(env);
-    this.emit("payment", env);
+    this.last = cursorAt(env.id, env.seq);
+    // While a filter change is not acked, a payment of the old filter may come: accounted for, not delivered.
+    if (!this.filterPending || this.filter_ === null || this.filter_.status.includes(env.data?.status)) {
+      this.emit("payment", env);
+    }
     // Stored after the listeners ran: across a crash a payment may come again, never be skipped.
     this.persist();
     if (this.replayEnd !== null && compare(this.last, this.replayEnd) >= 0) this.replayEnd = null;
@@ -345,46 +428,75 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.held.splice(i, 0, env);
   }
 
-  /** Fills a hole: resubscribe with since = the last delivered id (the server replays in order), or read from the start. */
+  /**
+   * Fills a hole: reads the history over REST after the last delivered id
+   * (with the filter's statuses), or from its start when there is no id yet
+   * (the history began unseen). Not a resubscribe with `since`: a node
+   * answers a repeated `since` on a subscription its socket holds with the
+   * ack alone when it believes it handed those payments over already
+   * (docs/reference.md, "Resubscribing with since"), so a payment lost after
+   * the node sent it would never come.
+   */
   private startRecovery(): void {
     if (this.recovering || this.state !== "active" || !this.host.isConnected() || this.last === null) return;
     this.recovering = true;
-    if (this.last.id !== null) {
-      this.state = "subscribing";
-      this.host.send("subscribe", { trackingId: this.trackingId, since: this.last.id }, this.onReply);
-    } else {
-      void this.readFromStart();
-    }
+    void this.readHistory();
   }
 
-  /** No id to pass as since (the history began unseen): read it over REST from the oldest retained event. */
-  private async readFromStart(): Promise<void> {
-    let since: string | undefined;
+  private async readHistory(): Promise<void> {
+    const gen = this.filterGen;
+    const from = this.last;
+    let since = from?.id ?? undefined;
+    let stale = false;
     try {
       for (let page = 0; page < 1000; page++) {
-        const p = await this.host.fetchPage(this.trackingId, { since, limit: 1000 });
+        const p = await this.host.fetchPage(this.trackingId, { since, limit: 1000, status: this.filter_?.status ?? null });
+        // Closed, or read for a filter that is no longer this subscription's: the new subscribe's replay brings it.
         if (this.state === "closed") return;
-        if (p.data.length === 0) break;
-        if (since === undefined && this.last !== null && this.last.id === null && this.gapFrom === null) {
-          // The first page starts at the oldest retained event: what came before it is gone.
+        if (gen !== this.filterGen) {
+          stale = true;
+          return;
+        }
+        if (page === 0 && p.data.length > 0 && this.last !== null && this.gapFrom === null &&
+            (p.truncated || (from !== null && from.id === null))) {
+          // The page starts at the oldest retained event: what came before it is gone.
           this.gapFrom = this.last;
         }
         for (const env of p.data) this.onPayment(env);
-        if (!p.hasMore) break;
+        if (!p.hasMore || p.data.length === 0) break;
+        // A hole is filled once nothing waits behind it; a history begun unseen is read to its end.
+        if (from?.id && this.held.length === 0) break;
         since = p.data[p.data.length - 1].id;
       }
+      this.retries = 0;
     } catch (err) {
       this.fail(asTidingsError("HTTP_ERROR", err, this.trackingId));
+      if (this.state !== "closed") {
+        this.recoveryTimer = setTimeout(() => {
+          this.recoveryTimer = null;
+          this.drain();
+        }, delayOf(this.host.backoff, this.retries++));
+      }
     } finally {
       this.recovering = false;
+      // A hole noticed under the new filter while this read ran waits for a read of its own.
+      if (stale) this.drain();
     }
   }
 
   private sendSubscribe(): void {
     if (this.state === "closed" || this.state === "loading") return;
     const since = this.last?.id ?? undefined;
-    const payload = since ? { trackingId: this.trackingId, since } : { trackingId: this.trackingId };
-    if (this.host.send("subscribe", payload, this.onReply)) this.state = "subscribing";
+    const payload: { trackingId: string; since?: string; filter?: Filter } = { trackingId: this.trackingId };
+    if (since) payload.since = since;
+    if (this.filter_ !== null) payload.filter = { status: [...this.filter_.status] };
+    const gen = this.filterGen;
+    const onReply = (reply: AckEnvelope | ErrorEnvelope): void => {
+      // The ack answers after whatever the server sent under the old filter: from here on, the new one holds.
+      if (reply?.type === "ack" && gen === this.filterGen) this.filterPending = false;
+      this.onReply(reply);
+    };
+    if (this.host.send("subscribe", payload, onReply)) this.state = "subscribing";
   }
 
   /** The answer to one of our subscribes: its ack is handled from the event stream (it orders the replay), a refusal here. */
@@ -404,6 +516,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   private clearRetry(): void {
     if (this.retryTimer !== null) clearTimeout(this.retryTimer);
     this.retryTimer = null;
+    if (this.recoveryTimer !== null) clearTimeout(this.recoveryTimer);
+    this.recoveryTimer = null;
   }
 
   private fail(err: TidingsError): void {

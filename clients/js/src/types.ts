@@ -18,19 +18,57 @@ export interface PaymentData {
   signature?: string;
 }
 
-/** A `payment` event (envelope `type` `payment_notification`). */
+/**
+ * A subscription's filter (`subscribe`'s `filter`): only payments whose
+ * `data.status` is listed are replayed and delivered. A non-empty list.
+ */
+export interface Filter {
+  status: PaymentStatus[];
+}
+
+/** Where a stream's payment stands in its own trackingId's history. */
+export interface PaymentSource {
+  /** The payment's id in its trackingId's history (`<epoch>-<seq>`). */
+  id: string;
+  /** Its seq there. */
+  seq: number;
+}
+
+/**
+ * A `payment` event (envelope `type` `payment_notification`), of a
+ * trackingId or of a stream (then `stream` and `source` are there).
+ */
 export interface PaymentEnvelope {
   type: "payment_notification";
-  /** Event id, `<epoch>-<seq>`; unique within its trackingId. */
+  /**
+   * Event id, unique within its history: `<epoch>-<seq>` for a trackingId,
+   * `s<epoch>-<seq>` for a stream.
+   */
   id: string;
-  /** Position in the trackingId's history: 1, 2, 3, ... without holes. */
+  /** Position in the history (the trackingId's, or the stream's): 1, 2, 3, ... without holes. */
   seq: number;
+  /** A stream's payment: the stream's name (`merchant-42:*`). */
+  stream?: string;
+  /** A stream's payment: its place in its own trackingId's history (`data.trackingId`). */
+  source?: PaymentSource;
+  /**
+   * Only on the payments of a filtered subscription: the `seq` of the
+   * previous payment this subscription was sent (or where it started), so
+   * that a hole is seen although the filter skips seqs.
+   */
+  prevSeq?: number;
   data: PaymentData;
   /** When the server accepted the payment, in **milliseconds**. */
   timestamp: number;
 }
 
-/** Where a trackingId's history stood when a subscribe took effect. */
+/** A stream's `payment` event: what a subscription to `merchant-42:*` receives. */
+export interface StreamPaymentEnvelope extends PaymentEnvelope {
+  stream: string;
+  source: PaymentSource;
+}
+
+/** Where a history (a trackingId's or a stream's) stood when a subscribe took effect. */
 export interface Position {
   id: string | null;
   seq: number;
@@ -75,7 +113,7 @@ export interface ErrorEnvelope {
   timestamp: number;
 }
 
-/** One page of `GET /v1/events`. */
+/** One page of `GET /v1/events` (a stream's envelopes for a stream; with `status`, each has `prevSeq`). */
 export interface HistoryPage {
   data: PaymentEnvelope[];
   hasMore: boolean;
@@ -89,14 +127,17 @@ export interface HistoryPage {
  * once, just before `nextId` is delivered.
  */
 export interface Gap {
+  /** The subscription's name: a trackingId, or a stream (`merchant-42:*`). */
   trackingId: string;
   /** The last payment delivered (or stored) before the gap; null if none was. */
   lastId: string | null;
   /** First lost seq, in `lastId`'s history (`lastId`'s seq + 1). */
   fromSeq: number;
   /**
-   * Last lost seq in that same history (`nextSeq - 1`); null when the history
-   * restarted, since how far the old one went is unknown.
+   * Last lost seq in that same history (`nextSeq - 1`; for a filtered
+   * subscription, the seq the server says the next payment follows, its
+   * `prevSeq`: some of the lost seqs may not have matched the filter); null
+   * when the history restarted, since how far the old one went is unknown.
    */
   toSeq: number | null;
   /**

@@ -81,9 +81,20 @@ describe("npm pack: the package a user installs", () => {
       'sub.on("gap", (g: Gap) => { const from: number = g.fromSeq; void from; });',
       'sub.on("error", (e: TidingsError) => { const c: ErrorCode = e.code; void c; });',
       'off();',
+      // An account stream, filtered: the stream's envelope fields and the filter are typed.
+      'const failed: Filter = { status: ["failed"] };',
+      'const merchant = client.subscribe("merchant-42:*", { filter: failed });',
+      'merchant.on("payment", (p: PaymentEnvelope) => { const s: string | undefined = p.stream; const src: PaymentSource | undefined = p.source; const prev: number | undefined = p.prevSeq; void s; void src; void prev; });',
+      'merchant.setFilter(null);',
+      'const isStream: boolean = merchant.stream; void isStream;',
+      'void merchant.history({ status: ["executed", "pending"], limit: 10 }).then((page) => { const e: StreamPaymentEnvelope = page.data[0] as StreamPaymentEnvelope; void e.source.seq; });',
       '',
-    ].join("\n"));
+    ].join("\n").replace("type ErrorCode }", "type ErrorCode, type Filter, type PaymentSource, type StreamPaymentEnvelope }"));
     execFileSync(process.execPath, [tsc, "-p", app], { cwd: app, encoding: "utf8", timeout: 120000 });
+    // A status the contract does not have is a type error.
+    writeFileSync(path.join(app, "use.mts"), 'import { connect } from "tidings-client";\nconnect("http://x").subscribe("m:*", { filter: { status: ["done"] } });\n');
+    assert.throws(() => execFileSync(process.execPath, [tsc, "-p", app], { cwd: app, encoding: "utf8", timeout: 120000, stdio: "pipe" }),
+      (err) => /"done"|not assignable/.test(String(err.stdout)), "a bad filter status is a type error");
     // The same project with a wrong option type must not compile: the declarations are checked, not `any`.
     writeFileSync(path.join(app, "use.mts"), 'import { connect } from "tidings-client";\nconnect("http://x", { reconnect: { maxAttempts: "five" } });\n');
     assert.throws(() => execFileSync(process.execPath, [tsc, "-p", app], { cwd: app, encoding: "utf8", timeout: 120000, stdio: "pipe" }),

@@ -166,31 +166,38 @@ describe("one node in memory", () => {
     }
   });
 
-  test("a delivery lost on the way: the seq jump is noticed and the hole filled (resubscribe with since) before going on", async () => {
-    const proxy = await startWireProxy(node.url);
-    try {
-      const id = uid("hole");
-      const c = client(proxy.url, { transports: ["polling"] });
-      let disconnects = 0;
-      c.on("disconnect", () => { disconnects++; });
-      const { rec } = await subscribed(c, id);
-      const first = await ingestEach(node.url, id, 2);
-      await rec.untilIds(first);
-      // The next payment (seq 3) never reaches the client.
-      proxy.rule("drop", (event, p) => event === "payment" && p?.data?.trackingId === id && p.seq === 3);
-      const rest = await ingestEach(node.url, id, 4);
-      await rec.untilIds(rest);
-      const tail = await settle(rec, node.url, id);
-      assert.equal(proxy.stats.dropped.length, 1, "the proxy dropped seq 3");
-      assertExactlyOnce(rec, [...first, ...rest, ...tail], "no hole: 1, 2, then 3 (recovered), 4, 5, 6, 7");
-      assert.ok(rec.acks().length >= 2, "the SDK resubscribed to fill the hole");
-      assert.equal(c.connected, true);
-      assert.equal(disconnects, 0, "without reconnecting: the SDK noticed the jump itself");
-      assert.deepEqual(rec.gaps(), [], "a recovered hole is no gap");
-    } finally {
-      await proxy.close();
-    }
-  });
+  for (const before of [0, 2]) {
+    test(`a delivery lost on the way (${before} payments before the subscribe): the seq jump is noticed and the hole filled from the backfill before going on`, async () => {
+      const proxy = await startWireProxy(node.url);
+      try {
+        const id = uid("hole");
+        const earlier = await ingestEach(node.url, id, before);
+        const c = client(proxy.url, { transports: ["polling"] });
+        let disconnects = 0;
+        c.on("disconnect", () => { disconnects++; });
+        const { rec } = await subscribed(c, id);
+        const first = await ingestEach(node.url, id, 2);
+        await rec.untilIds(first);
+        // The next payment never reaches the client. With a history before the subscribe, the node
+        // answers a resubscribe with that since with the ack alone (it handed that payment over):
+        // only the backfill has it.
+        const lostSeq = before + 3;
+        proxy.rule("drop", (event, p) => event === "payment" && p?.data?.trackingId === id && p.seq === lostSeq);
+        const rest = await ingestEach(node.url, id, 4);
+        await rec.untilIds(rest);
+        const tail = await settle(rec, node.url, id);
+        assert.equal(proxy.stats.dropped.length, 1, `the proxy dropped seq ${lostSeq}`);
+        assertExactlyOnce(rec, [...first, ...rest, ...tail], "no hole: the one lost recovered, in order");
+        assert.deepEqual(proxy.stats.rest.map((q) => [q.get("trackingId"), q.get("since")]), [[id, first[1].id]],
+          "one backfill read, after the last delivered id");
+        assert.equal(c.connected, true);
+        assert.equal(disconnects, 0, "without reconnecting: the SDK noticed the jump itself");
+        assert.deepEqual(rec.gaps(), [], "a recovered hole is no gap");
+      } finally {
+        await proxy.close();
+      }
+    });
+  }
 
   test("a delivery repeated on the way is delivered once", async () => {
     const proxy = await startWireProxy(node.url);
@@ -238,6 +245,7 @@ describe("one node in memory keeping 3 payments per trackingId (--history-limit 
       assert.deepEqual(rec.events.filter((e) => e.kind === "payment" || e.kind === "gap").map((e) => e.kind === "gap" ? "gap" : e.seq),
         [1, "gap", 5, 6, 7, 8], rec.trace());
       assertExactlyOnce(rec, [...first, ...meanwhile.slice(3), ...live]);
+      assert.deepEqual(proxy.stats.rest, [], "the HISTORY_TRUNCATED warning said it: no backfill read was needed");
     } finally {
       await proxy.close();
     }

@@ -1,4 +1,4 @@
-// Redis, several Tidings nodes sharing it, and nginx in front of them (with
+// Redis (standalone or a Redis Cluster), several Tidings nodes sharing it, and nginx in front of them (with
 // the project's shipped deploy/nginx/tidings.conf), for the SDK's tests:
 // taken from the end-to-end suite's tests/e2e/lib/cluster.mjs and trimmed to
 // what the SDK's tests use.
@@ -222,6 +222,62 @@ export async function startRedis() {
   }
   removeTmp(dir);
   throw lastErr;
+}
+
+/**
+ * Starts a three-master Redis Cluster (no replicas, no persistence) on free
+ * ports, resolved once every master says cluster_state:ok. Returns
+ * {ports, url: "redis://127.0.0.1:P1,redis://127.0.0.1:P2,...", stop()}.
+ * Taken from tests/e2e/lib/cluster.mjs.
+ */
+export async function startRedisCluster() {
+  if (!existsSync(REDIS_CLI)) {
+    throw new Error(`${REDIS_CLI} not found: install it (Debian package redis-tools) or set TIDINGS_REDIS_CLI`);
+  }
+  const dir = makeTmp("redis-cluster");
+  const masters = [];
+  const stopAll = async () => {
+    for (const m of masters) await terminate(m, "SIGTERM");
+    removeTmp(dir);
+  };
+  try {
+    while (masters.length < 3) {
+      const port = await freePort();
+      const child = spawnTracked(REDIS_SERVER, [
+        "--port", String(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1",
+        "--protected-mode", "no", "--dir", dir,
+        "--cluster-enabled", "yes", "--cluster-config-file", path.join(dir, `nodes-${port}.conf`),
+        // The bus port defaults to port + 10000, which may be taken or out of range.
+        "--cluster-port", String(await freePort()), "--cluster-node-timeout", "5000",
+      ]);
+      try {
+        await waitRedisPing(port, child);
+      } catch (err) {
+        await terminate(child, "SIGKILL");
+        if (err.bindFailure) continue;
+        throw err;
+      }
+      child.port = port;
+      masters.push(child);
+    }
+    const ports = masters.map((m) => m.port);
+    const create = await run(REDIS_CLI, [
+      "--cluster", "create", ...ports.map((p) => `127.0.0.1:${p}`), "--cluster-replicas", "0", "--cluster-yes",
+    ], 30000);
+    assert.equal(create.code, 0, `redis-cli --cluster create failed:\n${create.stdout}\n${create.stderr}`);
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      const infos = await Promise.all(ports.map((p) =>
+        run(REDIS_CLI, ["-h", "127.0.0.1", "-p", String(p), "cluster", "info"], 5000).then((r) => r.stdout)));
+      if (infos.every((t) => /cluster_state:ok/.test(t))) break;
+      if (Date.now() > deadline) throw new Error(`Redis Cluster not ok within 20 s:\n${infos.join("\n---\n")}`);
+      await sleep(100);
+    }
+    return { ports, url: ports.map((p) => `redis://127.0.0.1:${p}`).join(","), stop: stopAll };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
 }
 
 // ---------------------------------------------------------------------------

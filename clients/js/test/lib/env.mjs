@@ -13,7 +13,7 @@ export {
   startServer, ingestOk, payment, uid, withTimeout, INGEST_TOKEN, SERVER_BIN,
 } from "./harness.mjs";
 export {
-  startRedis, startNodes, stopNodes, startNginx, freePort, readMetric, pace,
+  startRedis, startRedisCluster, startNodes, stopNodes, startNginx, freePort, readMetric, pace,
 } from "./cluster.mjs";
 
 /**

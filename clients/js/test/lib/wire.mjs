@@ -4,6 +4,8 @@
 // (a delivery lost or repeated on the way), and it can cut the connection
 // (every request refused until heal()), so that the client reconnects.
 //
+// `stats.rest` holds the query of every REST backfill (GET /v1/events) passed on.
+//
 // A polling response carries Engine.IO packets separated by \x1e; a Socket.IO
 // event is the packet `42["event",payload]`.
 
@@ -19,7 +21,7 @@ export async function startWireProxy(targetUrl) {
   const rules = [];
   const sockets = new Set();
   let down = false;
-  const stats = { dropped: [], duplicated: [] };
+  const stats = { dropped: [], duplicated: [], rest: [] };
 
   const apply = (text) => {
     const out = [];
@@ -44,6 +46,7 @@ export async function startWireProxy(targetUrl) {
 
   const server = http.createServer((req, res) => {
     if (down) { req.socket.destroy(); return; }
+    if (req.url?.startsWith("/v1/events")) stats.rest.push(new URL(req.url, "http://x").searchParams);
     const up = http.request({
       host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers,
     }, (ur) => {
