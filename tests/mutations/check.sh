@@ -4,8 +4,10 @@
 # each one this script checks that it still applies to the current source,
 # that the patched server builds, and that the hub's unit tests
 # (`cargo test --lib hub::`: no sockets, no Redis, a few seconds) fail on
-# it. A refactor that leaves a patch behind, or tests that stop biting,
-# fail here.
+# it, or the tests a `Unit:` line above the patch's diff names (its
+# `cargo test` arguments, e.g. `Unit: --test store streams` for a defect in
+# the store, which the hub's tests never reach). A refactor that leaves a
+# patch behind, or tests that stop biting, fail here.
 #
 # The full proof against a running server (the randomized checker, minutes
 # per patch) is `bash tests/mutations/prove.sh`.
@@ -36,18 +38,22 @@ for patch in "$root"/tests/mutations/*.patch; do
     continue
   fi
   git -C "$work" apply "$patch"
-  if ! timeout 900 cargo test --locked -q --manifest-path "$work/Cargo.toml" --lib --no-run 2>"$work/build.log"; then
+  # The tests that must catch it (default: the hub's).
+  unit=$(sed -n '/^diff --git/q; s/^Unit: *//p' "$patch" | head -1)
+  read -r -a unit_args <<<"${unit:---lib hub::}"
+  if ! timeout 900 cargo test --locked -q --manifest-path "$work/Cargo.toml" --no-run "${unit_args[@]}" 2>"$work/build.log"; then
     echo "mutation $name: the patched server does not build; update the patch" >&2
     tail -40 "$work/build.log" >&2
     status=1
     continue
   fi
-  if timeout 300 cargo test --locked -q --manifest-path "$work/Cargo.toml" --lib hub:: >"$work/test.log" 2>&1; then
-    echo "mutation $name: NOT caught: the hub's unit tests pass with the defect" >&2
+  if timeout 300 cargo test --locked -q --manifest-path "$work/Cargo.toml" "${unit_args[@]}" >"$work/test.log" 2>&1; then
+    echo "mutation $name: NOT caught: the tests (cargo test ${unit_args[*]}) pass with the defect" >&2
     status=1
     continue
   fi
-  failed=$(grep -E '^    hub::' "$work/test.log" | sed 's/^ *//' | tr '\n' ' ')
+  # The failures' list: one test name per line, indented by four spaces.
+  failed=$(grep -E '^    [A-Za-z0-9_:]+$' "$work/test.log" | sed 's/^ *//' | sort -u | tr '\n' ' ')
   if [ -z "$failed" ]; then
     echo "mutation $name: the tests did not finish (timeout or crash): counted as caught" >&2
     tail -20 "$work/test.log" >&2

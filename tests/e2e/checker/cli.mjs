@@ -24,12 +24,13 @@ const { values } = parseArgs({
     "no-faults": { type: "boolean" }, // no fault lane
     "no-tiny-buffer": { type: "boolean" }, // no node with --delivery-buffer 2
     "no-unsub-disconnect": { type: "boolean" }, // clients never unsubscribe-then-disconnect
+    "no-streams": { type: "boolean" }, // no --stream-separator, no stream subscribers, no filters (a server from before issue 18)
     // Must fail: the sentinel variant's nodes get the first master's URL instead of the sentinels'.
     "sentinel-direct": { type: "boolean" },
   },
 });
 if (values.help) {
-  console.log("usage: node checker/cli.mjs --variant redis|cluster|memory|cluster-replicas|sentinel|all [--seed N] [--duration S] [--sockets N] [--bin PATH] [--runs K]");
+  console.log("usage: node checker/cli.mjs --variant redis|cluster|memory|cluster-replicas|sentinel|all [--seed N] [--duration S] [--sockets N] [--bin PATH] [--runs K] [--no-faults] [--no-tiny-buffer] [--no-unsub-disconnect] [--no-streams] [--sentinel-direct]");
   process.exit(0);
 }
 // harness.mjs reads TIDINGS_BIN when it is imported.
@@ -39,6 +40,7 @@ const cfg = {};
 if (values["no-faults"]) cfg.faults = false;
 if (values["no-tiny-buffer"]) cfg.tinyBuffer = 0;
 if (values["sentinel-direct"]) cfg.sentinelDirect = true;
+if (values["no-streams"]) cfg.streams = false;
 if (values["no-unsub-disconnect"]) { cfg.opWeights = { ...DEFAULT_CFG.opWeights, unsubDisconnect: 0 }; cfg.waves = false; }
 const { formatReport } = await import("./oracle.mjs");
 

@@ -161,7 +161,7 @@ export class FaultLane {
           rec.master = m.name;
           await m.cli("CLIENT", "PAUSE", "10000", "WRITE");
           await m.save();
-          await m.restart("data", { downMs: step.ms });
+          await m.restart("data", { downMs: step.ms, between: () => oracle.storageRestart(`${m.name} restarted from its own dump`) });
           this.#clusterBack();
           finish({ downMs: step.ms });
           break;
@@ -224,6 +224,8 @@ export class FaultLane {
           rec.replica = r.name;
           await r.cli("CLUSTER", "FAILOVER");
           await until(async () => /role:master/.test(await r.cli("INFO", "replication")), 15000, `${r.name} master after CLUSTER FAILOVER`);
+          // Lossless, but another Redis process now writes those slots.
+          oracle.storageRestart(`CLUSTER FAILOVER to ${r.name}`);
           this.#clusterBack();
           finish();
           break;

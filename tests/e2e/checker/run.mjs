@@ -6,10 +6,10 @@ import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { freePort } from "../lib/cluster.mjs";
-import { SERVER_BIN } from "../lib/harness.mjs";
+import { SERVER_BIN, httpGet } from "../lib/harness.mjs";
 import { Rng } from "./prng.mjs";
-import { Oracle, parseId, formatReport } from "./oracle.mjs";
-import { Client } from "./client.mjs";
+import { Oracle, parseId, formatReport, streamOf } from "./oracle.mjs";
+import { Client, FILTERS } from "./client.mjs";
 import { Ingester, postUntilAccepted } from "./ingester.mjs";
 import { FaultLane, planFaults, STANDING_FAULTS } from "./faults.mjs";
 import { TidingsNode } from "./nodes.mjs";
@@ -17,6 +17,7 @@ import { startStandalone, startCluster, startClusterReplicas, startSentinelSet, 
 import { startRedisProxy } from "../lib/redisproxy.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const STATUSES = ["executed", "failed", "pending"];
 
 /** Temp dirs of runs in progress: removed at exit if the run did not finish (Ctrl-C, crash). */
 const tmpdirs = new Set();
@@ -44,7 +45,7 @@ export const DEFAULT_CFG = {
   ingestTimeoutMs: 4000,
   backoffMinMs: 100,
   backoffMaxMs: 700,
-  opWeights: { idle: 30, subscribe: 14, unsubscribe: 8, forget: 3, unsubDisconnect: 7, moveNode: 5, switchTransport: 5 },
+  opWeights: { idle: 30, subscribe: 14, unsubscribe: 8, forget: 3, unsubDisconnect: 7, moveNode: 5, switchTransport: 5, refilter: 3 },
   idempotencyKeyShare: 0.06,
   repostShare: 0.12,
   ingestPauseMinMs: 40,
@@ -66,6 +67,16 @@ export const DEFAULT_CFG = {
   waveEveryMinMs: 1200,
   waveEveryMaxMs: 3000,
   sentinelDirect: false, // true: the sentinel variant's nodes use the first master's URL (a node that does not follow)
+  // Account streams and filters (section 8). false: neither (a server from before issue 18).
+  streams: true,
+  separator: ":",
+  accounts: 3, // trackingIds of accounts a0:, a1:, a2: (three in four of them); the rest of none
+  streamHistoryLimit: 50000, // retention does not trim a stream within a run
+  streamHolderShare: 0.25, // clients that also hold an account's stream
+  filterShare: 0.3, // a name held with a filter
+  streamWaveShare: 0.2, // waves on a stream (a burst for its account)
+  backfillLimit: 1000,
+  filteredBackfillLimit: 150,
 };
 
 /** A random 32-bit seed (crypto, not Math.random). */
@@ -87,7 +98,9 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
   sockets ??= size.sockets;
   const startedAt = Date.now();
   const rng = new Rng(seed);
-  const oracle = new Oracle({ seed, variant });
+  const streams = !!cfg.streams;
+  if (!streams) cfg.opWeights = { ...cfg.opWeights, refilter: 0 };
+  const oracle = new Oracle({ seed, variant, separator: streams ? cfg.separator : null });
   const tmp = mkdtempSync(path.join(os.tmpdir(), `tidings-checker-${variant}-${seed}-`));
   tmpdirs.add(tmp);
   const dataDir = path.join(tmp, "data");
@@ -121,9 +134,22 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
   // trackingIds: a few hot ones (many sockets per node share them), more cold ones.
   const prefix = `ck${seed.toString(36)}${{ "cluster-replicas": "k", sentinel: "s" }[variant] ?? variant[0]}`;
   ctx.prefix = prefix;
-  const hot = Array.from({ length: cfg.hot }, (_, i) => `${prefix}-h${i}`);
-  const cold = Array.from({ length: cfg.cold }, (_, i) => `${prefix}-c${i}`);
+  // With streams, three in four trackingIds belong to an account
+  // (`<prefix>-a1:h4`; one with a second separator, `…:c5:x`, which
+  // belongs to the first one's account), the rest to none (one of them
+  // begins with the separator: `:<prefix>-c3` belongs to none).
+  const sep = cfg.separator;
+  const account = (i) => (streams && i % 4 !== 3 ? `${prefix}-a${i % cfg.accounts}${sep}` : null);
+  const name = (kind, i) => {
+    const a = account(i);
+    if (a) return kind === "c" && i === 5 ? `${a}c5${sep}x` : `${a}${kind}${i}`;
+    return streams && kind === "c" && i === 3 ? `${sep}${prefix}-c3` : `${prefix}-${kind}${i}`;
+  };
+  const hot = Array.from({ length: cfg.hot }, (_, i) => name("h", i));
+  const cold = Array.from({ length: cfg.cold }, (_, i) => name("c", i));
   const pool = [...hot, ...cold];
+  const streamNames = [...new Set(pool.map((t) => streamOf(t, streams ? sep : null)).filter(Boolean))].sort();
+  ctx.streamNames = streamNames;
   ctx.pickIngestTid = (r) => (r.chance(0.45) ? r.pick(hot) : r.pick(cold));
   const burstTids = variant === "memory" ? Array.from({ length: cfg.burst }, (_, i) => `${prefix}-b${i}`) : [];
   const probeTids = variant === "memory" ? Array.from({ length: cfg.probe }, (_, i) => `${prefix}-p${i}`) : [];
@@ -135,7 +161,21 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
     const tids = [...setup.sample(hot, setup.chance(0.3) ? 2 : 1), ...setup.sample(cold, setup.int(1, 3))];
     if (i < cfg.burstHolders && burstTids.length) tids.push(burstTids[setup.int(Math.floor(cfg.burst * 0.66), cfg.burst - 1)]);
     const initial = tids.filter((t, j) => j === 0 || burstTids.includes(t) || setup.chance(0.6));
-    clients.push(new Client(ctx, i, tids, initial));
+    // Streams and filters from a stream of their own (the draws above stay what they were).
+    const filters = new Map();
+    if (streams) {
+      const sr = rng.fork(`setup-streams-${i}`);
+      if (sr.chance(cfg.streamHolderShare)) {
+        const st = sr.pick(streamNames);
+        tids.push(st);
+        if (sr.chance(0.7)) initial.push(st);
+      }
+      for (const t of tids) {
+        const f = sr.chance(cfg.filterShare) ? sr.pick(FILTERS.filter(Boolean)) : null;
+        if (f) filters.set(t, f);
+      }
+    }
+    clients.push(new Client(ctx, i, tids, initial, filters));
   }
   const byName = new Map(clients.map((c) => [c.name, c]));
   oracle.onResync = (client, tid) => byName.get(client)?.requestResync(tid);
@@ -202,21 +242,28 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
   // trackingId all act at once, half of them remounting (unsubscribe and
   // disconnect at once, then connect and subscribe again with since), half
   // subscribing again with since (a frontend deploy reloading many tabs).
-  const waveStats = { waves: 0, remounts: 0, resubscribes: 0 };
+  const waveStats = { waves: 0, streamWaves: 0, remounts: 0, resubscribes: 0 };
   async function waveLoop() {
     const wr = rng.fork("waves");
     while (ctx.phase === "run") {
       await sleep(wr.int(cfg.waveEveryMinMs, cfg.waveEveryMaxMs));
       if (ctx.phase !== "run") break;
-      const tid = wr.chance(0.8) ? wr.pick(hot) : wr.pick(cold);
+      const one = wr.chance(0.8) ? wr.pick(hot) : wr.pick(cold);
       const draws = Array.from({ length: clients.length }, () => wr.chance(0.5));
-      const burst = Array.from({ length: wr.int(10, 30) }, () => waveMaker.item(tid));
+      const n = wr.int(10, 30);
+      // Now and then the wave is on the stream of that id's account, with
+      // a burst for trackingIds of the account.
+      const stream = streams && wr.chance(cfg.streamWaveShare) ? streamOf(one, sep) : null;
+      const tid = stream ?? one;
+      const inAccount = stream ? pool.filter((t) => streamOf(t, sep) === stream) : null;
+      const burst = Array.from({ length: n }, () => waveMaker.item(stream ? wr.pick(inAccount) : tid));
       // The node where most sockets hold that id.
       const holdersOn = (node) => clients.filter((c) => c.conn && !c.conn.closed && c.conn.open && c.conn.node === node && c.conn.subs.get(tid) === "sub");
       const node = ctx.nodes.filter((n) => n.live).map((n) => [n, holdersOn(n).length]).sort((a, b) => b[1] - a[1])[0]?.[0];
       const holders = node ? holdersOn(node) : [];
       if (holders.length < 2) continue;
       waveStats.waves++;
+      if (stream) waveStats.streamWaves++;
       // ... while a burst for that id is being delivered.
       ctx.track(postUntilAccepted(ctx, oracle.request(burst, "wave burst"), wr.fork(`w${waveStats.waves}`)));
       for (const c of holders) {
@@ -224,6 +271,56 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
         else { waveStats.resubscribes++; c.ensureSub(tid, { force: true }).catch(() => {}); }
       }
     }
+  }
+
+  /**
+   * After settling (nothing ingested any more): every stream read back by
+   * backfill, whole (pages of backfillLimit from the oldest retained), then
+   * twice with a status filter (from the start, and from since = the
+   * middle event), in small pages; the oracle compares them with each
+   * other and with what subscribers received. The `*` URL-encoded for
+   * every other stream.
+   */
+  async function finalBackfill() {
+    const br = rng.fork("backfill");
+    const out = { streams: 0, pages: 0 };
+    for (const [i, st] of streamNames.entries()) {
+      const node = ctx.pickNode(br);
+      const get = async (since, limit, status) => {
+        let url = `${node.url}/v1/events?trackingId=${encodeURIComponent(st)}&limit=${limit}`;
+        if (i % 2) url = url.replace("*", "%2A");
+        if (since !== undefined) url += `&since=${encodeURIComponent(since)}`;
+        if (status) url += `&status=${status.join(",")}`;
+        out.pages++;
+        for (let a = 0; ; a++) {
+          const res = await httpGet(url, { timeoutMs: 10000 }).catch((err) => ({ status: 0, body: String(err) }));
+          if ((res.status === 503 || res.status === 0) && a < 5) { await sleep(500); continue; }
+          return res;
+        }
+      };
+      const read = async (from, limit, status) => {
+        const pages = [];
+        let since = from;
+        for (let k = 0; k < 200; k++) {
+          const res = await get(since, limit, status);
+          pages.push({ since, limit, res });
+          const last = Array.isArray(res.body?.data) ? res.body.data.at(-1)?.id : undefined;
+          if (res.status !== 200 || !res.body?.hasMore || !last) break;
+          since = last;
+        }
+        return pages;
+      };
+      const full = await read(undefined, cfg.backfillLimit, null);
+      const data = full.flatMap((pg) => (Array.isArray(pg.res.body?.data) ? pg.res.body.data : []));
+      const filtered = [];
+      for (const since of [undefined, data[Math.floor(data.length / 2)]?.id]) {
+        const statuses = [...new Set(br.pick(FILTERS.filter(Boolean)))];
+        filtered.push({ statuses, since, pages: await read(since, cfg.filteredBackfillLimit, statuses) });
+      }
+      oracle.streamBackfill(st, full, filtered);
+      out.streams++;
+    }
+    return out;
   }
 
   let lane = null;
@@ -235,6 +332,7 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
     if (variant === "cluster-replicas") ctx.redis = await startClusterReplicas(dataDir);
     if (variant === "sentinel") ctx.redis = await startSentinelSet(dataDir);
     const common = ["--history-limit", String(cfg.historyLimit)];
+    if (streams) common.push("--stream-separator", cfg.separator, "--stream-history-limit", String(cfg.streamHistoryLimit));
     // In the redis variant, n1 reaches Redis through a TCP proxy: the
     // redis-slow-node fault holds back Redis' answers to that node alone.
     if (variant === "redis") ctx.proxy = await startRedisProxy(ctx.redis.masters[0].port);
@@ -291,22 +389,32 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
       if (!stable[i]) oracle.violate("client-stuck", { client: c.name, msg: `${c.name} not connected and subscribed to ${[...c.held].join(",")} 20 s into the settle phase (conn ${c.conn?.id}, node ${c.conn?.node.name} ${c.conn?.node.state})` });
     });
 
-    // Markers: one payment per trackingId, and every client still
-    // subscribed to it must receive it.
-    const heldTids = new Set(clients.flatMap((c) => c.subscribed()));
+    // Markers: one payment per trackingId and status, and every client
+    // still subscribed to it, or to its stream, must receive those its
+    // filter matches.
+    const heldTids = new Set(clients.flatMap((c) => c.subscribed()).filter((t) => !t.endsWith("*")));
     const markerTids = [...new Set([...pool, ...heldTids])];
-    const markers = markerTids.map((t) => markerMaker.item(t));
+    const markers = markerTids.flatMap((t) => STATUSES.map((status) => ({ ...markerMaker.item(t), status })));
     const mreq = oracle.request(markers, "markers");
     await postUntilAccepted(ctx, mreq, rng.fork("markers"));
-    const markerId = new Map(markers.map((it) => [it.trackingId, oracle.idOf(it)]));
     const waiting = new Map();
     for (const c of clients) {
-      for (const tid of c.subscribed()) {
-        const id = markerId.get(tid);
-        if (id && !oracle.hasSeen(c.name, tid, id)) waiting.set(`${c.name}\u0000${tid}`, { client: c.name, tid, id });
+      for (const held of c.subscribed()) {
+        const filter = oracle.filterOf(c.conn.id, held);
+        const isStream = held.endsWith("*");
+        for (const m of markers) {
+          if ((isStream ? streamOf(m.trackingId, streams ? sep : null) : m.trackingId) !== held) continue;
+          if (filter && !filter.includes(m.status)) continue;
+          const id = oracle.idOf(m);
+          if (!id) continue;
+          // A stream's event is known by its payment: trackingId and id.
+          const key = isStream ? `${m.trackingId}\u0000${id}` : id;
+          if (!oracle.hasSeen(c.name, held, key)) waiting.set(`${c.name}\u0000${held}\u0000${key}`, { client: c.name, tid: held, id: key.replace("\u0000", " ") });
+        }
       }
     }
     figures.markerPairs = clients.reduce((s, c) => s + c.subscribed().length, 0);
+    figures.markersAwaited = waiting.size;
     if (waiting.size) {
       // Until every marker arrived; at most markerWaitMs, and no longer
       // than markerIdleMs after the last one that did.
@@ -314,9 +422,9 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
       const over = new Promise((r) => { done = r; });
       let idle = setTimeout(done, cfg.markerIdleMs);
       const cap = setTimeout(done, cfg.markerWaitMs);
-      oracle.onSeen = (client, tid, id) => {
-        const k = `${client}\u0000${tid}`;
-        if (waiting.get(k)?.id !== id) return;
+      oracle.onSeen = (client, held, key) => {
+        const k = `${client}\u0000${held}\u0000${key}`;
+        if (!waiting.has(k)) return;
         waiting.delete(k);
         clearTimeout(idle);
         idle = setTimeout(done, cfg.markerIdleMs);
@@ -334,10 +442,18 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
     if (waiting.size && ctx.redis) {
       for (const tid of new Set([...waiting.values()].map((w) => w.tid))) {
         const parts = [];
+        // The name as it stands in a key: whole (not ck-c1 in ck-c10), or
+        // with streams `{<account>}<rest>}` (hash tag = the account).
+        const cut = streams ? tid.indexOf(sep) : -1;
+        const forms = cut > 0 ? [tid, `${tid.slice(0, cut + 1)}}${tid.slice(cut + 1)}`] : [tid];
+        const word = /[A-Za-z0-9_-]/;
+        const own = (ch) => forms.some((f) => {
+          const j = ch.indexOf(f);
+          return j >= 0 && !word.test(ch[j - 1] ?? "") && !word.test(ch[j + f.length] ?? "");
+        });
         for (const m of ctx.redis.masters) {
           for (const [list, num] of [["CHANNELS", "NUMSUB"], ["SHARDCHANNELS", "SHARDNUMSUB"]]) {
-            const own = (ch) => ch.split(/[^A-Za-z0-9_-]+/).includes(tid); // not ck-c1 in ck-c10
-            const chans = (await m.cli("PUBSUB", list, `*${tid}*`).catch(() => "")).split("\n").filter((ch) => ch && own(ch));
+            const chans = (await m.cli("PUBSUB", list, `*${prefix}*`).catch(() => "")).split("\n").filter((ch) => ch && own(ch));
             for (const ch of chans) {
               const n = (await m.cli("PUBSUB", num, ch).catch(() => "")).split("\n")[1];
               parts.push(`${m.name} ${ch}: ${n} subscriber(s)`);
@@ -350,6 +466,8 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
       }
     }
     for (const w of waiting.values()) oracle.markerMissing(w.client, w.tid, w.id, pubsub.get(w.tid));
+    // Each stream's final history, read back whole, and filtered.
+    if (streams) figures.backfill = await finalBackfill();
     figures.settleS = (Date.now() - startedAt) / 1000 - figures.faultPhaseS;
   } catch (err) {
     ctx.infraErrors.push(`run: ${err.stack ?? err}`);
@@ -375,6 +493,8 @@ export async function runVariant({ variant, seed, duration, sockets, cfg: overri
     requests: result.stats.requests,
     eventsAccepted: result.stats.accepted,
     deliveriesChecked: result.stats.receptions,
+    streams: streams ? streamNames.length : 0,
+    streamPayments: streams ? [...oracle.idents.values()].filter((d) => d.ids.size && streamOf(d.item.trackingId, sep)).length : 0,
     faults: faultCounts,
     connectFailures: ctx.stats.connectFailures,
     waves: waveStats,
@@ -406,6 +526,12 @@ export function formatFigures(result) {
     `(${s.dupReceptions} dup, ${s.inflight} in flight, ${s.rebases} rebased after HISTORY_TRUNCATED, ${s.unknownAmbiguous} unknown-but-ambiguous), ` +
     `faults ${JSON.stringify(f.faults)}, ingest failures ${JSON.stringify(s.attemptFailures)}, CONNECTION_ERROR ${s.connectionErrors}, ` +
     `HISTORY_TRUNCATED ${s.truncPrompted}+${s.truncUnprompted} unprompted, resyncs ${s.resyncs}, ` +
+    `${f.streams ? `streams: ${f.streamPayments} payments in ${f.streams} streams, ${s.streamReceptions} stream deliveries ` +
+      `(${s.streamEventsKnown} stream events in ${s.streamEpochs} stream epochs known, ${s.streamOrderPairs} order pairs, ` +
+      `${s.streamCompleteChecked} payments found in the final histories), ${s.filteredReceptions} filtered deliveries ` +
+      `(${s.prevSeqChained} prevSeq chained, ${s.filteredBases} bases, ${s.refilterRestarts} refilter restarts, ` +
+      `${s.holeLinksChecked} prevSeq links / ${s.holeSeqsChecked} skipped payments checked), ` +
+      `backfill ${s.backfillEvents} events + ${s.backfillFilteredEvents} filtered in ${s.backfillPages} pages, ` : ""}` +
     `${Object.keys(s.notes ?? {}).length ? `notes ${JSON.stringify(s.notes)}, ` : ""}` +
     `${result.violationCount} violations, ${f.seconds.toFixed(1)} s (fault phase ${f.faultPhaseS?.toFixed(1)} s, settle ${f.settleS?.toFixed(1)} s)`;
 }
