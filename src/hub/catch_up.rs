@@ -151,7 +151,7 @@ impl<S: Subscriber> Hub<S> {
                     // not notice a loss: start again from where it stands.
                     tracing::error!(tracking_id = tid, cursor = ?from, "the store is behind this node's cursor");
                     let mut live = topic.live();
-                    live.announce_gap(tid, "the storage lost events", 0);
+                    live.announce_gap(tid, "the storage lost events", Position::NONE);
                     live.cursor = Some(Position::NONE);
                     continue;
                 }
@@ -159,7 +159,7 @@ impl<S: Subscriber> Hub<S> {
                     // Reading again reads the same. The room is told; the
                     // next publication asks again.
                     let mut live = topic.live();
-                    live.announce_gap(tid, "the storage answered something unreadable", from.seq);
+                    live.announce_gap(tid, "the storage answered something unreadable", from);
                     live.catch_up.running = false;
                     return;
                 }

@@ -44,12 +44,12 @@ impl<S: Subscriber> Hub<S> {
         // truncation, just before the oldest retained payment; else the
         // ack's position.
         let start = match replay {
-            Some(_) if page.truncated => page
-                .events
-                .first()
-                .map_or(page.position.seq, |e| e.id.seq - 1),
-            Some(replay) => replay.since.seq,
-            None => page.position.seq,
+            Some(_) if page.truncated => page.events.first().map_or(page.position, |e| Position {
+                epoch: e.id.epoch,
+                seq: e.id.seq - 1,
+            }),
+            Some(replay) => replay.since.into(),
+            None => page.position,
         };
         let mut filtered = Filtered::new(filter, start);
         // The last payment it could not take, if any: it joins covering
@@ -83,7 +83,7 @@ impl<S: Subscriber> Hub<S> {
                 // A socket whose buffer is full takes nothing more: the
                 // rest is not even encoded, and it lacks all of it.
                 if !send_payment(sub, filtered.as_deref_mut(), event) {
-                    lost = page.events.iter().filter(lacks).last().map(|e| e.id.into());
+                    lost = page.events.iter().rev().find(lacks).map(|e| e.id.into());
                     break;
                 }
                 replayed += 1;
@@ -146,7 +146,7 @@ impl<S: Subscriber> Hub<S> {
                             format!("Some payments of trackingId {tid} are no longer retained"),
                         );
                         if let Some(f) = filtered.as_deref_mut() {
-                            f.last = base.seq;
+                            f.last = base;
                         }
                     }
                     at = base;
@@ -261,7 +261,7 @@ fn send_following<S: Subscriber>(
                 if gap {
                     warn(sub, tid, lost());
                     if let Some(f) = filtered.as_deref_mut() {
-                        f.last = after.seq;
+                        f.last = after;
                     }
                 }
                 at = after;
@@ -283,7 +283,10 @@ fn send_following<S: Subscriber>(
             && step(at, event.id) != Step::Next
         {
             // Warned: the chain goes on from just before this payment.
-            f.last = event.id.seq - 1;
+            f.last = Position {
+                epoch: event.id.epoch,
+                seq: event.id.seq - 1,
+            };
         }
         if !send_payment(sub, filtered.as_deref_mut(), &event) {
             *refused = Some(event.id.into());

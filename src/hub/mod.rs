@@ -106,7 +106,7 @@ fn followed<S: Subscriber, A: FnOnce(Position)>(
         let at = live.cursor.unwrap_or_default();
         ack(at);
         let covers = held.unwrap_or(Coverage::After(at));
-        live.join(sub, covers, Filtered::new(filter, at.seq));
+        live.join(sub, covers, Filtered::new(filter, at));
         return Followed::Done;
     };
     let fill = match held.map(|covers| covers.need(since, live.cursor)) {

@@ -104,16 +104,17 @@ impl Coverage {
 }
 
 /// A filtered subscription (contract section 8): the statuses it takes,
-/// and the seq of the last payment it was sent (the next one's `prevSeq`).
-/// Boxed where it is held, so that unfiltered members pay one pointer.
+/// and the last payment it was sent, or where its chain starts (the next
+/// payment's `prevSeq` is its seq). Boxed where it is held, so that
+/// unfiltered members pay one pointer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Filtered {
     pub statuses: StatusFilter,
-    pub last: u64,
+    pub last: Position,
 }
 
 impl Filtered {
-    pub fn new(statuses: Option<StatusFilter>, last: u64) -> Option<Box<Self>> {
+    pub fn new(statuses: Option<StatusFilter>, last: Position) -> Option<Box<Self>> {
         statuses.map(|statuses| Box::new(Filtered { statuses, last }))
     }
 }
@@ -259,11 +260,15 @@ fn send_with<S: Subscriber>(
     let sent = match filter {
         None => sub.send_payment(&event.envelope),
         Some(filter) => {
+            // At or before where its chain stands (a payment the room
+            // delivers while behind a replay, or one in flight): it has it,
+            // and a prevSeq going back would read as a hole.
+            let old = event.id.epoch == filter.last.epoch && event.id.seq <= filter.last.seq;
             let status = *status.get_or_init(|| status_of(&event.envelope));
-            if !status.is_some_and(|s| filter.statuses.matches(s)) {
+            if old || !status.is_some_and(|s| filter.statuses.matches(s)) {
                 return true;
             }
-            let prev = std::mem::replace(&mut filter.last, event.id.seq);
+            let prev = std::mem::replace(&mut filter.last, event.id.into()).seq;
             // Sent or not, it is this subscription's last: if it is lost,
             // the next one's prevSeq shows the client the hole.
             sub.send_payment(&with_prev_seq(&event.envelope, prev))
@@ -405,7 +410,11 @@ impl<S: Subscriber> Live<S> {
             Step::Old => {}
             Step::Next => self.deliver(event, telemetry::PATH_LIVE),
             Step::Restart => {
-                self.announce_gap(tracking_id, "its history started afresh", 0);
+                let base = Position {
+                    epoch: event.id.epoch,
+                    seq: 0,
+                };
+                self.announce_gap(tracking_id, "its history started afresh", base);
                 self.deliver(event, telemetry::PATH_LIVE);
             }
             Step::Gap => return Err(event),
@@ -437,8 +446,8 @@ impl<S: Subscriber> Live<S> {
     }
 
     /// Tells the room that some of its events cannot be delivered; the
-    /// next ones follow `base_seq` (filtered members' next `prevSeq`).
-    pub fn announce_gap(&mut self, tracking_id: &str, why: &str, base_seq: u64) {
+    /// next ones follow `base` (filtered members' chains restart there).
+    pub fn announce_gap(&mut self, tracking_id: &str, why: &str, base: Position) {
         metrics::counter!(telemetry::GAPS_ANNOUNCED).increment(1);
         tracing::warn!(
             tracking_id,
@@ -448,7 +457,7 @@ impl<S: Subscriber> Live<S> {
         );
         for member in self.members.values_mut() {
             if let Some(filter) = member.filter.as_deref_mut() {
-                filter.last = base_seq;
+                filter.last = base;
             }
             warn(
                 &member.sub,
@@ -481,7 +490,7 @@ impl<S: Subscriber> Live<S> {
     pub fn apply(&mut self, tracking_id: &str, from: Position, page: HistoryPage) -> bool {
         let (gap, base) = resume(from, page.position, page.events.first().map(|e| e.id));
         if gap {
-            self.announce_gap(tracking_id, "they are no longer retained", base.seq);
+            self.announce_gap(tracking_id, "they are no longer retained", base);
             // Subscribers out of the room now are told when they come back.
             for pending in self.pending.values_mut() {
                 pending.buffer(Missed::Jump(base));
