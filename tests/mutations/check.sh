@@ -21,11 +21,28 @@ snapshot=$(git stash create)
 snapshot=${snapshot:-HEAD}
 work=$(mktemp -d /tmp/tidings-mutants-XXXXXX)
 cleanup() { git worktree remove --force "$work" >/dev/null 2>&1 || rm -rf "$work"; }
-trap cleanup EXIT
 git worktree add -q --detach "$work" "$snapshot"
 # The main target directory: dependencies are built once (the mutant's own
-# crate lives at another path, so it never overwrites the real build).
+# crate lives at another path, so its library never overwrites the real
+# build). Its binary does: a patch tested by integration tests (`Unit:
+# --test ...`) builds the mutant's `tidings` into target/debug/tidings,
+# which the end-to-end tests run next. The real one is put back at exit.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+real_bin="$CARGO_TARGET_DIR/debug/tidings"
+saved_bin=""
+if [ -f "$real_bin" ]; then
+  saved_bin=$(mktemp /tmp/tidings-real-bin-XXXXXX)
+  cp -p "$real_bin" "$saved_bin"
+fi
+restore() {
+  cleanup
+  if [ -n "$saved_bin" ]; then
+    rm -f "$real_bin"
+    cp -p "$saved_bin" "$real_bin"
+    rm -f "$saved_bin"
+  fi
+}
+trap restore EXIT
 
 status=0
 for patch in "$root"/tests/mutations/*.patch; do
