@@ -303,9 +303,14 @@ impl StoredEvent {
             timestamp: accepted_ms,
             prev_seq: None,
         };
+        Self::of(id, accepted_ms, &envelope)
+    }
+
+    /// The stored event whose envelope is `envelope`, serialised once.
+    fn of(id: EventId, accepted_ms: u64, envelope: &impl Serialize) -> Self {
         // Serialising plain strings and integers into JSON cannot fail.
-        let raw = serde_json::value::to_raw_value(&envelope)
-            .unwrap_or_else(|_| unreachable!("payment envelope is always serialisable"));
+        let raw = serde_json::value::to_raw_value(envelope)
+            .unwrap_or_else(|_| unreachable!("a payment envelope is always serialisable"));
         StoredEvent {
             id,
             accepted_ms,
@@ -382,14 +387,7 @@ impl StoredEvent {
             timestamp: accepted_ms,
             prev_seq: None,
         };
-        // Serialising plain strings and integers into JSON cannot fail.
-        let raw = serde_json::value::to_raw_value(&envelope)
-            .unwrap_or_else(|_| unreachable!("stream envelope is always serialisable"));
-        StoredEvent {
-            id,
-            accepted_ms,
-            envelope: Arc::from(raw),
-        }
+        Self::of(id, accepted_ms, &envelope)
     }
 }
 

@@ -796,21 +796,15 @@ mod tests {
         }
     }
 
-    /// The running accounting matches a recount through appends that
-    /// evict, duplicates, the history limit, concurrent appends, expiry and
-    /// sweeps, and returns to zero once everything has expired.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn the_accounting_matches_what_is_held_and_returns_to_zero() {
-        // Room for the newest ~300 payments of 28 trackingIds: some keep
-        // more than the history limit (10) of payments, so events are also
-        // dropped by count from histories that stay.
-        let store = Arc::new(store().with_memory_limit(256 * 1024));
+    /// Four workers at once, 300 calls each of three payments (one a
+    /// duplicate) for the trackingId `tid(worker, call)`.
+    async fn append_from_four_workers(store: &Arc<MemoryStore>, tid: fn(usize, usize) -> String) {
         let mut tasks = tokio::task::JoinSet::new();
         for worker in 0..4 {
             let store = store.clone();
             tasks.spawn(async move {
                 for i in 0..300 {
-                    let tid = format!("w{worker}-{}", i % 7);
+                    let tid = tid(worker, i);
                     let batch = [
                         payment(&tid, &format!("{worker}-{i}")),
                         payment(&tid, &format!("{worker}-{i}")),
@@ -821,6 +815,18 @@ mod tests {
             });
         }
         tasks.join_all().await;
+    }
+
+    /// The running accounting matches a recount through appends that
+    /// evict, duplicates, the history limit, concurrent appends, expiry and
+    /// sweeps, and returns to zero once everything has expired.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_accounting_matches_what_is_held_and_returns_to_zero() {
+        // Room for the newest ~300 payments of 28 trackingIds: some keep
+        // more than the history limit (10) of payments, so events are also
+        // dropped by count from histories that stay.
+        let store = Arc::new(store().with_memory_limit(256 * 1024));
+        append_from_four_workers(&store, |worker, i| format!("w{worker}-{}", i % 7)).await;
         assert!(store.evictions() > 0, "the limit was reached");
         assert_eq!(store.memory_bytes(), store.recount());
         assert!(store.memory_bytes() <= 256 * 1024);
@@ -841,22 +847,10 @@ mod tests {
     async fn with_streams_the_accounting_matches_and_streams_stay_contiguous() {
         let streams = crate::model::Streams::with_separator(':').unwrap();
         let store = Arc::new(store_with(streams).with_memory_limit(256 * 1024));
-        let mut tasks = tokio::task::JoinSet::new();
-        for worker in 0..4 {
-            let store = store.clone();
-            tasks.spawn(async move {
-                for i in 0..300 {
-                    let tid = format!("acct-{}:w{worker}-{}", worker % 2, i % 7);
-                    let batch = [
-                        payment(&tid, &format!("{worker}-{i}")),
-                        payment(&tid, &format!("{worker}-{i}")),
-                        payment(&tid, &format!("{worker}-{i}-b")),
-                    ];
-                    store.append(&tid, &batch).await.unwrap();
-                }
-            });
-        }
-        tasks.join_all().await;
+        append_from_four_workers(&store, |worker, i| {
+            format!("acct-{}:w{worker}-{}", worker % 2, i % 7)
+        })
+        .await;
         assert!(store.evictions() > 0, "the limit was reached");
         assert_eq!(store.memory_bytes(), store.recount());
         assert!(store.memory_bytes() <= 256 * 1024);
