@@ -411,6 +411,8 @@ export class Oracle {
     if (ident.firstLoss === null) {
       ident.firstLoss = att.loss;
       ident.firstReset = att.resets;
+      // Its acceptance time is at most now (the stream check below).
+      ident.answeredWall = this.wallClock();
       // Accepted during a failover: possibly on the branch that is discarded.
       if (att.window || this.lossWindow) ident.windowed = true;
     }
@@ -1204,6 +1206,14 @@ export class Oracle {
         // attempt, or an ambiguous one before: a retry then answers
         // duplicate): it may be gone (with a warning).
         if (Math.min(ident.firstReset, ident.ambiguousReset) !== this.resets || ident.windowed) continue;
+        // The stream's final history began after the payment was answered:
+        // the stream was started afresh since (a storage restart the
+        // checker did not cause, e.g. Sentinel failing over on its own
+        // from a busy master), which its subscribers were told of.
+        if (ident.answeredWall !== undefined && fs.epoch > ident.answeredWall) {
+          this.note("stream-restarted-after-acceptance");
+          continue;
+        }
         this.stats.streamCompleteChecked++;
         const tid = ident.item.trackingId;
         if ([...ident.ids.keys()].some((id) => fs.sources.has(`${tid}\u0000${id}`))) continue;
